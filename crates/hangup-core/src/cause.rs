@@ -1,0 +1,142 @@
+//! Why a connection ended: one vocabulary for the library, server, client, lab and metrics.
+
+use std::fmt;
+use std::io;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a connection (or the work done for it) ended.
+///
+/// The string forms (`peer_closed`, `peer_reset`, …) appear in events, metrics and the
+/// presence store, and are stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Cause {
+    /// The peer sent FIN and is confirmed not to be reading any more.
+    PeerClosed,
+    /// The peer reset the connection (RST, `ECONNRESET`, `EPIPE`).
+    PeerReset,
+    /// The kernel gave up (`ETIMEDOUT`): keepalive probes or TCP_USER_TIMEOUT expired.
+    Timeout,
+    /// The peer cannot be reached (`EHOSTUNREACH`, `ENETUNREACH`).
+    Unreachable,
+    /// The peer sent no heartbeat within its dead-after window.
+    HeartbeatMissed,
+    /// The connection stayed idle for longer than allowed.
+    Idle,
+    /// The peer is alive but accepted none of our bytes for the write timeout.
+    Stalled,
+    /// A newer connection for the same device took over the session.
+    Takeover,
+    /// The server shut down.
+    Shutdown,
+    /// The peer broke the protocol badly enough that the connection was closed.
+    ProtocolError,
+    /// We closed on purpose (for example after `BYE`, or a job the client cancelled).
+    Local,
+}
+
+impl Cause {
+    /// Every cause, in declaration order.
+    pub const ALL: [Cause; 11] = [
+        Cause::PeerClosed,
+        Cause::PeerReset,
+        Cause::Timeout,
+        Cause::Unreachable,
+        Cause::HeartbeatMissed,
+        Cause::Idle,
+        Cause::Stalled,
+        Cause::Takeover,
+        Cause::Shutdown,
+        Cause::ProtocolError,
+        Cause::Local,
+    ];
+
+    /// The stable snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Cause::PeerClosed => "peer_closed",
+            Cause::PeerReset => "peer_reset",
+            Cause::Timeout => "timeout",
+            Cause::Unreachable => "unreachable",
+            Cause::HeartbeatMissed => "heartbeat_missed",
+            Cause::Idle => "idle",
+            Cause::Stalled => "stalled",
+            Cause::Takeover => "takeover",
+            Cause::Shutdown => "shutdown",
+            Cause::ProtocolError => "protocol_error",
+            Cause::Local => "local",
+        }
+    }
+
+    /// Classifies a socket error into the cause it reveals about the peer.
+    ///
+    /// `ECONNRESET`, `EPIPE` and `ECONNABORTED` mean the peer reset; `ETIMEDOUT` that the
+    /// kernel gave up on it; `EHOSTUNREACH`/`ENETUNREACH` that it cannot be reached.
+    /// Anything else is reported as [`Cause::PeerReset`], the closest honest reading of
+    /// "the socket is unusable because of the other end".
+    pub fn from_io_error(err: &io::Error) -> Cause {
+        match err.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted => Cause::PeerReset,
+            io::ErrorKind::TimedOut => Cause::Timeout,
+            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                Cause::Unreachable
+            }
+            _ => Cause::PeerReset,
+        }
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error for a string that names no [`Cause`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown cause `{0}`")]
+pub struct UnknownCause(pub String);
+
+impl FromStr for Cause {
+    type Err = UnknownCause;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Cause::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| UnknownCause(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for cause in Cause::ALL {
+            assert_eq!(cause.as_str().parse::<Cause>(), Ok(cause));
+            // serde's snake_case renaming must agree with `as_str`.
+            let json = serde_json::to_string(&cause).unwrap();
+            assert_eq!(json, format!("\"{}\"", cause.as_str()));
+        }
+        assert!("nope".parse::<Cause>().is_err());
+    }
+
+    #[test]
+    fn errors_classify() {
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(Cause::from_io_error(&reset), Cause::PeerReset);
+        let pipe = io::Error::from(io::ErrorKind::BrokenPipe);
+        assert_eq!(Cause::from_io_error(&pipe), Cause::PeerReset);
+        let timeout = io::Error::from(io::ErrorKind::TimedOut);
+        assert_eq!(Cause::from_io_error(&timeout), Cause::Timeout);
+        let unreachable = io::Error::from(io::ErrorKind::HostUnreachable);
+        assert_eq!(Cause::from_io_error(&unreachable), Cause::Unreachable);
+    }
+}

@@ -1,0 +1,576 @@
+//! One server connection as a state machine: bytes and socket facts in, replies, job
+//! starts and cancellations out. No I/O, no clock: time comes in as `now`.
+//!
+//! Inputs are `handle_*`; outputs are [`Connection::poll_event`],
+//! [`Connection::poll_transmit`] and [`Connection::poll_timeout`]. The driver (the tokio
+//! layer) asks [`Connection::interest`] what to wait for on the socket, so that it never
+//! waits on readiness it will not consume.
+//!
+//! ```text
+//!   bytes ──handle_bytes──▶ ┌────────────┐ ──poll_transmit──▶ reply bytes
+//!   FIN   ──handle_read_closed / handle_eof  │ Connection │ ──poll_event────▶ StartJob / CancelJob / Close …
+//!   error ──handle_error──▶ │            │ ──poll_timeout──▶ next deadline
+//!   job   ──handle_job_finished──▶ └────────────┘ ◀─handle_timeout── now
+//! ```
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::cause::Cause;
+use crate::policy::{HalfClosePolicy, LivenessPolicy};
+use crate::protocol::{
+    parse_line, Command, ErrorCode, Frame, JobId, LineDecoder, Reply, StatusCounts, MAX_LINE,
+};
+use crate::timer::{Timer, TimerTable};
+
+/// Settings of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionConfig {
+    /// Largest `JOB <rounds>`.
+    pub max_rounds: u64,
+    /// Jobs that may wait behind the running one; the next gets `ERR too-many-jobs`.
+    pub max_queued_jobs: usize,
+    /// What to do on FIN while jobs are pending.
+    pub half_close: HalfClosePolicy,
+    /// Close a peer that accepts none of our pending bytes for this long.
+    pub write_timeout: Option<Duration>,
+    /// Close a connection whose unfinished line is older than this.
+    pub partial_line_timeout: Option<Duration>,
+    /// After a half-close probe, how long without RST before the peer is taken to be
+    /// reading (only an observation: nothing is cancelled either way).
+    pub probe_window: Duration,
+    /// Stop reading while this many reply bytes wait to be written (back-pressure).
+    pub outbox_high_water: usize,
+}
+
+impl ConnectionConfig {
+    /// The defaults of SPEC §3 with the timeouts of `policy`.
+    pub fn new(policy: &LivenessPolicy) -> Self {
+        Self {
+            max_rounds: 10_000_000_000,
+            max_queued_jobs: 64,
+            half_close: HalfClosePolicy::Probe,
+            write_timeout: policy.write_timeout,
+            partial_line_timeout: policy.partial_line_timeout,
+            probe_window: Duration::from_millis(200),
+            outbox_high_water: 64 * 1024,
+        }
+    }
+}
+
+/// What the driver must do or record, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Run job `id` on a worker and report back with [`Connection::handle_job_finished`].
+    StartJob {
+        /// The job.
+        id: JobId,
+        /// SHA-256 rounds.
+        rounds: u64,
+        /// The chain's starting bytes.
+        seed: String,
+    },
+    /// Cancel the running job `id` (its token); it still reports back when it stops.
+    CancelJob {
+        /// The job.
+        id: JobId,
+        /// Why.
+        cause: Cause,
+    },
+    /// Job `id` finished and its `DONE` is queued.
+    JobDone {
+        /// The job.
+        id: JobId,
+        /// Rounds it ran.
+        rounds: u64,
+    },
+    /// Job `id` stopped without a result (it had been running, or never started).
+    JobCancelled {
+        /// The job.
+        id: JobId,
+        /// Why.
+        cause: Cause,
+        /// Whether it was running on a worker when it was cancelled.
+        was_running: bool,
+    },
+    /// The peer sent FIN but is still reading: it only half-closed (an observation).
+    PeerHalfClosed,
+    /// The connection is over. With `flush`, write what [`Connection::poll_transmit`]
+    /// still holds (nothing, by then), shut down the write side and drain input briefly
+    /// before closing; without, close at once.
+    Close {
+        /// Why.
+        cause: Cause,
+        /// Whether the socket is still worth a graceful close.
+        flush: bool,
+    },
+}
+
+/// What the driver should wait for on the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Interest {
+    /// Readable: read input (never set once input ended or while back-pressured).
+    pub read: bool,
+    /// Writable: replies are pending.
+    pub write: bool,
+    /// Errors and hangups (RST, FIN): set while the socket is alive.
+    pub hangup: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    NotSent,
+    Sent,
+    Concluded,
+}
+
+#[derive(Debug)]
+struct QueuedJob {
+    id: JobId,
+    rounds: u64,
+    seed: String,
+}
+
+#[derive(Debug)]
+struct RunningJob {
+    id: JobId,
+    rounds: u64,
+    cancel_cause: Option<Cause>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// `BYE` received: finish the jobs, then reply `BYE` and close.
+    ByeRequested,
+    /// Closing for `cause`; `Close` is emitted once the running job has stopped and,
+    /// with `flush`, the outbox is empty.
+    Closing {
+        cause: Cause,
+        flush: bool,
+    },
+    Closed,
+}
+
+/// One connection's protocol and liveness state.
+#[derive(Debug)]
+pub struct Connection {
+    config: ConnectionConfig,
+    decoder: LineDecoder,
+    outbox: Vec<u8>,
+    sent: usize,
+    events: VecDeque<Event>,
+    timers: TimerTable,
+    queued: VecDeque<QueuedJob>,
+    running: Option<RunningJob>,
+    next_job_id: JobId,
+    phase: Phase,
+    /// The peer sent FIN (seen through readiness or at end of input).
+    fin_seen: bool,
+    /// All input was read.
+    eof: bool,
+    probe: Probe,
+}
+
+impl Connection {
+    /// A fresh connection.
+    pub fn new(config: ConnectionConfig) -> Self {
+        Self {
+            config,
+            decoder: LineDecoder::new(MAX_LINE),
+            outbox: Vec::new(),
+            sent: 0,
+            events: VecDeque::new(),
+            timers: TimerTable::default(),
+            queued: VecDeque::new(),
+            running: None,
+            next_job_id: 1,
+            phase: Phase::Open,
+            fin_seen: false,
+            eof: false,
+            probe: Probe::NotSent,
+        }
+    }
+
+    /// Bytes read from the peer. `status` is asked for server-wide counts on `STATUS`.
+    pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8], status: &dyn Fn() -> StatusCounts) {
+        if !self.accepts_input() {
+            return;
+        }
+        let had_partial = self.decoder.has_partial();
+        let mut frames = Vec::new();
+        self.decoder.feed(bytes, |frame| {
+            frames.push(match frame {
+                Frame::Line(line) => Ok(line.to_vec()),
+                Frame::TooLong => Err(()),
+            })
+        });
+        let completed_a_line = !frames.is_empty();
+        for frame in frames {
+            self.handle_frame(now, frame, status);
+        }
+        self.rearm_partial_line(now, had_partial && !completed_a_line);
+        self.apply_half_close_policy(now);
+    }
+
+    /// The peer's FIN was seen through readiness; input may still be queued unread.
+    pub fn handle_read_closed(&mut self, now: Instant) {
+        self.fin_seen = true;
+        self.apply_half_close_policy(now);
+    }
+
+    /// All input was read: the peer sent FIN. An unfinished last line counts as a line.
+    pub fn handle_eof(&mut self, now: Instant, status: &dyn Fn() -> StatusCounts) {
+        if self.eof {
+            return;
+        }
+        self.eof = true;
+        self.fin_seen = true;
+        self.timers.clear(Timer::PartialLine);
+        if self.accepts_input() {
+            let mut frames = Vec::new();
+            self.decoder.finish(|frame| {
+                frames.push(match frame {
+                    Frame::Line(line) => Ok(line.to_vec()),
+                    Frame::TooLong => Err(()),
+                })
+            });
+            for frame in frames {
+                self.handle_frame(now, frame, status);
+            }
+        }
+        self.apply_half_close_policy(now);
+        self.maybe_finish(now);
+    }
+
+    /// The socket reported an error or reset: the peer is gone.
+    ///
+    /// A reset after the peer's FIN means it closed and is not reading: `peer_closed`.
+    pub fn handle_error(&mut self, now: Instant, cause: Cause) {
+        let cause = if self.fin_seen && cause == Cause::PeerReset {
+            Cause::PeerClosed
+        } else {
+            cause
+        };
+        self.close(now, cause, false);
+    }
+
+    /// The driver closes the connection for a reason of its own (e.g. shutdown).
+    pub fn handle_local_close(&mut self, now: Instant, cause: Cause, flush: bool) {
+        self.close(now, cause, flush);
+    }
+
+    /// The running job `id` stopped: `Some(digest)` if it completed.
+    pub fn handle_job_finished(&mut self, now: Instant, id: JobId, digest: Option<[u8; 32]>) {
+        let Some(job) = self.running.take_if(|job| job.id == id) else {
+            return;
+        };
+        match (digest, job.cancel_cause) {
+            (Some(digest), None) => {
+                self.send(now, &Reply::Done(id, digest));
+                self.events.push_back(Event::JobDone {
+                    id,
+                    rounds: job.rounds,
+                });
+            }
+            (_, cause) => self.events.push_back(Event::JobCancelled {
+                id,
+                cause: cause.unwrap_or(Cause::Local),
+                was_running: true,
+            }),
+        }
+        self.start_next_job();
+        self.maybe_finish(now);
+    }
+
+    /// The driver wrote `n` bytes of [`Connection::poll_transmit`].
+    pub fn handle_sent(&mut self, now: Instant, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.sent += n;
+        debug_assert!(self.sent <= self.outbox.len());
+        if self.sent >= self.outbox.len() {
+            // Release the buffer: idle connections hold no reply memory.
+            self.outbox = Vec::new();
+            self.sent = 0;
+            self.timers.clear(Timer::WriteStall);
+        } else if let Some(timeout) = self.config.write_timeout {
+            self.timers.set(Timer::WriteStall, now + timeout);
+        }
+        self.maybe_finish(now);
+    }
+
+    /// Time reached [`Connection::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for timer in self.timers.expired(now) {
+            match timer {
+                Timer::PartialLine => {
+                    let message = "partial line older than the dead-after budget; closing";
+                    self.send(now, &Reply::Err(ErrorCode::Timeout, message.into()));
+                    self.close(now, Cause::ProtocolError, true);
+                }
+                Timer::WriteStall => self.close(now, Cause::Stalled, false),
+                Timer::HalfCloseProbe => {
+                    if self.probe == Probe::Sent {
+                        self.probe = Probe::Concluded;
+                        self.events.push_back(Event::PeerHalfClosed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next thing to do or record.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Reply bytes waiting to be written.
+    pub fn poll_transmit(&self) -> &[u8] {
+        &self.outbox[self.sent..]
+    }
+
+    /// The earliest deadline, for the driver's one sleep.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next_timeout()
+    }
+
+    /// What to wait for on the socket now.
+    pub fn interest(&self) -> Interest {
+        let alive = match self.phase {
+            Phase::Closed => false,
+            Phase::Closing { flush, .. } => flush,
+            Phase::Open | Phase::ByeRequested => true,
+        };
+        let pending = self.sent < self.outbox.len();
+        Interest {
+            read: alive && !self.eof && self.accepts_input() && self.under_high_water(),
+            write: alive && pending,
+            hangup: alive,
+        }
+    }
+
+    /// Whether the connection is over (a `Close` event was emitted).
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Jobs running and waiting on this connection.
+    pub fn job_counts(&self) -> (usize, usize) {
+        (usize::from(self.running.is_some()), self.queued.len())
+    }
+
+    fn accepts_input(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    fn under_high_water(&self) -> bool {
+        self.outbox.len() - self.sent < self.config.outbox_high_water
+    }
+
+    fn has_work(&self) -> bool {
+        self.running.is_some() || !self.queued.is_empty()
+    }
+
+    fn handle_frame(
+        &mut self,
+        now: Instant,
+        frame: Result<Vec<u8>, ()>,
+        status: &dyn Fn() -> StatusCounts,
+    ) {
+        if !self.accepts_input() {
+            return;
+        }
+        let line = match frame {
+            Ok(line) => line,
+            Err(()) => {
+                let message = format!("line longer than {MAX_LINE} bytes was discarded");
+                self.send(now, &Reply::Err(ErrorCode::TooLong, message));
+                return;
+            }
+        };
+        let command = match parse_line(&line, self.config.max_rounds) {
+            Ok(Some(command)) => command,
+            Ok(None) => return,
+            Err(err) => {
+                self.send(now, &Reply::Err(err.code, err.message));
+                return;
+            }
+        };
+        match command {
+            Command::Ping(data) => self.send(now, &Reply::Pong(data)),
+            Command::Job { rounds, seed } => {
+                let limit = self.config.max_queued_jobs;
+                if self.queued.len() >= limit {
+                    let message = format!("{limit} jobs are already queued on this connection");
+                    self.send(now, &Reply::Err(ErrorCode::TooManyJobs, message));
+                    return;
+                }
+                let id = self.next_job_id;
+                self.next_job_id += 1;
+                self.send(now, &Reply::Accepted(id));
+                self.queued.push_back(QueuedJob { id, rounds, seed });
+                self.start_next_job();
+            }
+            Command::Cancel(id) => self.cancel_by_client(now, id),
+            Command::Status => self.send(now, &Reply::Status(status())),
+            Command::Bye => {
+                self.phase = Phase::ByeRequested;
+                self.timers.clear(Timer::PartialLine);
+                self.maybe_finish(now);
+            }
+            Command::Hello { .. } => {
+                let message =
+                    "sessions (HELLO) are not enabled on this server; send commands without HELLO";
+                self.send(now, &Reply::Err(ErrorCode::BadRequest, message.into()));
+            }
+        }
+    }
+
+    fn cancel_by_client(&mut self, now: Instant, id: JobId) {
+        if let Some(job) = self.running.as_mut().filter(|job| job.id == id) {
+            if job.cancel_cause.is_none() {
+                job.cancel_cause = Some(Cause::Local);
+                self.events.push_back(Event::CancelJob {
+                    id,
+                    cause: Cause::Local,
+                });
+            }
+            self.send(now, &Reply::Cancelled(id));
+        } else if let Some(pos) = self.queued.iter().position(|job| job.id == id) {
+            self.queued.remove(pos);
+            self.events.push_back(Event::JobCancelled {
+                id,
+                cause: Cause::Local,
+                was_running: false,
+            });
+            self.send(now, &Reply::Cancelled(id));
+        } else {
+            let message = format!("no job {id} is queued or running on this connection");
+            self.send(now, &Reply::Err(ErrorCode::NotFound, message));
+        }
+    }
+
+    fn start_next_job(&mut self) {
+        if self.running.is_some() || matches!(self.phase, Phase::Closing { .. } | Phase::Closed) {
+            return;
+        }
+        if let Some(job) = self.queued.pop_front() {
+            self.events.push_back(Event::StartJob {
+                id: job.id,
+                rounds: job.rounds,
+                seed: job.seed,
+            });
+            self.running = Some(RunningJob {
+                id: job.id,
+                rounds: job.rounds,
+                cancel_cause: None,
+            });
+        }
+    }
+
+    /// FIN with work pending: cancel, probe or carry on, as configured.
+    fn apply_half_close_policy(&mut self, now: Instant) {
+        if !self.fin_seen
+            || !self.has_work()
+            || matches!(self.phase, Phase::Closing { .. } | Phase::Closed)
+        {
+            return;
+        }
+        match self.config.half_close {
+            HalfClosePolicy::Cancel => self.close(now, Cause::PeerClosed, false),
+            HalfClosePolicy::Probe if self.probe == Probe::NotSent => {
+                // A peer that closed its socket answers these bytes with RST, which
+                // arrives through `handle_error`; one that half-closed just reads them.
+                self.probe = Probe::Sent;
+                self.send(now, &Reply::Probe);
+                self.timers
+                    .set(Timer::HalfCloseProbe, now + self.config.probe_window);
+            }
+            HalfClosePolicy::Probe | HalfClosePolicy::Finish => {}
+        }
+    }
+
+    /// Moves towards `Close` once nothing is left to do.
+    fn maybe_finish(&mut self, now: Instant) {
+        if self.phase == Phase::ByeRequested && !self.has_work() {
+            self.send(now, &Reply::Bye);
+            self.phase = Phase::Closing {
+                cause: Cause::Local,
+                flush: true,
+            };
+        }
+        if self.phase == Phase::Open && self.eof && !self.has_work() {
+            self.phase = Phase::Closing {
+                cause: Cause::PeerClosed,
+                flush: true,
+            };
+        }
+        if let Phase::Closing { cause, flush } = self.phase {
+            let flushed = !flush || self.sent >= self.outbox.len();
+            if self.running.is_none() && flushed {
+                self.phase = Phase::Closed;
+                self.timers.clear_all();
+                self.events.push_back(Event::Close { cause, flush });
+            }
+        }
+    }
+
+    fn close(&mut self, now: Instant, cause: Cause, flush: bool) {
+        match self.phase {
+            Phase::Closed | Phase::Closing { flush: false, .. } => return,
+            // Already closing gracefully; only a hard close (the peer is gone) overrides.
+            Phase::Closing { flush: true, .. } if flush => return,
+            Phase::Closing { .. } | Phase::Open | Phase::ByeRequested => {}
+        }
+        self.phase = Phase::Closing { cause, flush };
+        if !flush {
+            self.outbox = Vec::new();
+            self.sent = 0;
+        }
+        self.timers.clear(Timer::PartialLine);
+        self.timers.clear(Timer::HalfCloseProbe);
+        if let Some(job) = self.running.as_mut() {
+            if job.cancel_cause.is_none() {
+                job.cancel_cause = Some(cause);
+                self.events
+                    .push_back(Event::CancelJob { id: job.id, cause });
+            }
+        }
+        for job in self.queued.drain(..) {
+            self.events.push_back(Event::JobCancelled {
+                id: job.id,
+                cause,
+                was_running: false,
+            });
+        }
+        self.maybe_finish(now);
+    }
+
+    fn send(&mut self, now: Instant, reply: &Reply) {
+        if self.sent >= self.outbox.len() {
+            if let Some(timeout) = self.config.write_timeout {
+                self.timers.set(Timer::WriteStall, now + timeout);
+            }
+        }
+        reply.encode(&mut self.outbox);
+    }
+
+    /// `same_partial`: the unfinished line before this input is still the one pending,
+    /// so its deadline stands.
+    fn rearm_partial_line(&mut self, now: Instant, same_partial: bool) {
+        if !self.accepts_input() {
+            return;
+        }
+        match (
+            same_partial,
+            self.decoder.has_partial(),
+            self.config.partial_line_timeout,
+        ) {
+            (false, true, Some(timeout)) => self.timers.set(Timer::PartialLine, now + timeout),
+            (_, false, _) => self.timers.clear(Timer::PartialLine),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The sans-IO core of hangup: everything about "is the peer still there?" that can be
+//! decided without touching a socket or reading a clock.
+//!
+//! ```text
+//!            ┌──────────────── hangup-core (this crate) ────────────────┐
+//!  D ───────▶│ policy: keepalive, user timeout, write/partial timeouts  │
+//!  bytes ───▶│ protocol: bounded line decoder, commands, replies        │──▶ replies, job starts,
+//!  FIN/RST ─▶│ connection: jobs, half-close policy, timers, causes      │    cancellations, Close
+//!  now ─────▶│ job: the SHA-256 chain, cancellable between slices       │
+//!            └──────────────────────────────────────────────────────────┘
+//!                 driven by the tokio layer in the `hangup` crate
+//! ```
+//!
+//! What it does not do: sockets, epoll, threads, clocks. Time is passed in as `now`,
+//! so every timer is testable on virtual time.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use hangup_core::{Connection, ConnectionConfig, Event, LivenessPolicy, StatusCounts};
+//!
+//! let policy = LivenessPolicy::from_dead_after(Duration::from_secs(2));
+//! let mut conn = Connection::new(ConnectionConfig::new(&policy));
+//! let now = Instant::now();
+//! conn.handle_bytes(now, b"JOB 3\n", &StatusCounts::default);
+//! assert_eq!(conn.poll_transmit(), b"ACCEPTED 1\n");
+//! assert!(matches!(conn.poll_event(), Some(Event::StartJob { id: 1, rounds: 3, .. })));
+//! ```
+#![warn(missing_docs)]
+
+mod cause;
+mod connection;
+mod duration;
+mod job;
+mod policy;
+mod protocol;
+mod timer;
+
+pub use cause::{Cause, UnknownCause};
+pub use connection::{Connection, ConnectionConfig, Event, Interest};
+pub use duration::{format_duration, parse_duration, DurationError};
+pub use job::{run_chain, HashChain, ROUNDS_PER_SLICE};
+pub use policy::{
+    HalfClosePolicy, Keepalive, KeepaliveSetting, KeepaliveTimers, LivenessPolicy, PolicyError,
+    UserTimeoutSetting, DERIVED_KEEPALIVE_PROBES,
+};
+pub use protocol::{
+    parse_line, valid_device_id, Command, ErrorCode, Frame, JobId, LineDecoder, ParseError, Reply,
+    StatusCounts, DEFAULT_SEED, MAX_LINE,
+};
+pub use timer::{Timer, TimerTable};

@@ -1,0 +1,375 @@
+//! The liveness policy: every timer derived from one budget, dead-after D (SPEC §2).
+//!
+//! | mechanism | derived value | catches |
+//! |---|---|---|
+//! | hangup watch (EPOLLRDHUP/EPOLLERR) | always on | FIN and RST as they arrive |
+//! | TCP keepalive | idle D/2, interval D/10, 5 probes | an idle peer that died silently |
+//! | TCP_USER_TIMEOUT | D | a peer that died while our data is unacknowledged |
+//! | write timeout | D | a live peer that stopped reading (`stalled`) |
+//! | partial-line timeout | D | a peer that never finishes its line |
+//!
+//! Every value can be overridden; `None` means off.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::duration::{format_duration, parse_duration};
+
+/// How many keepalive probes the derivation sends before giving up.
+pub const DERIVED_KEEPALIVE_PROBES: u32 = 5;
+
+/// Kernel keepalive timers, as TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT.
+///
+/// Linux counts the two durations in whole seconds (1 to 32767); values are kept in
+/// that form so that what is configured is exactly what the kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveTimers {
+    /// Idle time before the first probe (TCP_KEEPIDLE).
+    pub idle: Duration,
+    /// Time between unanswered probes (TCP_KEEPINTVL).
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped (TCP_KEEPCNT).
+    pub count: u32,
+}
+
+impl KeepaliveTimers {
+    /// Keepalive derived from D: idle D/2 and interval D/10, each rounded down to whole
+    /// seconds but at least 1 s (the kernel's unit), and 5 probes.
+    ///
+    /// For D below 10 s the 1 s floor makes keepalive alone slower than D; the derived
+    /// TCP_USER_TIMEOUT (= D) then bounds it, because Linux aborts a probing connection
+    /// once the user timeout has passed since the peer was last heard.
+    pub fn derive(dead_after: Duration) -> Self {
+        let whole_seconds = |d: Duration| Duration::from_secs(d.as_secs().clamp(1, 32_767));
+        Self {
+            idle: whole_seconds(dead_after / 2),
+            interval: whole_seconds(dead_after / 10),
+            count: DERIVED_KEEPALIVE_PROBES,
+        }
+    }
+
+    /// Worst-case time from the peer's last sign of life to the kernel giving up.
+    pub fn worst_case(&self) -> Duration {
+        self.idle + self.interval * self.count
+    }
+}
+
+/// Keepalive as configured: derived, left to the OS, off, or explicit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepaliveSetting {
+    /// Derive the timers from D.
+    Auto,
+    /// Turn SO_KEEPALIVE on with the system's timers (net.ipv4.tcp_keepalive_*).
+    Os,
+    /// No keepalive.
+    Off,
+    /// Explicit timers.
+    Explicit(KeepaliveTimers),
+}
+
+/// Keepalive as applied to a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keepalive {
+    /// SO_KEEPALIVE off.
+    Off,
+    /// SO_KEEPALIVE on with the system's timers.
+    Os,
+    /// SO_KEEPALIVE on with these timers.
+    Tuned(KeepaliveTimers),
+}
+
+/// The error for a policy value that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// A keepalive setting that is none of the accepted forms.
+    #[error("invalid keepalive `{0}`: expected `auto`, `os`, `off` or `IDLE,INTERVAL,COUNT` (e.g. `15s,3s,5`)")]
+    Keepalive(String),
+    /// A keepalive timer outside what the kernel accepts.
+    #[error("invalid keepalive `{0}`: idle and interval must be whole seconds from 1s to 32767s, count from 1 to 127")]
+    KeepaliveRange(String),
+    /// A user-timeout setting that is none of the accepted forms.
+    #[error("invalid user timeout `{0}`: expected `auto`, `off` or a duration such as `30s`")]
+    UserTimeout(String),
+    /// A half-close policy that is none of the accepted names.
+    #[error("invalid half-close policy `{0}`: expected `probe`, `cancel` or `finish`")]
+    HalfClose(String),
+    /// A dead-after budget that is zero.
+    #[error("dead-after must be at least 1s")]
+    DeadAfterZero,
+}
+
+impl FromStr for KeepaliveSetting {
+    type Err = PolicyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => return Ok(Self::Auto),
+            "os" => return Ok(Self::Os),
+            "off" => return Ok(Self::Off),
+            _ => {}
+        }
+        let bad = || PolicyError::Keepalive(s.to_owned());
+        let mut parts = s.split(',');
+        let (Some(idle), Some(interval), Some(count), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let idle = parse_duration(idle).map_err(|_| bad())?;
+        let interval = parse_duration(interval).map_err(|_| bad())?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let whole = |d: Duration| d.subsec_nanos() == 0 && (1..=32_767).contains(&d.as_secs());
+        if !whole(idle) || !whole(interval) || !(1..=127).contains(&count) {
+            return Err(PolicyError::KeepaliveRange(s.to_owned()));
+        }
+        Ok(Self::Explicit(KeepaliveTimers {
+            idle,
+            interval,
+            count,
+        }))
+    }
+}
+
+impl fmt::Display for KeepaliveSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Os => f.write_str("os"),
+            Self::Off => f.write_str("off"),
+            Self::Explicit(t) => write!(
+                f,
+                "{},{},{}",
+                format_duration(t.idle),
+                format_duration(t.interval),
+                t.count
+            ),
+        }
+    }
+}
+
+/// TCP_USER_TIMEOUT as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserTimeoutSetting {
+    /// Equal to D.
+    Auto,
+    /// Not set (the kernel retransmits for ~15 min with tcp_retries2=15).
+    Off,
+    /// Set explicitly.
+    Fixed(Duration),
+}
+
+impl FromStr for UserTimeoutSetting {
+    type Err = PolicyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "off" => Ok(Self::Off),
+            other => match parse_duration(other) {
+                Ok(d) if !d.is_zero() => Ok(Self::Fixed(d)),
+                _ => Err(PolicyError::UserTimeout(s.to_owned())),
+            },
+        }
+    }
+}
+
+/// What the server does when a client sends FIN while it has jobs pending (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HalfClosePolicy {
+    /// Write a `#` probe line: a peer that closed its socket answers with RST (then
+    /// cancel, cause `peer_closed`); a peer that only half-closed keeps reading and gets
+    /// its results.
+    #[default]
+    Probe,
+    /// Treat FIN as a hangup: cancel at once.
+    Cancel,
+    /// Never cancel on FIN: finish the jobs and send the results.
+    Finish,
+}
+
+impl HalfClosePolicy {
+    /// The flag's name for this policy.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Probe => "probe",
+            Self::Cancel => "cancel",
+            Self::Finish => "finish",
+        }
+    }
+}
+
+impl FromStr for HalfClosePolicy {
+    type Err = PolicyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "probe" => Ok(Self::Probe),
+            "cancel" => Ok(Self::Cancel),
+            "finish" => Ok(Self::Finish),
+            other => Err(PolicyError::HalfClose(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for HalfClosePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every liveness mechanism for one connection, resolved from D and the overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivenessPolicy {
+    /// The budget D everything else was derived from.
+    pub dead_after: Duration,
+    /// TCP keepalive.
+    pub keepalive: Keepalive,
+    /// TCP_USER_TIMEOUT; `None` = not set.
+    pub user_timeout: Option<Duration>,
+    /// Watch for FIN/RST through readiness, without reading data.
+    pub watch_hangup: bool,
+    /// Close a peer that accepts none of our pending bytes for this long (`stalled`).
+    pub write_timeout: Option<Duration>,
+    /// Close a connection whose unfinished line is older than this (`ERR timeout`).
+    pub partial_line_timeout: Option<Duration>,
+}
+
+impl LivenessPolicy {
+    /// The full policy derived from D, with nothing overridden.
+    pub fn from_dead_after(dead_after: Duration) -> Self {
+        Self {
+            dead_after,
+            keepalive: Keepalive::Tuned(KeepaliveTimers::derive(dead_after)),
+            user_timeout: Some(dead_after),
+            watch_hangup: true,
+            write_timeout: Some(dead_after),
+            partial_line_timeout: Some(dead_after),
+        }
+    }
+
+    /// Nothing configured: what a plain socket gets from the OS.
+    pub fn os_defaults(dead_after: Duration) -> Self {
+        Self {
+            dead_after,
+            keepalive: Keepalive::Off,
+            user_timeout: None,
+            watch_hangup: false,
+            write_timeout: None,
+            partial_line_timeout: None,
+        }
+    }
+
+    /// Resolves settings that may say `auto` against D.
+    pub fn resolve(
+        dead_after: Duration,
+        keepalive: KeepaliveSetting,
+        user_timeout: UserTimeoutSetting,
+    ) -> Result<Self, PolicyError> {
+        if dead_after < Duration::from_secs(1) {
+            return Err(PolicyError::DeadAfterZero);
+        }
+        let mut policy = Self::from_dead_after(dead_after);
+        policy.keepalive = match keepalive {
+            KeepaliveSetting::Auto => Keepalive::Tuned(KeepaliveTimers::derive(dead_after)),
+            KeepaliveSetting::Os => Keepalive::Os,
+            KeepaliveSetting::Off => Keepalive::Off,
+            KeepaliveSetting::Explicit(timers) => Keepalive::Tuned(timers),
+        };
+        policy.user_timeout = match user_timeout {
+            UserTimeoutSetting::Auto => Some(dead_after),
+            UserTimeoutSetting::Off => None,
+            UserTimeoutSetting::Fixed(d) => Some(d),
+        };
+        Ok(policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derivation_sums_to_dead_after() {
+        let d = Duration::from_secs(30);
+        let timers = KeepaliveTimers::derive(d);
+        assert_eq!(timers.idle, Duration::from_secs(15));
+        assert_eq!(timers.interval, Duration::from_secs(3));
+        assert_eq!(timers.count, 5);
+        assert_eq!(timers.worst_case(), d);
+        let policy = LivenessPolicy::from_dead_after(d);
+        assert_eq!(policy.user_timeout, Some(d));
+        assert_eq!(policy.write_timeout, Some(d));
+    }
+
+    #[test]
+    fn short_budgets_clamp_to_the_kernel_second() {
+        let timers = KeepaliveTimers::derive(Duration::from_secs(2));
+        assert_eq!(timers.idle, Duration::from_secs(1));
+        assert_eq!(timers.interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn keepalive_setting_parses() {
+        assert_eq!("auto".parse(), Ok(KeepaliveSetting::Auto));
+        assert_eq!("os".parse(), Ok(KeepaliveSetting::Os));
+        assert_eq!("off".parse(), Ok(KeepaliveSetting::Off));
+        let explicit: KeepaliveSetting = "10s,2s,4".parse().unwrap();
+        assert_eq!(
+            explicit,
+            KeepaliveSetting::Explicit(KeepaliveTimers {
+                idle: Duration::from_secs(10),
+                interval: Duration::from_secs(2),
+                count: 4
+            })
+        );
+        assert_eq!(explicit.to_string(), "10s,2s,4");
+        assert!(matches!(
+            "10s,500ms,4".parse::<KeepaliveSetting>(),
+            Err(PolicyError::KeepaliveRange(_))
+        ));
+        assert!(matches!(
+            "10s,2s".parse::<KeepaliveSetting>(),
+            Err(PolicyError::Keepalive(_))
+        ));
+        assert!("10s,2s,0".parse::<KeepaliveSetting>().is_err());
+    }
+
+    #[test]
+    fn resolve_applies_overrides() {
+        let d = Duration::from_secs(2);
+        let policy =
+            LivenessPolicy::resolve(d, KeepaliveSetting::Off, UserTimeoutSetting::Off).unwrap();
+        assert_eq!(policy.keepalive, Keepalive::Off);
+        assert_eq!(policy.user_timeout, None);
+        let policy = LivenessPolicy::resolve(
+            d,
+            KeepaliveSetting::Os,
+            "750ms".parse::<UserTimeoutSetting>().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(policy.keepalive, Keepalive::Os);
+        assert_eq!(policy.user_timeout, Some(Duration::from_millis(750)));
+        assert_eq!(
+            LivenessPolicy::resolve(
+                Duration::ZERO,
+                KeepaliveSetting::Auto,
+                UserTimeoutSetting::Auto
+            ),
+            Err(PolicyError::DeadAfterZero)
+        );
+    }
+
+    #[test]
+    fn half_close_parses() {
+        for p in [
+            HalfClosePolicy::Probe,
+            HalfClosePolicy::Cancel,
+            HalfClosePolicy::Finish,
+        ] {
+            assert_eq!(p.as_str().parse(), Ok(p));
+        }
+        assert!("maybe".parse::<HalfClosePolicy>().is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! The connection's timers: a closed set, one deadline each, and the earliest of them
+//! for the driver's single sleep.
+
+use std::time::Instant;
+
+/// Every timer a connection can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// An unfinished line has waited `partial_line_timeout` for its newline.
+    PartialLine,
+    /// Pending replies made no write progress for `write_timeout`: the peer stalled.
+    WriteStall,
+    /// No RST came back within the probe window: the peer only half-closed.
+    HalfCloseProbe,
+}
+
+impl Timer {
+    const ALL: [Timer; 3] = [Timer::PartialLine, Timer::WriteStall, Timer::HalfCloseProbe];
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One optional deadline per [`Timer`]; setting one is O(1), finding the next is a scan
+/// of a fixed three slots.
+#[derive(Debug, Clone, Default)]
+pub struct TimerTable {
+    deadlines: [Option<Instant>; Timer::ALL.len()],
+}
+
+impl TimerTable {
+    /// Arms `timer` for `deadline`, replacing any earlier setting.
+    pub fn set(&mut self, timer: Timer, deadline: Instant) {
+        self.deadlines[timer.index()] = Some(deadline);
+    }
+
+    /// Disarms `timer`.
+    pub fn clear(&mut self, timer: Timer) {
+        self.deadlines[timer.index()] = None;
+    }
+
+    /// Disarms every timer.
+    pub fn clear_all(&mut self) {
+        self.deadlines = Default::default();
+    }
+
+    /// The deadline of `timer`, if armed.
+    pub fn get(&self, timer: Timer) -> Option<Instant> {
+        self.deadlines[timer.index()]
+    }
+
+    /// The earliest armed deadline.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.deadlines.iter().flatten().min().copied()
+    }
+
+    /// Disarms and returns the timers due at `now`, earliest first.
+    pub fn expired(&mut self, now: Instant) -> Vec<Timer> {
+        let mut due: Vec<(Instant, Timer)> = Timer::ALL
+            .into_iter()
+            .filter_map(|t| self.get(t).filter(|&d| d <= now).map(|d| (d, t)))
+            .collect();
+        due.sort_by_key(|&(deadline, _)| deadline);
+        for &(_, timer) in &due {
+            self.clear(timer);
+        }
+        due.into_iter().map(|(_, timer)| timer).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn next_timeout_is_the_earliest() {
+        let t0 = Instant::now();
+        let mut table = TimerTable::default();
+        assert_eq!(table.next_timeout(), None);
+        table.set(Timer::WriteStall, t0 + Duration::from_secs(5));
+        table.set(Timer::PartialLine, t0 + Duration::from_secs(2));
+        assert_eq!(table.next_timeout(), Some(t0 + Duration::from_secs(2)));
+        assert_eq!(table.expired(t0 + Duration::from_secs(1)), vec![]);
+        assert_eq!(
+            table.expired(t0 + Duration::from_secs(6)),
+            vec![Timer::PartialLine, Timer::WriteStall]
+        );
+        assert_eq!(table.next_timeout(), None);
+    }
+}
