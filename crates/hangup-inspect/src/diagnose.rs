@@ -19,7 +19,7 @@ pub struct Thresholds {
     /// A CLOSE_WAIT socket older than this is a `close-wait-leak`.
     pub close_wait_after: Duration,
     /// An ESTABLISHED socket that received nothing for longer than this is a
-    /// `half-open-suspect` (keepalive off) or, with a newer twin, a `ghost-duplicate`.
+    /// `half-open-suspect` (keepalive off) or, with a twin from the same peer heard from since, a `ghost-duplicate`.
     pub silent_after: Duration,
 }
 
@@ -46,7 +46,8 @@ pub enum FindingKind {
     /// The peer advertises a zero window: alive, but not reading.
     ZeroWindow,
     /// One of several connections from the same peer address to a listening
-    /// port, silent, and not the newest: likely left behind by a reconnect.
+    /// port, silent, while another of them was heard from since: likely left
+    /// behind by a reconnect.
     GhostDuplicate,
 }
 
@@ -291,11 +292,11 @@ fn zero_window(socket: &Socket) -> Option<Finding> {
 }
 
 /// Groups server-side connections by (listening address, peer IP); in each group
-/// of two or more, every silent socket except the newest is a ghost.
+/// of two or more, every silent socket except the live one is a ghost.
 ///
-/// "Newest" is judged by inode: sockfs hands out inode numbers in increasing
-/// order as `accept()` creates the files, and a connection still in the accept
-/// queue (inode 0) is newer than any accepted one.
+/// The live one is the connection heard from most recently (smallest TCP_INFO
+/// receive silence). Creation order is not visible: inode numbers are handed out
+/// in per-CPU batches, so they are only the tie-breaker.
 fn ghost_duplicates(sockets: &[Socket], thresholds: &Thresholds) -> HashMap<usize, Finding> {
     let listeners: HashSet<SocketAddr> = sockets
         .iter()
@@ -317,16 +318,17 @@ fn ghost_duplicates(sockets: &[Socket], thresholds: &Thresholds) -> HashMap<usiz
                 .push(index);
         }
     }
-    let newness = |index: &usize| match sockets[*index].inode {
-        0 => u64::MAX,
-        inode => u64::from(inode),
+    let liveness = |index: &usize| {
+        let socket = &sockets[*index];
+        let silence = socket.tcp_info.map_or(Duration::MAX, |info| info.last_recv());
+        (std::cmp::Reverse(silence), socket.inode)
     };
     let mut ghosts = HashMap::new();
     for ((local, peer_ip), members) in groups {
         if members.len() < 2 {
             continue;
         }
-        let Some(&newest) = members.iter().max_by_key(|index| newness(index)) else {
+        let Some(&live) = members.iter().max_by_key(|index| liveness(index)) else {
             continue;
         };
         for &index in &members {
@@ -334,7 +336,7 @@ fn ghost_duplicates(sockets: &[Socket], thresholds: &Thresholds) -> HashMap<usiz
             let Some(silence) = socket.tcp_info.map(|info| info.last_recv()) else {
                 continue;
             };
-            if index == newest || silence <= thresholds.silent_after {
+            if index == live || silence <= thresholds.silent_after {
                 continue;
             }
             ghosts.insert(
@@ -343,10 +345,10 @@ fn ghost_duplicates(sockets: &[Socket], thresholds: &Thresholds) -> HashMap<usiz
                     kind: FindingKind::GhostDuplicate,
                     reason: format!(
                         "{} connections from {peer_ip} to {local}; this one is silent for {} \
-                         while a newer one ({}) exists: likely left behind by a reconnecting client",
+                         while {} was heard from since: likely left behind by a reconnecting client",
                         members.len(),
                         human_duration(silence),
-                        sockets[newest].peer,
+                        sockets[live].peer,
                     ),
                 },
             );
@@ -530,8 +532,8 @@ mod tests {
             retries: 0,
         });
         let old = silent_for(old, Duration::from_secs(900));
-        let mut new = old.clone();
-        new.inode = 20;
+        let mut new = silent_for(old.clone(), Duration::from_secs(1));
+        new.inode = 5;
         new.peer = "10.0.0.2:5001".parse().unwrap();
         let mut other_peer = old.clone();
         other_peer.peer = "10.0.0.3:5000".parse().unwrap();

@@ -96,7 +96,7 @@ pub struct Options {
     /// CLOSE_WAIT older than this is a `close-wait-leak`.
     pub close_wait_after: Duration,
     /// ESTABLISHED and silent for longer than this is a `half-open-suspect`
-    /// (keepalive off) or, with a newer twin from the same peer, a `ghost-duplicate`.
+    /// (keepalive off) or, with a twin from the same peer heard from since, a `ghost-duplicate`.
     pub silent_after: Duration,
 }
 
