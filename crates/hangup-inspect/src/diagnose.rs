@@ -320,7 +320,9 @@ fn ghost_duplicates(sockets: &[Socket], thresholds: &Thresholds) -> HashMap<usiz
     }
     let liveness = |index: &usize| {
         let socket = &sockets[*index];
-        let silence = socket.tcp_info.map_or(Duration::MAX, |info| info.last_recv());
+        let silence = socket
+            .tcp_info
+            .map_or(Duration::MAX, |info| info.last_recv());
         (std::cmp::Reverse(silence), socket.inode)
     };
     let mut ghosts = HashMap::new();

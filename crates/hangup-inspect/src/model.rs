@@ -22,8 +22,10 @@ pub enum TcpState {
     /// Passive open: SYN received, SYN-ACK sent, waiting for the final ACK.
     SynRecv,
     /// We closed, our FIN is not acknowledged yet.
+    #[serde(rename = "fin-wait-1")]
     FinWait1,
     /// We closed and our FIN is acknowledged; waiting for the peer's FIN.
+    #[serde(rename = "fin-wait-2")]
     FinWait2,
     /// Both sides closed; lingering to absorb late segments.
     TimeWait,
@@ -62,6 +64,7 @@ impl TcpState {
     }
 
     /// The lower-case name used by `--state` and the JSON output, e.g. `close-wait`.
+    /// (The serde names are the same; a unit test holds them together.)
     pub fn name(self) -> &'static str {
         match self {
             TcpState::Established => "established",
@@ -282,4 +285,19 @@ pub struct Snapshot {
     pub unreadable_pids: Vec<u32>,
     /// Things the kernel or `/proc` did not let us see, one sentence each.
     pub notes: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_names_are_the_state_names_and_parse_back() {
+        for state in TcpState::ALL {
+            let json = serde_json::to_value(state).unwrap();
+            assert_eq!(json, state.name());
+            assert_eq!(TcpState::parse(state.name()).unwrap(), state);
+            assert_eq!(TcpState::parse(state.ss_label()).unwrap(), state);
+        }
+    }
 }

@@ -15,16 +15,25 @@ fn peer_close_while_the_application_holds_the_socket_is_a_close_wait_leak() {
     let client_addr = client.local_addr().unwrap();
     drop(client);
 
-    let report = wait_for("the server side in CLOSE_WAIT for over 0 ms", 100, Duration::from_millis(20), || {
-        let report = report_for_port(addr.port(), &eager());
-        let held = find(&report, addr, client_addr)?;
-        let age = close_wait_age(&held.socket)?;
-        (!age.is_zero()).then_some(report)
-    });
+    let report = wait_for(
+        "the server side in CLOSE_WAIT for over 0 ms",
+        100,
+        Duration::from_millis(20),
+        || {
+            let report = report_for_port(addr.port(), &eager());
+            let held = find(&report, addr, client_addr)?;
+            let age = close_wait_age(&held.socket)?;
+            (!age.is_zero()).then_some(report)
+        },
+    );
     let held = get(&report, addr, client_addr);
     assert_eq!(held.socket.state, TcpState::CloseWait);
     assert_eq!(kinds(held), [FindingKind::CloseWaitLeak]);
-    assert!(held.findings[0].reason.contains("CLOSE_WAIT"), "{:?}", held.findings);
+    assert!(
+        held.findings[0].reason.contains("CLOSE_WAIT"),
+        "{:?}",
+        held.findings
+    );
     assert_eq!(held.socket.owner_status, OwnerStatus::Found);
     assert_eq!(held.socket.owners[0].pid, std::process::id());
     // The FIN is one byte of the receive queue.

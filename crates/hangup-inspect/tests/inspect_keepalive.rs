@@ -21,15 +21,20 @@ fn keepalive_timer_shows_and_silence_without_it_is_half_open_suspect() {
     let kept_addr = kept.local_addr().unwrap();
     let bare_addr = bare.local_addr().unwrap();
 
-    let report = wait_for("both clients silent for over 0 ms", 100, Duration::from_millis(20), || {
-        let report = report_for_port(addr.port(), &eager());
-        let silent = |local| {
-            find(&report, local, addr)
-                .and_then(|s| s.socket.tcp_info)
-                .is_some_and(|info| !info.last_recv().is_zero())
-        };
-        (silent(kept_addr) && silent(bare_addr)).then_some(report)
-    });
+    let report = wait_for(
+        "both clients silent for over 0 ms",
+        100,
+        Duration::from_millis(20),
+        || {
+            let report = report_for_port(addr.port(), &eager());
+            let silent = |local| {
+                find(&report, local, addr)
+                    .and_then(|s| s.socket.tcp_info)
+                    .is_some_and(|info| !info.last_recv().is_zero())
+            };
+            (silent(kept_addr) && silent(bare_addr)).then_some(report)
+        },
+    );
 
     let kept_socket = get(&report, kept_addr, addr);
     let timer = kept_socket.socket.timer.expect("keepalive timer");

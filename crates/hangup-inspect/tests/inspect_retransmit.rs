@@ -31,12 +31,19 @@ fn pulled_link_with_unacknowledged_data_is_retransmitting() {
     ip(&["-n", &link.b.name, "link", "set", &link.dev_b, "down"]);
     client.write_all(&[0x42; 1000]).unwrap();
 
-    let report = wait_for("a retransmission timeout on the client", 150, Duration::from_millis(100), || {
-        let report = link.a.run(|| report_for_port(server_addr.port(), &patient()));
-        let socket = &find(&report, client_addr, server_addr)?.socket;
-        let retries = socket.tcp_info?.retransmits;
-        (retries >= 1).then_some(report)
-    });
+    let report = wait_for(
+        "a retransmission timeout on the client",
+        150,
+        Duration::from_millis(100),
+        || {
+            let report = link
+                .a
+                .run(|| report_for_port(server_addr.port(), &patient()));
+            let socket = &find(&report, client_addr, server_addr)?.socket;
+            let retries = socket.tcp_info?.retransmits;
+            (retries >= 1).then_some(report)
+        },
+    );
     let dying = get(&report, client_addr, server_addr);
     let timer = dying.socket.timer.expect("retransmit timer");
     assert_eq!(timer.kind, TimerKind::Retransmit);
@@ -52,7 +59,9 @@ fn pulled_link_with_unacknowledged_data_is_retransmitting() {
     assert_eq!(dying.socket.owners[0].pid, std::process::id());
 
     // The same sockets through ss, inside the namespace.
-    let report = link.a.run(|| report_for_port(server_addr.port(), &patient()));
+    let report = link
+        .a
+        .run(|| report_for_port(server_addr.port(), &patient()));
     let ss = ss_for_port(server_addr.port(), Some(&link.a.name));
     assert_agrees_with_ss(&report, &ss);
 

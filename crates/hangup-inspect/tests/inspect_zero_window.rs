@@ -33,23 +33,39 @@ fn a_receiver_that_does_not_read_gives_the_sender_a_zero_window() {
     });
     assert!(filled, "send buffer never filled after {written} bytes");
 
-    let report = wait_for("the persist timer on the sender", 200, Duration::from_millis(25), || {
-        let report = report_for_port(addr.port(), &eager());
-        let socket = &find(&report, sender_addr, addr)?.socket;
-        socket
-            .timer
-            .is_some_and(|timer| timer.kind == TimerKind::Persist)
-            .then_some(report)
-    });
+    let report = wait_for(
+        "the persist timer on the sender",
+        200,
+        Duration::from_millis(25),
+        || {
+            let report = report_for_port(addr.port(), &eager());
+            let socket = &find(&report, sender_addr, addr)?.socket;
+            socket
+                .timer
+                .is_some_and(|timer| timer.kind == TimerKind::Persist)
+                .then_some(report)
+        },
+    );
     let stalled = get(&report, sender_addr, addr);
-    assert!(kinds(stalled).contains(&FindingKind::ZeroWindow), "{:?}", stalled.findings);
-    assert!(!kinds(stalled).contains(&FindingKind::Retransmitting), "{:?}", stalled.findings);
+    assert!(
+        kinds(stalled).contains(&FindingKind::ZeroWindow),
+        "{:?}",
+        stalled.findings
+    );
+    assert!(
+        !kinds(stalled).contains(&FindingKind::Retransmitting),
+        "{:?}",
+        stalled.findings
+    );
     assert!(stalled.socket.send_q > 0);
     if let Some(window) = stalled.socket.tcp_info.and_then(|info| info.snd_wnd) {
         assert_eq!(window, 0);
     }
     let receiver = get(&report, addr, sender_addr);
-    assert!(receiver.socket.recv_q > 0, "the receiver holds unread bytes");
+    assert!(
+        receiver.socket.recv_q > 0,
+        "the receiver holds unread bytes"
+    );
 
     let report = report_for_port(addr.port(), &eager());
     assert_agrees_with_ss(&report, &ss_for_port(addr.port(), None));

@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hangup_inspect::{
-    collect, diagnose, DiagnosedSocket, Filter, FindingKind, Report, Thresholds,
-};
+use hangup_inspect::{collect, diagnose, DiagnosedSocket, Filter, FindingKind, Report, Thresholds};
 
 /// Thresholds that flag everything at once, for tests that make conditions happen.
 pub fn eager() -> Thresholds {
@@ -62,7 +60,12 @@ pub fn kinds(socket: &DiagnosedSocket) -> Vec<FindingKind> {
 }
 
 /// Polls `probe` every `step` until it returns `Some`, at most `attempts` times.
-pub fn wait_for<T>(what: &str, attempts: u32, step: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(
+    what: &str,
+    attempts: u32,
+    step: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
     let started = Instant::now();
     for _ in 0..attempts {
         if let Some(value) = probe() {
@@ -70,7 +73,10 @@ pub fn wait_for<T>(what: &str, attempts: u32, step: Duration, mut probe: impl Fn
         }
         thread::sleep(step);
     }
-    panic!("gave up waiting for {what} after {attempts} attempts ({:?})", started.elapsed());
+    panic!(
+        "gave up waiting for {what} after {attempts} attempts ({:?})",
+        started.elapsed()
+    );
 }
 
 /// A listener on `ip` with an ephemeral port.
@@ -128,7 +134,11 @@ pub fn ss_for_port(port: u16, netns: Option<&str>) -> Vec<SsSocket> {
         .args(["-tinpoeaH", &filter])
         .output()
         .expect("run ss (iproute2)");
-    assert!(output.status.success(), "ss failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "ss failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     parse_ss(&String::from_utf8_lossy(&output.stdout))
 }
 
@@ -143,9 +153,13 @@ pub fn parse_ss(text: &str) -> Vec<SsSocket> {
             continue;
         }
         let mut words = line.split_whitespace();
-        let (Some(state), Some(recv_q), Some(send_q), Some(local), Some(peer)) =
-            (words.next(), words.next(), words.next(), words.next(), words.next())
-        else {
+        let (Some(state), Some(recv_q), Some(send_q), Some(local), Some(peer)) = (
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+        ) else {
             continue;
         };
         let mut socket = SsSocket {
@@ -218,8 +232,17 @@ fn parse_ss_info(line: &str, socket: &mut SsSocket) {
 /// `127.0.0.1:80`, `[::1]:80`, `*:80`, `0.0.0.0:*`, `[fe80::1]%lo:80`.
 pub fn parse_ss_addr(text: &str) -> SocketAddr {
     let (host, port) = text.rsplit_once(':').expect("host:port");
-    let port = if port == "*" { 0 } else { port.parse().expect("port") };
-    let host = host.split('%').next().unwrap().trim_start_matches('[').trim_end_matches(']');
+    let port = if port == "*" {
+        0
+    } else {
+        port.parse().expect("port")
+    };
+    let host = host
+        .split('%')
+        .next()
+        .unwrap()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let ip = if host == "*" {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     } else {
@@ -241,7 +264,9 @@ pub fn parse_ss_ms(text: &str) -> u64 {
     }
     let rest = rest.strip_suffix("ms").unwrap_or(rest);
     match rest.split_once('.') {
-        Some((secs, ms)) => millis + secs.parse::<u64>().unwrap() * 1000 + ms.parse::<u64>().unwrap(),
+        Some((secs, ms)) => {
+            millis + secs.parse::<u64>().unwrap() * 1000 + ms.parse::<u64>().unwrap()
+        }
         None if rest.is_empty() => millis,
         None => millis + rest.parse::<u64>().expect("ms"),
     }
@@ -273,10 +298,16 @@ pub fn assert_agrees_with_ss(report: &Report, ss: &[SsSocket]) {
             (None, None) => {}
             (Some(timer), Some((name, left_ms, retries))) => {
                 assert_eq!(timer.kind.ss_name(), name, "timer of {context}");
-                assert!(timer.retries <= *retries, "timer retries of {context}: {timer:?} vs {retries}");
+                assert!(
+                    timer.retries <= *retries,
+                    "timer retries of {context}: {timer:?} vs {retries}"
+                );
                 if timer.retries == *retries {
                     let ours_ms = u64::try_from(timer.expires_in.as_millis()).unwrap();
-                    assert!(*left_ms <= ours_ms, "timer left of {context}: ss {left_ms} ms, ours {ours_ms} ms");
+                    assert!(
+                        *left_ms <= ours_ms,
+                        "timer left of {context}: ss {left_ms} ms, ours {ours_ms} ms"
+                    );
                 }
             }
             (ours, theirs) => panic!("timer of {context}: ours {ours:?}, ss {theirs:?}"),
@@ -284,9 +315,15 @@ pub fn assert_agrees_with_ss(report: &Report, ss: &[SsSocket]) {
         if let Some(info) = &socket.tcp_info {
             if let Some(rtt_ms) = theirs.rtt_ms {
                 let ours = info.rtt.as_secs_f64() * 1000.0;
-                assert!((ours - rtt_ms).abs() <= ours * 1e-4 + 1e-6, "rtt of {context}: {ours} vs {rtt_ms}");
+                assert!(
+                    (ours - rtt_ms).abs() <= ours * 1e-4 + 1e-6,
+                    "rtt of {context}: {ours} vs {rtt_ms}"
+                );
             }
-            assert!(info.total_retrans <= theirs.retrans.1, "total retrans of {context}");
+            assert!(
+                info.total_retrans <= theirs.retrans.1,
+                "total retrans of {context}"
+            );
             assert_eq!(info.unacked, theirs.unacked, "unacked of {context}");
             for (name, ours, theirs) in [
                 ("lastsnd", info.last_data_sent, theirs.lastsnd),
@@ -295,7 +332,10 @@ pub fn assert_agrees_with_ss(report: &Report, ss: &[SsSocket]) {
             ] {
                 if let Some(theirs) = theirs {
                     let ours = u64::try_from(ours.as_millis()).unwrap();
-                    assert!(ours <= theirs, "{name} of {context}: ours {ours} ms, ss {theirs} ms");
+                    assert!(
+                        ours <= theirs,
+                        "{name} of {context}: ours {ours} ms, ss {theirs} ms"
+                    );
                 }
             }
         }
@@ -323,12 +363,19 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A short name unique to this process and call, e.g. `hgi-4242-3`.
 pub fn unique_name() -> String {
-    format!("hgi-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "hgi-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Runs `ip ARGS`, panicking with its stderr on failure.
 pub fn ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().expect("run ip (iproute2)");
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
     assert!(
         output.status.success(),
         "ip {} failed: {}",
@@ -379,7 +426,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let status = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let status = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
         if !matches!(status, Ok(s) if s.success()) {
             eprintln!("warning: could not delete netns {}", self.name);
         }
@@ -406,14 +455,38 @@ impl VethPair {
         let b = Netns::new();
         let dev_a = format!("{}a", unique_name());
         let dev_b = format!("{}b", unique_name());
-        assert!(dev_a.len() <= 15 && dev_b.len() <= 15, "interface names too long");
+        assert!(
+            dev_a.len() <= 15 && dev_b.len() <= 15,
+            "interface names too long"
+        );
         let pair = VethPair { a, b, dev_a, dev_b };
         ip(&[
-            "link", "add", &pair.dev_a, "netns", &pair.a.name, "type", "veth", "peer", "name",
-            &pair.dev_b, "netns", &pair.b.name,
+            "link",
+            "add",
+            &pair.dev_a,
+            "netns",
+            &pair.a.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pair.dev_b,
+            "netns",
+            &pair.b.name,
         ]);
-        for (ns, dev, addr) in [(&pair.a, &pair.dev_a, ADDR_A), (&pair.b, &pair.dev_b, ADDR_B)] {
-            ip(&["-n", &ns.name, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+        for (ns, dev, addr) in [
+            (&pair.a, &pair.dev_a, ADDR_A),
+            (&pair.b, &pair.dev_b, ADDR_B),
+        ] {
+            ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                dev,
+            ]);
             ip(&["-n", &ns.name, "link", "set", dev, "up"]);
         }
         pair
