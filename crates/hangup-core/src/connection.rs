@@ -192,7 +192,8 @@ impl Connection {
         }
     }
 
-    /// Bytes read from the peer. `status` is asked for server-wide counts on `STATUS`.
+    /// Bytes read from the peer. `status` is asked on `STATUS` for the server-wide counts
+    /// of every *other* connection; this connection adds its own jobs.
     pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8], status: &dyn Fn() -> StatusCounts) {
         if !self.accepts_input() {
             return;
@@ -295,15 +296,26 @@ impl Connection {
             self.outbox = Vec::new();
             self.sent = 0;
             self.timers.clear(Timer::WriteStall);
-        } else if let Some(timeout) = self.config.write_timeout {
-            self.timers.set(Timer::WriteStall, now + timeout);
+        } else {
+            // A peer that always leaves a few bytes unread would otherwise keep every
+            // byte ever written here. Dropping the written part once it is the larger
+            // half moves each byte at most once on average.
+            if self.sent > self.outbox.len() / 2 {
+                self.outbox.drain(..self.sent);
+                self.sent = 0;
+            }
+            if let Some(timeout) = self.config.write_timeout {
+                self.timers.set(Timer::WriteStall, now + timeout);
+            }
         }
         self.maybe_finish(now);
     }
 
     /// Time reached [`Connection::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) {
-        for timer in self.timers.expired(now) {
+        // One at a time: after a late wake-up several may be due, and a close by the
+        // first disarms the rest (no `ERR timeout` or `PeerHalfClosed` after it).
+        while let Some(timer) = self.timers.pop_expired(now) {
             match timer {
                 Timer::PartialLine => {
                     let message = "partial line older than the dead-after budget; closing";
@@ -414,7 +426,14 @@ impl Connection {
                 self.start_next_job();
             }
             Command::Cancel(id) => self.cancel_by_client(now, id),
-            Command::Status => self.send(now, &Reply::Status(status())),
+            Command::Status => {
+                // `status` counts the other connections; this one's jobs are known here.
+                let mut counts = status();
+                let (running, queued) = self.job_counts();
+                counts.jobs_running += running as u64;
+                counts.jobs_queued += queued as u64;
+                self.send(now, &Reply::Status(counts));
+            }
             Command::Bye => {
                 self.phase = Phase::ByeRequested;
                 self.timers.clear(Timer::PartialLine);
@@ -571,6 +590,35 @@ impl Connection {
             (false, true, Some(timeout)) => self.timers.set(Timer::PartialLine, now + timeout),
             (_, false, _) => self.timers.clear(Timer::PartialLine),
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that always leaves some reply bytes unread must not make the outbox keep
+    /// every byte ever written (the written prefix is only dropped on a full drain).
+    #[test]
+    fn outbox_memory_is_bounded_when_never_fully_drained() {
+        let policy = LivenessPolicy::from_dead_after(Duration::from_secs(2));
+        let config = ConnectionConfig::new(&policy);
+        let mut conn = Connection::new(config);
+        let now = Instant::now();
+        let chunk = "PING 0123456789\n".repeat(1024);
+        for _ in 0..1000 {
+            if conn.interest().read {
+                conn.handle_bytes(now, chunk.as_bytes(), &StatusCounts::default);
+            }
+            // The peer reads all but the last byte.
+            let pending = conn.poll_transmit().len();
+            conn.handle_sent(now, pending - 1);
+            assert!(
+                conn.outbox.len() <= 2 * (config.outbox_high_water + chunk.len()),
+                "outbox holds {} bytes",
+                conn.outbox.len()
+            );
         }
     }
 }

@@ -1,0 +1,238 @@
+//! Every command-line flag of `hangup`, as clap derive structs.
+//!
+//! Nothing here does work: arguments are resolved into settings by the
+//! commands in `commands/`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hangup_core::{HalfClosePolicy, KeepaliveSetting, UserTimeoutSetting};
+
+/// Know when the other end of a TCP connection is gone, and stop spending work on it.
+#[derive(Debug, Parser)]
+#[command(name = "hangup", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the line-protocol server whose jobs stop the moment their client hangs up.
+    Serve(ServeArgs),
+    /// Talk to a server from the terminal; notices a dead server even while idle at the prompt.
+    Client(ClientArgs),
+    /// Measure detection and cancellation against a real server.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// List TCP sockets through sock_diag and flag ghosts, leaks and dying peers.
+    Inspect(InspectArgs),
+}
+
+/// How connections are watched, shared by `serve` and `client` (SPEC §2).
+#[derive(Debug, Clone, Args)]
+pub struct LivenessArgs {
+    /// The liveness budget D: the longest time from a peer's silent death to its
+    /// detection. Every timer below is derived from it unless set explicitly.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub dead_after: Duration,
+
+    /// TCP keepalive: `auto` (idle D/2, interval D/10, 5 probes), `os` (SO_KEEPALIVE with
+    /// the system's timers), `off`, or explicit `IDLE,INTERVAL,COUNT` (durations, count).
+    #[arg(
+        long,
+        value_name = "auto|os|off|IDLE,INTVL,COUNT",
+        default_value = "auto"
+    )]
+    pub keepalive: KeepaliveSetting,
+
+    /// TCP_USER_TIMEOUT: `auto` (= D), `off`, or a duration. Bounds how long sent data may
+    /// stay unacknowledged before the kernel gives up with ETIMEDOUT.
+    #[arg(long, value_name = "auto|off|DURATION", default_value = "auto")]
+    pub user_timeout: UserTimeoutSetting,
+
+    /// Watch for FIN and RST through EPOLLRDHUP/EPOLLERR readiness without reading data.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    pub watch_hangup: bool,
+
+    /// Give up on a peer that accepts none of our bytes for this long (cause `stalled`):
+    /// `auto` (= D), `off`, or a duration.
+    #[arg(long, value_name = "auto|off|DURATION", default_value = "auto", value_parser = parse_auto_duration)]
+    pub write_timeout: AutoDuration,
+}
+
+/// `hangup serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on for the line protocol.
+    #[arg(long, default_value = "127.0.0.1:7557")]
+    pub listen: SocketAddr,
+
+    /// Liveness policy applied to every accepted connection.
+    #[command(flatten)]
+    pub liveness: LivenessArgs,
+
+    /// What to do when a client sends FIN while its jobs are pending: `probe` writes a `#`
+    /// line and cancels only if the peer answers with RST (it closed, rather than
+    /// half-closed); `cancel` treats FIN as a hangup; `finish` never cancels on FIN.
+    #[arg(long, value_name = "probe|cancel|finish", default_value = "probe")]
+    pub on_half_close: HalfClosePolicy,
+
+    /// Jobs running at once across all connections [default: number of CPUs].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Connections served at once; the next one gets `ERR busy` and is closed.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Largest accepted `JOB <rounds>`.
+    #[arg(long, value_name = "N", default_value_t = 10_000_000_000)]
+    pub max_rounds: u64,
+
+    /// Event log format on stderr: human `text`, or `json` (one object a line, with `ts_ns`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `hangup client`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Server address.
+    #[arg(default_value = "127.0.0.1:7557")]
+    pub addr: String,
+
+    /// Liveness policy applied to the connection to the server.
+    #[command(flatten)]
+    pub liveness: LivenessArgs,
+
+    /// Exit (non-zero) when the connection is lost instead of reconnecting.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Event log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `hangup bench`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Latency from a client's hangup (FIN or RST) to its running job being stopped.
+    Cancel(BenchCancelArgs),
+}
+
+/// `hangup bench cancel`.
+#[derive(Debug, Args)]
+pub struct BenchCancelArgs {
+    /// Idle connections held open against the server during the measurement.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub idle: usize,
+
+    /// Hangups measured per mode.
+    #[arg(long, value_name = "N", default_value_t = 2_000)]
+    pub iterations: usize,
+
+    /// Which hangups to measure.
+    #[arg(long, value_enum, default_value_t = HangupMode::Both)]
+    pub mode: HangupMode,
+
+    /// Server policy for FIN during a job (passed to the server under test).
+    #[arg(long, value_name = "probe|cancel|finish", default_value = "probe")]
+    pub on_half_close: HalfClosePolicy,
+
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// Which kind of hangup `bench cancel` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HangupMode {
+    /// The client closes normally: FIN.
+    Fin,
+    /// The client closes with SO_LINGER 0: RST.
+    Rst,
+    /// Both, one after the other.
+    Both,
+}
+
+/// `hangup inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Only sockets whose local or peer port is P.
+    #[arg(long, value_name = "P")]
+    pub port: Option<u16>,
+
+    /// Only sockets owned by this process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Only sockets in this TCP state (e.g. established, close-wait, listen).
+    #[arg(long, value_name = "S")]
+    pub state: Option<String>,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Refresh every SECS seconds until interrupted.
+    #[arg(long, value_name = "SECS")]
+    pub watch: Option<f64>,
+
+    /// Flag CLOSE_WAIT sockets older than this as `close-wait-leak`.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub close_wait_after: Duration,
+
+    /// Flag ESTABLISHED sockets silent for longer than this, with keepalive off, as
+    /// `half-open-suspect`.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub silent_after: Duration,
+}
+
+/// Event log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line, each with `ts_ns` (Unix time in nanoseconds).
+    Json,
+}
+
+/// A duration that may be `auto` (derived from D) or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoDuration {
+    /// Derived from dead-after.
+    Auto,
+    /// Disabled.
+    Off,
+    /// Set explicitly.
+    Fixed(Duration),
+}
+
+/// Parses `auto`, `off` or a duration.
+pub fn parse_auto_duration(s: &str) -> Result<AutoDuration, String> {
+    match s {
+        "auto" => Ok(AutoDuration::Auto),
+        "off" => Ok(AutoDuration::Off),
+        other => parse_duration(other).map(AutoDuration::Fixed),
+    }
+}
+
+/// Parses `on` or `off`.
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected `on` or `off`, got `{other}`")),
+    }
+}
+
+/// Parses a duration such as `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    hangup_core::parse_duration(s).map_err(|e| e.to_string())
+}

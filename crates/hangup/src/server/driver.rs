@@ -1,0 +1,346 @@
+//! The tokio driver of one connection: moves bytes and readiness between the socket
+//! and the sans-IO [`Connection`], runs its jobs, and keeps one sleep armed at the
+//! core's next deadline.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use hangup_core::{Cause, Connection, Event, JobId};
+use socket2::SockRef;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
+use tokio_util::sync::CancellationToken;
+
+use super::workers::JobOutcome;
+use super::Shared;
+use crate::events::ts_ns;
+use crate::socket::apply_policy;
+
+/// Bytes read from the socket per read call.
+const READ_CHUNK: usize = 16 * 1024;
+/// Reads per wake-up before yielding to the other connections.
+const READS_PER_WAKE: usize = 4;
+/// How long a graceful close waits for the peer's remaining input (SPEC §5).
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+/// How much of the peer's remaining input a graceful close discards at most.
+const DRAIN_BYTES: usize = 1 << 20;
+
+struct RunningJob {
+    id: JobId,
+    cancel: CancellationToken,
+    outcome: oneshot::Receiver<JobOutcome>,
+}
+
+struct Driver<'a> {
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    shared: &'a Shared,
+    conn: Connection,
+    job: Option<RunningJob>,
+    /// What this connection last added to the shared (running, queued) job counters.
+    jobs_counted: (u64, u64),
+    opened: Instant,
+    last_inbound: Instant,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+pub(super) async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    shared: &Shared,
+    shutdown: CancellationToken,
+) {
+    let now = Instant::now();
+    if let Err(err) = apply_policy(&stream, &shared.config.policy) {
+        tracing::warn!(conn = id, peer = %peer, error = %err, "could not apply the liveness policy");
+    }
+    tracing::info!(
+        target: "hangup::event",
+        event = "connection_opened",
+        ts_ns = ts_ns(),
+        conn = id,
+        peer = %peer,
+    );
+    let mut driver = Driver {
+        stream,
+        peer,
+        id,
+        shared,
+        conn: Connection::new(shared.connection_config),
+        job: None,
+        jobs_counted: (0, 0),
+        opened: now,
+        last_inbound: now,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    driver.run(shutdown).await;
+}
+
+impl Driver<'_> {
+    async fn run(&mut self, shutdown: CancellationToken) {
+        let mut sleep: std::pin::Pin<&mut Sleep> = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut shutdown_seen = false;
+        loop {
+            self.flush();
+            if let Some((cause, flush)) = self.process_events() {
+                self.close(cause, flush).await;
+                return;
+            }
+            let deadline = self.conn.poll_timeout();
+            if let Some(deadline) = deadline {
+                sleep.as_mut().reset(deadline.into());
+            }
+            let interest = self.socket_interest();
+            let (stream, job) = (&self.stream, &mut self.job);
+            let has_job = job.is_some();
+            tokio::select! {
+                ready = stream.ready(interest.unwrap_or(Interest::ERROR)), if interest.is_some() => {
+                    match ready {
+                        Ok(ready) => self.on_ready(ready),
+                        Err(err) => self.conn.handle_error(Instant::now(), Cause::from_io_error(&err)),
+                    }
+                }
+                outcome = job_outcome(job), if has_job => {
+                    if let Some(job) = self.job.take() {
+                        self.conn.handle_job_finished(Instant::now(), job.id, outcome);
+                    }
+                }
+                () = &mut sleep, if deadline.is_some() => self.conn.handle_timeout(Instant::now()),
+                () = shutdown.cancelled(), if !shutdown_seen => {
+                    shutdown_seen = true;
+                    self.conn.handle_local_close(Instant::now(), Cause::Shutdown, true);
+                }
+            }
+        }
+    }
+
+    /// The socket readiness the core wants, as a tokio interest.
+    fn socket_interest(&self) -> Option<Interest> {
+        let wanted = self.conn.interest();
+        let parts = [
+            (wanted.read, Interest::READABLE),
+            (wanted.write, Interest::WRITABLE),
+            (wanted.hangup, Interest::ERROR),
+        ];
+        parts
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, interest)| interest)
+            .reduce(|a, b| a | b)
+    }
+
+    fn on_ready(&mut self, ready: tokio::io::Ready) {
+        let now = Instant::now();
+        let watch = self.shared.config.policy.watch_hangup;
+        if watch && (ready.is_error() || ready.is_read_closed()) {
+            // An RST also shows as read-closed; the socket error tells them apart.
+            match self.stream.take_error() {
+                Ok(Some(err)) => return self.conn.handle_error(now, Cause::from_io_error(&err)),
+                Ok(None) if ready.is_error() => {
+                    return self.conn.handle_error(now, Cause::PeerReset)
+                }
+                Ok(None) => self.conn.handle_read_closed(now),
+                Err(err) => return self.conn.handle_error(now, Cause::from_io_error(&err)),
+            }
+        }
+        if ready.is_readable() || ready.is_read_closed() {
+            self.read_some(now);
+        }
+    }
+
+    /// Reads while the core wants input, up to a fair share per wake-up.
+    fn read_some(&mut self, now: Instant) {
+        let mut buf = [0u8; READ_CHUNK];
+        for _ in 0..READS_PER_WAKE {
+            if !self.conn.interest().read {
+                return;
+            }
+            match self.stream.try_read(&mut buf) {
+                Ok(0) => {
+                    let status = || self.shared.status_excluding(self.jobs_counted);
+                    self.conn.handle_eof(now, &status);
+                    return;
+                }
+                Ok(n) => {
+                    self.bytes_in += n as u64;
+                    self.last_inbound = now;
+                    let status = || self.shared.status_excluding(self.jobs_counted);
+                    self.conn.handle_bytes(now, &buf[..n], &status);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return self.conn.handle_error(now, Cause::from_io_error(&err)),
+            }
+        }
+    }
+
+    /// Writes what the core has queued, as far as the socket takes it.
+    fn flush(&mut self) {
+        loop {
+            let pending = self.conn.poll_transmit();
+            if pending.is_empty() || !self.conn.interest().write {
+                return;
+            }
+            match self.stream.try_write(pending) {
+                Ok(n) => {
+                    self.bytes_out += n as u64;
+                    self.conn.handle_sent(Instant::now(), n);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    return self
+                        .conn
+                        .handle_error(Instant::now(), Cause::from_io_error(&err))
+                }
+            }
+        }
+    }
+
+    /// Carries out the core's events; returns the close request, if one came.
+    fn process_events(&mut self) -> Option<(Cause, bool)> {
+        let mut close = None;
+        while let Some(event) = self.conn.poll_event() {
+            match event {
+                Event::StartJob { id, rounds, seed } => {
+                    let cancel = CancellationToken::new();
+                    let outcome = self.shared.workers.spawn(seed, rounds, cancel.clone());
+                    self.job = Some(RunningJob {
+                        id,
+                        cancel,
+                        outcome,
+                    });
+                    tracing::info!(
+                        target: "hangup::event",
+                        event = "job_started",
+                        ts_ns = ts_ns(),
+                        conn = self.id,
+                        peer = %self.peer,
+                        job = id,
+                        rounds,
+                    );
+                }
+                Event::CancelJob { id, .. } => {
+                    if let Some(job) = self.job.as_ref().filter(|job| job.id == id) {
+                        job.cancel.cancel();
+                    }
+                }
+                Event::JobDone { id, rounds } => tracing::info!(
+                    target: "hangup::event",
+                    event = "job_done",
+                    ts_ns = ts_ns(),
+                    conn = self.id,
+                    peer = %self.peer,
+                    job = id,
+                    rounds,
+                ),
+                Event::JobCancelled {
+                    id,
+                    cause,
+                    was_running,
+                } => tracing::info!(
+                    target: "hangup::event",
+                    event = "job_cancelled",
+                    ts_ns = ts_ns(),
+                    conn = self.id,
+                    peer = %self.peer,
+                    job = id,
+                    cause = %cause,
+                    was_running,
+                ),
+                Event::PeerHalfClosed => tracing::info!(
+                    target: "hangup::event",
+                    event = "peer_half_closed",
+                    ts_ns = ts_ns(),
+                    conn = self.id,
+                    peer = %self.peer,
+                ),
+                Event::Close { cause, flush } => close = Some((cause, flush)),
+            }
+        }
+        self.count_jobs();
+        close
+    }
+
+    /// Keeps the server-wide job counters in step with this connection.
+    fn count_jobs(&mut self) {
+        let (running, queued) = self.conn.job_counts();
+        let now = (running as u64, queued as u64);
+        let counters = &self.shared.counters;
+        for (counter, before, after) in [
+            (&counters.jobs_running, self.jobs_counted.0, now.0),
+            (&counters.jobs_queued, self.jobs_counted.1, now.1),
+        ] {
+            if after > before {
+                counter.fetch_add(after - before, Ordering::Relaxed);
+            } else {
+                counter.fetch_sub(before - after, Ordering::Relaxed);
+            }
+        }
+        self.jobs_counted = now;
+    }
+
+    async fn close(&mut self, cause: Cause, flush: bool) {
+        let now = Instant::now();
+        if flush {
+            let _ = SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write);
+            drain_briefly(&self.stream).await;
+        } else if matches!(cause, Cause::Stalled | Cause::Timeout | Cause::Unreachable) {
+            // Nothing we still hold will ever be read: reset rather than leave an orphan
+            // socket retransmitting into the void.
+            let _ = SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+        }
+        tracing::info!(
+            target: "hangup::event",
+            event = "connection_closed",
+            ts_ns = ts_ns(),
+            conn = self.id,
+            peer = %self.peer,
+            cause = %cause,
+            age_ms = now.duration_since(self.opened).as_millis() as u64,
+            silent_ms = now.duration_since(self.last_inbound).as_millis() as u64,
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+        );
+        self.count_jobs();
+    }
+}
+
+/// The running job's outcome; a worker that vanished counts as cancelled.
+async fn job_outcome(job: &mut Option<RunningJob>) -> JobOutcome {
+    match job {
+        Some(job) => (&mut job.outcome).await.unwrap_or(None),
+        None => std::future::pending().await,
+    }
+}
+
+/// After our FIN: read and discard what the peer still sends, until its FIN, an error,
+/// [`DRAIN_TIME`] or [`DRAIN_BYTES`], so that closing with unread input does not turn
+/// into an RST that could destroy replies the peer has not read yet.
+pub(super) async fn drain_briefly(stream: &TcpStream) {
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut drained = 0;
+        while drained < DRAIN_BYTES {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => drained += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+}

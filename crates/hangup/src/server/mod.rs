@@ -1,0 +1,243 @@
+//! The line-protocol server (SPEC §3, §5): jobs stop the moment their client hangs up.
+//!
+//! ```text
+//!  accept loop ──▶ one task per connection (driver.rs)
+//!                    ├─ socket readiness: bytes, FIN (EPOLLRDHUP), RST (EPOLLERR)
+//!                    ├─ hangup_core::Connection: replies, job starts/cancels, timers
+//!                    └─ running job ──▶ worker pool (workers.rs), cancelled by token
+//! ```
+
+mod driver;
+mod workers;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hangup_core::{ConnectionConfig, HalfClosePolicy, LivenessPolicy, StatusCounts};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::events::ts_ns;
+use workers::WorkerPool;
+
+/// Everything `hangup serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The liveness policy for every accepted connection.
+    pub policy: LivenessPolicy,
+    /// What to do on FIN while jobs are pending.
+    pub half_close: HalfClosePolicy,
+    /// Jobs running at once across all connections.
+    pub workers: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Largest accepted `JOB <rounds>`.
+    pub max_rounds: u64,
+}
+
+impl ServerConfig {
+    /// Defaults of SPEC §5 with dead-after `dead_after`.
+    pub fn new(listen: SocketAddr, dead_after: Duration) -> Self {
+        Self {
+            listen,
+            policy: LivenessPolicy::from_dead_after(dead_after),
+            half_close: HalfClosePolicy::Probe,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_connections: 10_000,
+            max_rounds: 10_000_000_000,
+        }
+    }
+
+    fn connection_config(&self) -> ConnectionConfig {
+        ConnectionConfig {
+            max_rounds: self.max_rounds,
+            half_close: self.half_close,
+            ..ConnectionConfig::new(&self.policy)
+        }
+    }
+}
+
+/// Counters shared by every connection.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    connections: AtomicU64,
+    /// Jobs started (running on a worker, or waiting for one), across connections.
+    jobs_running: AtomicU64,
+    /// Jobs accepted and waiting behind their connection's running job.
+    jobs_queued: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    config: ServerConfig,
+    connection_config: ConnectionConfig,
+    counters: Counters,
+    workers: WorkerPool,
+    next_connection_id: AtomicU64,
+    /// Signalled whenever a connection ends (frees a slot, and a descriptor).
+    connection_ended: Notify,
+}
+
+impl Shared {
+    /// Server-wide counts, less the jobs `(running, queued)` that the asking connection
+    /// last reported (it adds its current ones itself).
+    fn status_excluding(&self, own: (u64, u64)) -> StatusCounts {
+        let counters = &self.counters;
+        StatusCounts {
+            connections: counters.connections.load(Ordering::Relaxed),
+            sessions: 0,
+            jobs_running: counters
+                .jobs_running
+                .load(Ordering::Relaxed)
+                .saturating_sub(own.0),
+            jobs_queued: counters
+                .jobs_queued
+                .load(Ordering::Relaxed)
+                .saturating_sub(own.1),
+        }
+    }
+}
+
+/// A bound server, ready to [`Server::run`].
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// use std::time::Duration;
+/// use hangup::server::{Server, ServerConfig};
+/// use tokio_util::sync::CancellationToken;
+///
+/// let config = ServerConfig::new("127.0.0.1:7557".parse().unwrap(), Duration::from_secs(30));
+/// let server = Server::bind(config).await?;
+/// server.run(CancellationToken::new()).await
+/// # }
+/// ```
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Binds the listening socket.
+    pub async fn bind(config: ServerConfig) -> io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let shared = Arc::new(Shared {
+            connection_config: config.connection_config(),
+            workers: WorkerPool::new(config.workers.max(1)),
+            counters: Counters::default(),
+            next_connection_id: AtomicU64::new(1),
+            connection_ended: Notify::new(),
+            config,
+        });
+        Ok(Self { listener, shared })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled; then closes every connection (cause
+    /// `shutdown`) and returns once they are gone.
+    pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
+        let addr = self.local_addr()?;
+        let shared = self.shared;
+        tracing::info!(
+            target: "hangup::event",
+            event = "listening",
+            ts_ns = ts_ns(),
+            addr = %addr,
+            dead_after_ms = shared.config.policy.dead_after.as_millis() as u64,
+            workers = shared.config.workers,
+            on_half_close = %shared.config.half_close,
+        );
+        let tracker = TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                () = shutdown.cancelled() => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let open = shared.counters.connections.load(Ordering::Relaxed);
+                    if open as usize >= shared.config.max_connections {
+                        tracker.spawn(refuse_busy(stream, peer, shared.config.max_connections));
+                        continue;
+                    }
+                    shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+                    let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
+                    let shared = shared.clone();
+                    let shutdown = shutdown.clone();
+                    tracker.spawn(async move {
+                        driver::serve_connection(stream, peer, id, &shared, shutdown).await;
+                        shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
+                        shared.connection_ended.notify_waiters();
+                    });
+                }
+                Err(err) if is_resource_exhaustion(&err) => {
+                    // Out of descriptors or memory: the pending connection stays in the
+                    // backlog. Wait for one of ours to end (or a moment), never spin.
+                    tracing::warn!(
+                        target: "hangup::event",
+                        event = "accept_paused",
+                        ts_ns = ts_ns(),
+                        error = %err,
+                    );
+                    tokio::select! {
+                        () = shared.connection_ended.notified() => {}
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+                // The connection died before we accepted it (ECONNABORTED, …): next.
+                Err(err) => tracing::debug!(error = %err, "accept failed"),
+            }
+        }
+        drop(self.listener);
+        tracker.close();
+        tracker.wait().await;
+        Ok(())
+    }
+}
+
+fn is_resource_exhaustion(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// At the connection limit: say so, then close gracefully.
+async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr, limit: usize) {
+    tracing::info!(
+        target: "hangup::event",
+        event = "connection_refused",
+        ts_ns = ts_ns(),
+        peer = %peer,
+        reason = "busy",
+    );
+    let line =
+        format!("ERR busy the server is at its limit of {limit} connections; try again later\n");
+    let refuse = async {
+        stream.write_all(line.as_bytes()).await?;
+        stream.shutdown().await?;
+        driver::drain_briefly(&stream).await;
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), refuse).await;
+}

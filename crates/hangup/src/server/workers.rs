@@ -1,0 +1,55 @@
+//! The bounded worker pool that runs jobs: at most `workers` chains hash at once, each
+//! on a blocking thread, each checking its cancellation token between slices.
+
+use std::sync::Arc;
+
+use hangup_core::run_chain;
+use tokio::sync::{oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// How a job ended: its digest, or `None` if it was cancelled.
+pub(crate) type JobOutcome = Option<[u8; 32]>;
+
+#[derive(Debug)]
+pub(crate) struct WorkerPool {
+    permits: Arc<Semaphore>,
+}
+
+impl WorkerPool {
+    pub(crate) fn new(workers: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(workers)),
+        }
+    }
+
+    /// Queues a job for a worker. The receiver yields when the chain completed or, once
+    /// `cancel` fires, within one slice of rounds (or at once if it was still waiting).
+    pub(crate) fn spawn(
+        &self,
+        seed: String,
+        rounds: u64,
+        cancel: CancellationToken,
+    ) -> oneshot::Receiver<JobOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let permits = self.permits.clone();
+        tokio::spawn(async move {
+            let permit = tokio::select! {
+                permit = permits.acquire_owned() => permit,
+                () = cancel.cancelled() => {
+                    let _ = tx.send(None);
+                    return;
+                }
+            };
+            let Ok(permit) = permit else { return };
+            let outcome = tokio::task::spawn_blocking(move || {
+                let outcome = run_chain(seed.as_bytes(), rounds, || cancel.is_cancelled());
+                drop(permit);
+                outcome
+            })
+            .await
+            .unwrap_or(None);
+            let _ = tx.send(outcome);
+        });
+        rx
+    }
+}
