@@ -16,14 +16,15 @@ fn peer_close_while_the_application_holds_the_socket_is_a_close_wait_leak() {
     drop(client);
 
     let report = wait_for(
-        "the server side in CLOSE_WAIT for over 0 ms",
+        "the server side in CLOSE_WAIT for over 0 ms, the client in FIN_WAIT2",
         100,
         Duration::from_millis(20),
         || {
             let report = report_for_port(addr.port(), &eager());
             let held = find(&report, addr, client_addr)?;
             let age = close_wait_age(&held.socket)?;
-            (!age.is_zero()).then_some(report)
+            let closed = find(&report, client_addr, addr)?;
+            (!age.is_zero() && closed.socket.state == TcpState::FinWait2).then_some(report)
         },
     );
     let held = get(&report, addr, client_addr);
@@ -47,7 +48,7 @@ fn peer_close_while_the_application_holds_the_socket_is_a_close_wait_leak() {
     let patient = report_for_port(addr.port(), &patient());
     assert!(get(&patient, addr, client_addr).findings.is_empty());
 
-    let report = report_for_port(addr.port(), &eager());
-    assert_agrees_with_ss(&report, &ss_for_port(addr.port(), None));
+    let (report, ss) = report_and_ss(addr.port(), &eager(), None);
+    assert_agrees_with_ss(&report, &ss);
     drop(server);
 }

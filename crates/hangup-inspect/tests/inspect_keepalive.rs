@@ -51,8 +51,8 @@ fn keepalive_timer_shows_and_silence_without_it_is_half_open_suspect() {
     let patient = report_for_port(addr.port(), &patient());
     assert!(get(&patient, bare_addr, addr).findings.is_empty());
 
-    let report = report_for_port(addr.port(), &eager());
-    assert_agrees_with_ss(&report, &ss_for_port(addr.port(), None));
+    let (report, ss) = report_and_ss(addr.port(), &eager(), None);
+    assert_agrees_with_ss(&report, &ss);
 
     // Keepalive off again: the timer goes, the suspicion comes.
     SockRef::from(&kept).set_keepalive(false).unwrap();

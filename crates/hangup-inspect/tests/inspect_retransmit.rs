@@ -59,10 +59,7 @@ fn pulled_link_with_unacknowledged_data_is_retransmitting() {
     assert_eq!(dying.socket.owners[0].pid, std::process::id());
 
     // The same sockets through ss, inside the namespace.
-    let report = link
-        .a
-        .run(|| report_for_port(server_addr.port(), &patient()));
-    let ss = ss_for_port(server_addr.port(), Some(&link.a.name));
+    let (report, ss) = report_and_ss(server_addr.port(), &patient(), Some(&link.a));
     assert_agrees_with_ss(&report, &ss);
 
     // The listener is not visible from `a`: collection is per namespace.

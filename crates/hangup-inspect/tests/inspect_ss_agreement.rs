@@ -60,11 +60,12 @@ fn exercise(ip: IpAddr) {
         .sockets
         .iter()
         .any(|s| s.socket.state == TcpState::Listen));
-    let shared = get(&report, quiet.local_addr().unwrap(), addr);
-    assert_eq!(shared.socket.owners.len(), 2, "{:?}", shared.socket.owners);
 
-    let report = report_for_port(addr.port(), &eager());
-    let ss = ss_for_port(addr.port(), None);
+    let (report, ss) = report_and_ss(addr.port(), &eager(), None);
+    let shared = get(&report, quiet.local_addr().unwrap(), addr);
+    let fds: Vec<(u32, u32)> = shared.socket.owners.iter().map(|o| (o.pid, o.fd)).collect();
+    assert_eq!(fds.len(), 2, "one socket, two descriptors: {fds:?}");
+    assert_eq!(fds[0].0, fds[1].0);
     assert_eq!(
         ss.len(),
         report.sockets.len(),

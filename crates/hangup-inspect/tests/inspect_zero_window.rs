@@ -67,6 +67,6 @@ fn a_receiver_that_does_not_read_gives_the_sender_a_zero_window() {
         "the receiver holds unread bytes"
     );
 
-    let report = report_for_port(addr.port(), &eager());
-    assert_agrees_with_ss(&report, &ss_for_port(addr.port(), None));
+    let (report, ss) = report_and_ss(addr.port(), &eager(), None);
+    assert_agrees_with_ss(&report, &ss);
 }

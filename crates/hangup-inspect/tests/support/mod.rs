@@ -8,6 +8,7 @@ use std::ffi::CString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -117,6 +118,29 @@ pub struct SsSocket {
     pub lastsnd: Option<u64>,
     pub lastrcv: Option<u64>,
     pub lastack: Option<u64>,
+}
+
+/// Serializes "take a report, then run ss" within one test binary: spawning a
+/// process forks, and until `exec` the child holds a copy of every descriptor,
+/// so a parallel test's report would briefly see that child as an owner.
+static FORK_LOCK: Mutex<()> = Mutex::new(());
+
+/// Takes our report and then ss's listing for `port`, with no fork in this
+/// process in between (optionally inside a named netns).
+pub fn report_and_ss(
+    port: u16,
+    thresholds: &Thresholds,
+    netns: Option<&Netns>,
+) -> (Report, Vec<SsSocket>) {
+    let _no_forks = FORK_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let report = match netns {
+        Some(netns) => netns.run(|| report_for_port(port, thresholds)),
+        None => report_for_port(port, thresholds),
+    };
+    let ss = ss_for_port(port, netns.map(|n| n.name.as_str()));
+    (report, ss)
 }
 
 /// Runs `ss -tinpoe` (plus `-a` for listeners and TIME-WAIT, `-H` for no header) for sockets on `port` (optionally inside a named netns).
