@@ -299,7 +299,7 @@ impl Connection {
         } else {
             // A peer that always leaves a few bytes unread would otherwise keep every
             // byte ever written here. Dropping the written part once it is the larger
-            // half moves each byte at most once on average.
+            // half copies fewer bytes than were written: amortised O(1) per byte.
             if self.sent > self.outbox.len() / 2 {
                 self.outbox.drain(..self.sent);
                 self.sent = 0;

@@ -55,6 +55,19 @@ impl TimerTable {
         self.deadlines.iter().flatten().min().copied()
     }
 
+    /// Disarms and returns the earliest timer due at `now`, if any.
+    ///
+    /// Taking them one at a time lets the handling of one disarm the others: after a
+    /// late wake-up a close must not be followed by a timer it made moot.
+    pub fn pop_expired(&mut self, now: Instant) -> Option<Timer> {
+        let (_, timer) = Timer::ALL
+            .into_iter()
+            .filter_map(|t| self.get(t).filter(|&d| d <= now).map(|d| (d, t)))
+            .min_by_key(|&(deadline, _)| deadline)?;
+        self.clear(timer);
+        Some(timer)
+    }
+
     /// Disarms and returns the timers due at `now`, earliest first.
     pub fn expired(&mut self, now: Instant) -> Vec<Timer> {
         let mut due: Vec<(Instant, Timer)> = Timer::ALL
@@ -88,5 +101,19 @@ mod tests {
             vec![Timer::PartialLine, Timer::WriteStall]
         );
         assert_eq!(table.next_timeout(), None);
+    }
+
+    #[test]
+    fn pop_expired_takes_the_earliest_first() {
+        let t0 = Instant::now();
+        let mut table = TimerTable::default();
+        table.set(Timer::HalfCloseProbe, t0 + Duration::from_secs(3));
+        table.set(Timer::WriteStall, t0 + Duration::from_secs(1));
+        table.set(Timer::PartialLine, t0 + Duration::from_secs(9));
+        let now = t0 + Duration::from_secs(5);
+        assert_eq!(table.pop_expired(now), Some(Timer::WriteStall));
+        table.clear(Timer::HalfCloseProbe);
+        assert_eq!(table.pop_expired(now), None);
+        assert_eq!(table.next_timeout(), Some(t0 + Duration::from_secs(9)));
     }
 }

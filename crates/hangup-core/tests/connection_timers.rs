@@ -1,0 +1,309 @@
+//! Timers on virtual time: the partial-line timeout, the write-stall timeout and a
+//! driver that wakes up late.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config, Driver, Jobs, Peer, D};
+use hangup_core::{Cause, Event, HalfClosePolicy};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn driver() -> Driver {
+    Driver::with(HalfClosePolicy::Probe, Jobs::Manual)
+}
+
+// ---- partial line -----------------------------------------------------------------------
+
+#[test]
+fn a_partial_line_older_than_d_gets_err_timeout_and_closes() {
+    let mut d = driver();
+    d.bytes("PIN");
+    assert_eq!(d.next_timeout(), Some(D));
+    d.advance(D - ms(1));
+    assert_eq!(d.take_events(), vec![]);
+    assert_eq!(d.jump(), D);
+    let lines = d.take_lines();
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].starts_with("ERR timeout "), "{lines:?}");
+    assert_eq!(
+        d.take_events(),
+        vec![Event::Close {
+            cause: Cause::ProtocolError,
+            flush: true
+        }]
+    );
+    d.assert_dead();
+}
+
+#[test]
+fn a_slow_drip_of_the_same_line_does_not_extend_the_deadline() {
+    let mut d = driver();
+    d.bytes("P");
+    for byte in ["I", "N", "G", " ", "x"] {
+        d.advance(ms(300));
+        d.bytes(byte);
+        assert_eq!(
+            d.next_timeout(),
+            Some(D),
+            "deadline stays at the first byte"
+        );
+    }
+    d.advance(D - d.elapsed());
+    assert!(d.take_lines()[0].starts_with("ERR timeout "));
+    assert_eq!(
+        d.closed(),
+        Some(&Event::Close {
+            cause: Cause::ProtocolError,
+            flush: true
+        })
+    );
+}
+
+#[test]
+fn the_deadline_restarts_with_each_new_partial_line() {
+    let mut d = driver();
+    d.bytes("PI");
+    d.advance(ms(1500));
+    // Finishes the old line and starts a new one in the same read.
+    d.bytes("NG a\nPI");
+    assert_eq!(d.take_lines(), ["PONG a"]);
+    assert_eq!(d.next_timeout(), Some(ms(1500) + D));
+    d.advance(ms(1000));
+    // Finishes it exactly: no partial line, no timer.
+    d.bytes("NG b\n");
+    assert_eq!(d.take_lines(), ["PONG b"]);
+    assert_eq!(d.next_timeout(), None);
+    d.advance(Duration::from_secs(3600));
+    assert_eq!(d.closed(), None, "a quiet connection is not timed out here");
+    d.bytes("P");
+    assert_eq!(d.next_timeout(), Some(d.elapsed() + D));
+}
+
+#[test]
+fn an_over_long_line_dripping_in_is_timed_out_too() {
+    let mut d = driver();
+    let chunk = vec![b'x'; 1000];
+    for _ in 0..100 {
+        d.bytes(&chunk);
+        d.advance(ms(10));
+    }
+    // 100 000 bytes in 1 s: discarded as too long, but not yet old.
+    assert_eq!(d.closed(), None);
+    assert_eq!(d.next_timeout(), Some(D));
+    d.advance(D);
+    assert!(d.take_lines()[0].starts_with("ERR timeout "));
+    assert!(d.closed().is_some());
+}
+
+#[test]
+fn a_partial_line_timeout_during_a_job_cancels_it() {
+    let mut d = driver();
+    d.bytes("JOB 99\nSTAT");
+    d.take_events();
+    d.advance(D);
+    assert_eq!(
+        d.take_events(),
+        vec![Event::CancelJob {
+            id: 1,
+            cause: Cause::ProtocolError
+        }]
+    );
+    let lines = d.take_lines();
+    assert_eq!(lines[0], "ACCEPTED 1");
+    assert!(lines[1].starts_with("ERR timeout "));
+    d.stop_job();
+    assert_eq!(
+        d.take_events(),
+        vec![
+            Event::JobCancelled {
+                id: 1,
+                cause: Cause::ProtocolError,
+                was_running: true
+            },
+            Event::Close {
+                cause: Cause::ProtocolError,
+                flush: true
+            }
+        ]
+    );
+}
+
+#[test]
+fn no_partial_line_timer_when_it_is_off() {
+    let mut config = config(HalfClosePolicy::Probe);
+    config.partial_line_timeout = None;
+    let mut d = Driver::new(config, Jobs::Manual);
+    d.bytes("PIN");
+    assert_eq!(d.next_timeout(), None);
+}
+
+// ---- write stall ------------------------------------------------------------------------
+
+#[test]
+fn a_peer_that_accepts_nothing_is_stalled_after_the_write_timeout() {
+    let mut d = driver();
+    d.peer = Peer::Stalled;
+    d.bytes("PING\n");
+    assert_eq!(d.next_timeout(), Some(D));
+    // More replies without progress do not push the deadline out.
+    d.advance(ms(1000));
+    d.bytes("PING\nPING\n");
+    assert_eq!(d.next_timeout(), Some(D));
+    assert_eq!(d.jump(), D);
+    assert_eq!(
+        d.take_events(),
+        vec![Event::Close {
+            cause: Cause::Stalled,
+            flush: false
+        }]
+    );
+    d.assert_dead();
+}
+
+#[test]
+fn write_progress_rearms_the_stall_timer() {
+    let mut d = driver();
+    d.peer = Peer::Stalled;
+    d.bytes("PING 0123456789\n");
+    // One byte every 1.5 s: slow, but progress; never stalled for D.
+    d.peer = Peer::Trickle(1);
+    for step in 1..=10u32 {
+        d.advance(ms(1500));
+        d.settle();
+        assert_eq!(d.closed(), None, "step {step}");
+        assert_eq!(d.next_timeout(), Some(d.elapsed() + D));
+    }
+    // Then it stops reading.
+    d.peer = Peer::Stalled;
+    let since = d.elapsed();
+    d.advance(D);
+    assert_eq!(d.elapsed() - since, D);
+    assert_eq!(
+        d.closed(),
+        Some(&Event::Close {
+            cause: Cause::Stalled,
+            flush: false
+        })
+    );
+}
+
+#[test]
+fn the_stall_timer_is_off_once_everything_is_written() {
+    let mut d = driver();
+    d.peer = Peer::Stalled;
+    d.bytes("PING\n");
+    assert_eq!(d.next_timeout(), Some(D));
+    d.set_peer(Peer::Reads);
+    assert_eq!(d.take_lines(), ["PONG"]);
+    assert_eq!(d.next_timeout(), None);
+    d.advance(Duration::from_secs(60));
+    assert_eq!(d.closed(), None);
+}
+
+#[test]
+fn a_stalled_peer_during_a_job_cancels_it() {
+    let mut d = driver();
+    d.peer = Peer::Stalled;
+    d.bytes("JOB 5\n");
+    d.take_events();
+    d.advance(D);
+    assert_eq!(
+        d.take_events(),
+        vec![Event::CancelJob {
+            id: 1,
+            cause: Cause::Stalled
+        }]
+    );
+    assert_eq!(d.conn.poll_transmit(), b"", "nothing more is written");
+    d.stop_job();
+    assert_eq!(
+        d.take_events().last(),
+        Some(&Event::Close {
+            cause: Cause::Stalled,
+            flush: false
+        })
+    );
+}
+
+#[test]
+fn a_stalled_peer_after_bye_is_still_closed_as_stalled() {
+    let mut d = driver();
+    d.peer = Peer::Stalled;
+    d.bytes("BYE\n");
+    assert_eq!(d.closed(), None);
+    d.advance(D);
+    assert_eq!(
+        d.closed(),
+        Some(&Event::Close {
+            cause: Cause::Stalled,
+            flush: false
+        })
+    );
+}
+
+// ---- a driver that wakes up late ---------------------------------------------------------
+
+#[test]
+fn a_late_wakeup_handles_each_expired_timer_in_deadline_order() {
+    // Write stall due at D, partial line due at D + 1 s; the driver wakes at D + 5 s.
+    let mut d = driver();
+    d.peer = Peer::Stalled;
+    d.bytes("PING\n");
+    d.advance(ms(1000));
+    d.bytes("PI");
+    d.oversleep(Duration::from_secs(5));
+    // The stall closed the connection; the partial line's timer died with it.
+    assert_eq!(
+        d.take_events(),
+        vec![Event::Close {
+            cause: Cause::Stalled,
+            flush: false
+        }]
+    );
+    d.assert_dead();
+}
+
+#[test]
+fn a_late_wakeup_after_a_half_close_probe_and_a_stall() {
+    // Write stall due at D, the probe window ends later: the stall wins and the
+    // probe reports nothing for a connection that is already closing.
+    let mut d = driver();
+    d.peer = Peer::Stalled;
+    d.bytes("JOB 7\n");
+    d.take_events();
+    d.advance(D - ms(100));
+    d.read_closed();
+    d.oversleep(Duration::from_secs(5));
+    assert_eq!(
+        d.take_events(),
+        vec![Event::CancelJob {
+            id: 1,
+            cause: Cause::Stalled
+        }]
+    );
+    d.stop_job();
+    assert_eq!(
+        d.take_events().last(),
+        Some(&Event::Close {
+            cause: Cause::Stalled,
+            flush: false
+        })
+    );
+}
+
+#[test]
+fn equal_deadlines_close_once() {
+    // A reply and a partial line at the same instant: both timers due together.
+    let mut d = driver();
+    d.peer = Peer::Stalled;
+    d.bytes("PING\nPI");
+    d.advance(D);
+    let events = d.take_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(matches!(events[0], Event::Close { .. }));
+    d.assert_dead();
+}
