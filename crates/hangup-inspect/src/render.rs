@@ -81,7 +81,11 @@ pub fn render_table(report: &Report, out: &mut dyn Write) -> Result<(), InspectE
         .iter()
         .map(|diagnosed| {
             let socket = &diagnosed.socket;
-            let info = socket.tcp_info.as_ref();
+            // A listener's TCP_INFO carries no round trips or data times.
+            let info = socket
+                .tcp_info
+                .as_ref()
+                .filter(|_| socket.state != TcpState::Listen);
             let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
             [
                 socket.state.ss_label().to_owned(),

@@ -9,7 +9,7 @@
 //! - `struct tcp_info`: its length grows with kernel versions, and the crate's
 //!   typed parser rejects answers shorter than the newest layout it knows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -299,7 +299,7 @@ fn resolve_owners(snapshot: &mut Snapshot) {
             });
         }
     }
-    let mut unresolved_by_uid: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut unresolved = 0usize;
     for socket in &mut snapshot.sockets {
         if socket.inode == 0 {
             continue;
@@ -312,10 +312,15 @@ fn resolve_owners(snapshot: &mut Snapshot) {
                 continue;
             }
         }
-        *unresolved_by_uid.entry(socket.uid).or_default() += 1;
+        unresolved += 1;
+    }
+    if unreadable.is_empty() && unresolved > 0 {
+        snapshot.notes.push(format!(
+            "{unresolved} socket(s) have no owner in /proc: held by processes outside this \
+             pid namespace, or closed during the scan"
+        ));
     }
     if !unreadable.is_empty() {
-        let unresolved: usize = unresolved_by_uid.values().sum();
         snapshot.notes.push(format!(
             "{unresolved} socket(s) have no known owner: /proc/PID/fd of {} process(es) \
              is not readable by this user; run as root (or with CAP_SYS_PTRACE) to see \
