@@ -316,13 +316,13 @@ fn resolve_owners(snapshot: &mut Snapshot) {
     }
     if unreadable.is_empty() && unresolved > 0 {
         snapshot.notes.push(format!(
-            "{unresolved} socket(s) have no owner in /proc: held by processes outside this \
+            "{unresolved} socket(s) on this host have no owner in /proc: held by processes outside this \
              pid namespace, or closed during the scan"
         ));
     }
     if !unreadable.is_empty() {
         snapshot.notes.push(format!(
-            "{unresolved} socket(s) have no known owner: /proc/PID/fd of {} process(es) \
+            "{unresolved} socket(s) on this host have no known owner: /proc/PID/fd of {} process(es) \
              is not readable by this user; run as root (or with CAP_SYS_PTRACE) to see \
              other users' pids",
             unreadable.len()
