@@ -303,12 +303,13 @@ fn ghost_duplicates(sockets: &[Socket], thresholds: &Thresholds) -> HashMap<usiz
         .filter(|socket| socket.state == TcpState::Listen)
         .map(|socket| socket.local)
         .collect();
-    let is_accepted_on_listener = |local: &SocketAddr| {
-        listeners.contains(local)
-            || listeners
-                .iter()
-                .any(|listener| listener.port() == local.port() && listener.ip().is_unspecified())
-    };
+    let wildcard_ports: HashSet<u16> = listeners
+        .iter()
+        .filter(|listener| listener.ip().is_unspecified())
+        .map(SocketAddr::port)
+        .collect();
+    let is_accepted_on_listener =
+        |local: &SocketAddr| listeners.contains(local) || wildcard_ports.contains(&local.port());
     let mut groups: HashMap<(SocketAddr, IpAddr), Vec<usize>> = HashMap::new();
     for (index, socket) in sockets.iter().enumerate() {
         if socket.state == TcpState::Established && is_accepted_on_listener(&socket.local) {

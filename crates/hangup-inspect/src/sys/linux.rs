@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use netlink_packet_core::{
@@ -72,13 +73,43 @@ pub(crate) fn collect() -> Result<Snapshot, InspectError> {
     Ok(snapshot)
 }
 
+/// How long one `recv` may wait for the kernel before the dump is abandoned.
+/// The kernel answers a dump at once; this only bounds a wedged one.
+const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn open() -> Result<NetlinkSocket, InspectError> {
     let mut socket = NetlinkSocket::new(NETLINK_SOCK_DIAG).map_err(InspectError::Netlink)?;
+    set_recv_timeout(&socket, RECV_TIMEOUT).map_err(InspectError::Netlink)?;
     socket.bind_auto().map_err(InspectError::Netlink)?;
     socket
         .connect(&NlAddr::new(0, 0))
         .map_err(InspectError::Netlink)?;
     Ok(socket)
+}
+
+/// `SO_RCVTIMEO`: `recv` fails with `EAGAIN` after `timeout` without data.
+fn set_recv_timeout(socket: &NetlinkSocket, timeout: Duration) -> io::Result<()> {
+    let value = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        // Below 1_000_000, so it fits suseconds_t on every target (i32 or i64).
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: the fd is a live socket owned by `socket`, and the option value is a
+    // correctly sized, initialized timeval.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::addr_of!(value).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::timeval>()).unwrap_or(0),
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn dump(netlink: &NetlinkSocket, family: u8, sequence: u32) -> Result<Vec<Socket>, InspectError> {
