@@ -2,7 +2,6 @@
 
 mod bench;
 mod client;
-#[cfg(any())]
 mod inspect;
 mod serve;
 
@@ -19,7 +18,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args),
         Command::Client(args) => client::run(args),
         Command::Bench(BenchCommand::Cancel(args)) => bench::cancel(args),
-        Command::Inspect(_args) => anyhow::bail!("inspect: being wired"),
+        Command::Inspect(args) => inspect::run(&args),
     }
 }
 
