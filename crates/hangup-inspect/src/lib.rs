@@ -91,7 +91,8 @@ pub struct Options {
     pub json: bool,
     /// Refresh every interval until interrupted; `None` = print once. Must not be zero.
     pub watch: Option<Duration>,
-    /// With `watch`: stop after this many reports; `None` = until interrupted.
+    /// With `watch`: stop after this many reports (at least one is printed);
+    /// `None` = until interrupted.
     pub refreshes: Option<u64>,
     /// CLOSE_WAIT older than this is a `close-wait-leak`.
     pub close_wait_after: Duration,
