@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use hangup_core::{ConnectionConfig, HalfClosePolicy, LivenessPolicy, StatusCounts};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -135,7 +135,7 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Binds the listening socket.
     pub async fn bind(config: ServerConfig) -> io::Result<Self> {
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = listen(config.listen)?;
         let shared = Arc::new(Shared {
             connection_config: config.connection_config(),
             workers: WorkerPool::new(config.workers.max(1)),
@@ -214,6 +214,21 @@ impl Server {
         Ok(())
     }
 }
+
+/// A listening socket with a backlog deep enough for reconnect storms (the kernel caps
+/// it at net.core.somaxconn); tokio's `bind` would leave it at 1024.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Pending connections the kernel may queue before we accept them.
+const LISTEN_BACKLOG: u32 = 4096;
 
 fn is_resource_exhaustion(err: &io::Error) -> bool {
     matches!(
