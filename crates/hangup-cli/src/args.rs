@@ -56,7 +56,8 @@ pub struct LivenessArgs {
     pub user_timeout: UserTimeoutSetting,
 
     /// Watch for FIN and RST through EPOLLRDHUP/EPOLLERR readiness without reading data.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    // `bool` fields are flags in clap unless the action says they take a value.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub watch_hangup: bool,
 
     /// Give up on a peer that accepts none of our bytes for this long (cause `stalled`):
