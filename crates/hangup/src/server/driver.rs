@@ -141,7 +141,10 @@ impl Driver<'_> {
     fn on_ready(&mut self, ready: tokio::io::Ready) {
         let now = Instant::now();
         let watch = self.shared.config.policy.watch_hangup;
-        if watch && (ready.is_error() || ready.is_read_closed()) {
+        // Without the watch a FIN is only learnt at end of input, but a socket error is
+        // still taken: epoll reports EPOLLERR whatever was asked, and leaving it pending
+        // would make `ready()` return at once forever (a spin that never cancels).
+        if ready.is_error() || (watch && ready.is_read_closed()) {
             // An RST also shows as read-closed; the socket error tells them apart.
             match self.stream.take_error() {
                 Ok(Some(err)) => return self.conn.handle_error(now, Cause::from_io_error(&err)),
@@ -183,8 +186,21 @@ impl Driver<'_> {
         }
     }
 
-    /// Writes what the core has queued, as far as the socket takes it.
+    /// Writes what the core has queued, as far as the socket takes it, and lets input
+    /// held back at the reply high-water mark go on once the replies drained.
     fn flush(&mut self) {
+        self.write_pending();
+        while self.conn.can_resume_input() {
+            let status = || self.shared.status_excluding(self.jobs_counted);
+            self.conn.handle_bytes(Instant::now(), &[], &status);
+            self.write_pending();
+            if !self.conn.interest().write {
+                break;
+            }
+        }
+    }
+
+    fn write_pending(&mut self) {
         loop {
             let pending = self.conn.poll_transmit();
             if pending.is_empty() || !self.conn.interest().write {
