@@ -1,0 +1,360 @@
+//! Shared harness for the `hangup` binary's real-socket tests (loopback only).
+//!
+//! [`TestServer`] runs `hangup serve --listen 127.0.0.1:0 --log-format json …` as a
+//! child process, parses its JSON events from stderr on a thread and lets tests wait
+//! for them with a generous bound; Drop kills that child (by its pid, through
+//! `Child::kill`) and reaps it. [`LineClient`] is a blocking line-protocol client with
+//! read timeouts, so that no test can hang forever. [`chain_hex`] computes a job's
+//! digest independently of the server (the `sha2` crate, not `hangup_core`).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The bound for "it happened at all": far above any expected latency.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A job that never finishes on its own (10^10 rounds of SHA-256).
+pub const ENDLESS_JOB: &str = "JOB 10000000000";
+
+/// The `hangup` binary under test.
+pub fn hangup_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hangup")
+}
+
+/// A running `hangup serve` child and its event stream.
+pub struct TestServer {
+    child: Child,
+    addr: SocketAddr,
+    events: Receiver<Value>,
+    /// Every event received so far, in order.
+    history: Vec<Value>,
+    /// Every stderr line, JSON or not (for failure messages).
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    /// Starts `hangup serve` on an ephemeral loopback port with `extra` arguments and
+    /// waits for its `listening` event.
+    pub fn start(extra: &[&str]) -> Self {
+        Self::start_with(extra, |_| {})
+    }
+
+    /// Like [`TestServer::start`], with a hook to adjust the command (e.g. `pre_exec`).
+    pub fn start_with(extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Self {
+        Self::start_listening_on("127.0.0.1:0", extra, adjust)
+    }
+
+    /// Starts the server on a given `--listen` address.
+    pub fn start_listening_on(
+        listen: &str,
+        extra: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Self {
+        let mut command = Command::new(hangup_bin());
+        command
+            .args(["serve", "--listen", listen, "--log-format", "json"])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        adjust(&mut command);
+        let mut child = command.spawn().expect("spawn hangup serve");
+        let stderr_pipe = child.stderr.take().expect("piped stderr");
+        let (tx, events) = mpsc::channel();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = stderr.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr_pipe).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                    if value.get("event").is_some() && tx.send(value).is_err() {
+                        break;
+                    }
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut server = Self {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            events,
+            history: Vec::new(),
+            stderr,
+        };
+        let listening = server
+            .wait_event(|e| e["event"] == "listening", PATIENCE)
+            .unwrap_or_else(|| panic!("no `listening` event; stderr: {}", server.stderr_text()));
+        server.addr = listening["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("listening event carries addr");
+        server
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The first event, received so far or within `timeout`, that matches `pred`.
+    pub fn wait_event(
+        &mut self,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Option<Value> {
+        if let Some(found) = self.history.iter().find(|e| pred(e)) {
+            return Some(found.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) => {
+                    self.history.push(event.clone());
+                    if pred(&event) {
+                        return Some(event);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Like [`TestServer::wait_event`] for event `name` about the connection whose
+    /// client-side address is `peer`; panics with the log when it does not come.
+    pub fn expect_event(&mut self, name: &str, peer: SocketAddr) -> Value {
+        let peer_text = peer.to_string();
+        self.wait_event(
+            |e| e["event"] == name && e["peer"] == peer_text.as_str(),
+            PATIENCE,
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "no `{name}` event for {peer} within {PATIENCE:?}; stderr:\n{}",
+                self.stderr_text()
+            )
+        })
+    }
+
+    /// Every event received so far (after draining what already arrived) that
+    /// matches `pred`.
+    pub fn events_matching(&mut self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        while let Ok(event) = self.events.try_recv() {
+            self.history.push(event);
+        }
+        self.history.iter().filter(|e| pred(e)).cloned().collect()
+    }
+
+    /// Events `name` about the connection from `peer`, received so far.
+    pub fn events_for(&mut self, name: &str, peer: SocketAddr) -> Vec<Value> {
+        let peer_text = peer.to_string();
+        self.events_matching(|e| e["event"] == name && e["peer"] == peer_text.as_str())
+    }
+
+    /// Everything the server wrote on stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Kills the server with SIGKILL (it is our child) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The server's resident set size in KiB, from /proc/<pid>/status.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
+    /// The server's CPU time (user + system) in clock ticks, from /proc/<pid>/stat.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read /proc/<pid>/stat");
+        // Fields after the parenthesised command name; utime and stime are fields 14
+        // and 15 of the whole line, i.e. 12 and 13 after the name.
+        let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let utime: u64 = fields[11].parse().expect("utime");
+        let stime: u64 = fields[12].parse().expect("stime");
+        utime + stime
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A field of /proc/<pid>/status in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Clock ticks per second, for [`TestServer::cpu_ticks`].
+pub fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
+}
+
+/// A blocking line-protocol client whose reads give up after [`PATIENCE`].
+pub struct LineClient {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl LineClient {
+    /// Connects to `addr`.
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect to the server");
+        Self::from_stream(stream)
+    }
+
+    /// Wraps a connected stream.
+    pub fn from_stream(stream: TcpStream) -> Self {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_write_timeout(Some(PATIENCE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Self { stream, reader }
+    }
+
+    /// This client's address, as the server's events name it (`peer`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().unwrap()
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send to the server");
+    }
+
+    /// Sends one line (the `\n` is added).
+    pub fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\n").as_bytes());
+    }
+
+    /// The next line without its `\n`, or `None` at EOF. Panics on a reset or when
+    /// nothing arrives within [`PATIENCE`].
+    pub fn read_line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(line.trim_end_matches(['\n', '\r']).to_owned()),
+            Err(err) => panic!("reading a line from the server failed: {err}"),
+        }
+    }
+
+    /// The next line; panics at EOF.
+    pub fn line(&mut self) -> String {
+        self.read_line()
+            .expect("the server closed the connection while a line was expected")
+    }
+
+    /// The next line that is not a `#` probe or empty.
+    pub fn reply(&mut self) -> String {
+        loop {
+            let line = self.line();
+            if !line.is_empty() && !line.starts_with('#') {
+                return line;
+            }
+        }
+    }
+
+    /// Sends `PING <tag>` and checks that `PONG <tag>` comes back (skipping probes).
+    pub fn assert_alive(&mut self, tag: &str) {
+        self.send(&format!("PING {tag}"));
+        assert_eq!(
+            self.reply(),
+            format!("PONG {tag}"),
+            "the connection should still be usable"
+        );
+    }
+
+    /// Reads every remaining line until EOF; panics on a reset or timeout.
+    pub fn lines_to_eof(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Some(line) = self.read_line() {
+            lines.push(line);
+            assert!(lines.len() < 10_000, "the server never closed");
+        }
+        lines
+    }
+
+    /// Reads raw bytes until EOF; `Err` carries the error kind (e.g. a reset).
+    pub fn bytes_to_eof(&mut self) -> Result<Vec<u8>, ErrorKind> {
+        let mut rest = Vec::new();
+        self.reader
+            .read_to_end(&mut rest)
+            .map(|_| rest)
+            .map_err(|err| err.kind())
+    }
+
+    /// Half-closes: sends FIN, keeps reading.
+    pub fn shutdown_write(&self) {
+        self.stream.shutdown(Shutdown::Write).unwrap();
+    }
+
+    /// Closes with SO_LINGER 0, so the kernel sends RST instead of FIN.
+    pub fn reset(self) {
+        socket2::SockRef::from(&self.stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(self);
+    }
+}
+
+/// The digest the server must report for `JOB <rounds> <seed>`: H0 = the seed's bytes,
+/// H(i+1) = SHA-256(H(i)), lowercase hex of H(rounds). Computed here with `sha2`,
+/// independently of `hangup_core`.
+pub fn chain_hex(seed: &str, rounds: u64) -> String {
+    assert!(rounds >= 1);
+    let mut digest: [u8; 32] = Sha256::digest(seed.as_bytes()).into();
+    for _ in 1..rounds {
+        digest = Sha256::digest(digest).into();
+    }
+    hex::encode(digest)
+}
+
+/// Polls `probe` every `step` until it returns `Some` or `within` passed.
+pub fn poll_until<T>(
+    within: Duration,
+    step: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(step);
+    }
+}
