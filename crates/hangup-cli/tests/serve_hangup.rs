@@ -22,18 +22,7 @@ fn client_with_running_job(server: &mut TestServer) -> LineClient {
 
 /// The `job_cancelled` event of job `job` from `peer`.
 fn cancelled_job(server: &mut TestServer, peer: SocketAddr, job: u64) -> Value {
-    let peer_text = peer.to_string();
-    server
-        .wait_event(
-            |e| e["event"] == "job_cancelled" && e["peer"] == peer_text.as_str() && e["job"] == job,
-            common::PATIENCE,
-        )
-        .unwrap_or_else(|| {
-            panic!(
-                "job {job} of {peer} was not cancelled; stderr:\n{}",
-                server.stderr_text()
-            )
-        })
+    server.expect_job_event("job_cancelled", peer, job)
 }
 
 #[test]

@@ -152,6 +152,21 @@ impl TestServer {
         })
     }
 
+    /// Like [`TestServer::expect_event`] for the event `name` of job `job`.
+    pub fn expect_job_event(&mut self, name: &str, peer: SocketAddr, job: u64) -> Value {
+        let peer_text = peer.to_string();
+        self.wait_event(
+            |e| e["event"] == name && e["peer"] == peer_text.as_str() && e["job"] == job,
+            PATIENCE,
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "no `{name}` event for job {job} of {peer} within {PATIENCE:?}; stderr:\n{}",
+                self.stderr_text()
+            )
+        })
+    }
+
     /// Every event received so far (after draining what already arrived) that
     /// matches `pred`.
     pub fn events_matching(&mut self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
