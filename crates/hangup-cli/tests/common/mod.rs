@@ -285,6 +285,20 @@ impl LineClient {
         }
     }
 
+    /// The next line, `Ok(None)` at EOF, or the read error (a timeout, a reset).
+    pub fn try_read_line(&mut self) -> std::io::Result<Option<String>> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line)? {
+            0 => Ok(None),
+            _ => Ok(Some(line.trim_end_matches(['\n', '\r']).to_owned())),
+        }
+    }
+
+    /// How long reads wait ([`PATIENCE`] unless changed).
+    pub fn set_read_timeout(&self, timeout: Duration) {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+    }
+
     /// The next line; panics at EOF.
     pub fn line(&mut self) -> String {
         self.read_line()
