@@ -32,7 +32,8 @@ enum End {
 pub fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
     logging::init(args.log_format);
     let policy = resolve_policy(&args.liveness)?;
-    runtime()?.block_on(async move {
+    let runtime = runtime()?;
+    let result = runtime.block_on(async move {
         let mut stdin = Some(BufReader::new(tokio::io::stdin()).lines());
         let mut backoff = Backoff::default();
         loop {
@@ -86,7 +87,12 @@ pub fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-    })
+    });
+    // tokio reads stdin with a blocking read on a pool thread that cannot be cancelled:
+    // dropping the runtime would wait for it, i.e. for the user's next line, and a
+    // `--once` client whose server died would never exit.
+    runtime.shutdown_background();
+    result
 }
 
 fn describe(cause: Cause) -> &'static str {
