@@ -25,7 +25,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Resolves the liveness flags into a policy.
 pub(crate) fn resolve_policy(args: &LivenessArgs) -> anyhow::Result<LivenessPolicy> {
     let mut policy = LivenessPolicy::resolve(args.dead_after, args.keepalive, args.user_timeout)
-        .context("--dead-after")?;
+        .with_context(|| {
+            format!(
+                "--dead-after {}",
+                hangup_core::format_duration(args.dead_after)
+            )
+        })?;
     policy.watch_hangup = args.watch_hangup;
     policy.write_timeout = match args.write_timeout {
         AutoDuration::Auto => Some(args.dead_after),
