@@ -1,0 +1,87 @@
+//! `hangup bench cancel` end to end (SPEC §8): it runs its own server, measures FIN and
+//! RST hangups and writes JSON. Only the shape and consistency of the figures are
+//! checked, never their speed.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{hangup_bin, poll_until};
+use serde_json::Value;
+
+#[test]
+fn bench_cancel_reports_both_modes_as_json() {
+    let json_path =
+        std::env::temp_dir().join(format!("hangup-bench-cancel-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&json_path);
+    let mut child = Command::new(hangup_bin())
+        .args([
+            "bench",
+            "cancel",
+            "--idle",
+            "200",
+            "--iterations",
+            "30",
+            "--json",
+        ])
+        .arg(&json_path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hangup bench cancel");
+    // Generous: 60 hangups and 200 connections take well under a second normally.
+    let status = poll_until(Duration::from_secs(60), Duration::from_millis(20), || {
+        child.try_wait().unwrap()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        status.is_some(),
+        "the bench did not finish; stderr:\n{stderr}"
+    );
+    assert!(
+        output.status.success(),
+        "{}; stderr:\n{stderr}",
+        output.status
+    );
+
+    let text = std::fs::read_to_string(&json_path).expect("the bench wrote its JSON file");
+    let _ = std::fs::remove_file(&json_path);
+    let report: Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(report["bench"], "cancel");
+    assert_eq!(report["idle_connections"], 200);
+    assert_eq!(report["iterations"], 30);
+    assert!(report["machine"].as_str().is_some_and(|m| !m.is_empty()));
+
+    let results = report["results"].as_array().expect("results");
+    let modes: Vec<&str> = results.iter().filter_map(|r| r["mode"].as_str()).collect();
+    assert_eq!(modes, ["fin", "rst"], "{text}");
+    for (result, cause) in results.iter().zip(["peer_closed", "peer_reset"]) {
+        assert_eq!(result["expected_cause"], cause, "{result}");
+        assert_eq!(result["samples"], 30, "{result}");
+        assert_eq!(result["missed"], 0, "{result}");
+        assert_eq!(result["wrong_cause"], serde_json::json!({}), "{result}");
+        let us = |key: &str| {
+            result[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} is not a number: {result}"))
+        };
+        let (p50, p90, p99, max) = (us("p50_us"), us("p90_us"), us("p99_us"), us("max_us"));
+        assert!(p50 > 0.0, "{result}");
+        assert!(
+            p50 <= p90 && p90 <= p99 && p99 <= max,
+            "percentiles out of order: {result}"
+        );
+        assert!(us("mean_us") <= max, "{result}");
+    }
+    // The table on stdout names both modes too.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("fin") && stdout.contains("rst"), "{stdout}");
+}
