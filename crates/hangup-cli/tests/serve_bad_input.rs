@@ -174,7 +174,10 @@ fn accept_survives_emfile_without_spinning() {
     );
 
     let paused = server.wait_event(|e| e["event"] == "accept_paused", PATIENCE);
-    assert!(paused.is_some(), "the server never reported running out of descriptors");
+    assert!(
+        paused.is_some(),
+        "the server never reported running out of descriptors"
+    );
 
     // While out of descriptors, the server must idle, not spin.
     let ticks_before = server.cpu_ticks();
