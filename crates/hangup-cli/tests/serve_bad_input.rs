@@ -9,7 +9,7 @@ mod common;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
-use common::{ticks_per_second, LineClient, TestServer, ENDLESS_JOB, PATIENCE};
+use common::{poll_until, ticks_per_second, LineClient, TestServer, ENDLESS_JOB, PATIENCE};
 
 /// Sends `input` and checks that the reply starts with `expected`, then that the
 /// connection still answers PING.
@@ -116,8 +116,20 @@ fn the_connection_limit_answers_busy_then_closes() {
     let peer = first.local_addr();
     drop(first);
     server.expect_event("connection_closed", peer);
-    let mut fourth = LineClient::connect(server.addr());
-    fourth.assert_alive("fourth");
+    // The slot is released just after that event is logged: retry while still busy.
+    let mut attempts = 0;
+    let served = poll_until(PATIENCE, Duration::from_millis(20), || {
+        attempts += 1;
+        let mut fourth = LineClient::connect(server.addr());
+        fourth.send("PING fourth");
+        let reply = fourth.reply();
+        assert!(
+            reply == "PONG fourth" || reply.starts_with("ERR busy "),
+            "got `{reply}`"
+        );
+        (reply == "PONG fourth").then_some(fourth)
+    });
+    assert!(served.is_some(), "no slot freed after {attempts} attempts");
     second.assert_alive("second-again");
 }
 
