@@ -98,11 +98,13 @@ fn queued_jobs_are_cancelled_with_the_running_one() {
     assert!(server.events_for("job_done", peer).is_empty());
 }
 
-/// Without the readiness watch the server has no EPOLLRDHUP signal: it learns of the FIN
-/// only when its reads reach end of input. Here nothing else is queued, so EOF comes at
-/// once and the job still ends — but behind 1 MB of unread lines (previous test) or a
-/// slow reader it would not; with the watch the FIN is seen the moment it arrives,
-/// whatever is queued in front of it.
+/// `--watch-hangup off`: no EPOLLRDHUP, so the server learns of the FIN only when its
+/// reads reach end of input; then the half-close probe draws the closed socket's RST.
+/// The job still ends here because this server keeps reading pipelined lines while a
+/// job runs, so EOF comes right behind the last byte. The difference: with the watch
+/// the FIN is seen the moment it arrives, even while the server is not reading (its
+/// reply queue over the high-water mark, or a server that reads only between jobs);
+/// without it such a server would not notice until it next reads or writes.
 #[test]
 fn without_the_watch_fin_is_found_at_end_of_input() {
     let mut server = TestServer::start(&["--watch-hangup", "off"]);
