@@ -157,6 +157,9 @@ enum Phase {
 pub struct Connection {
     config: ConnectionConfig,
     decoder: LineDecoder,
+    /// Input read but held back while replies are over the high-water mark (at most
+    /// one read's worth: no more is read until it is parsed).
+    unparsed: Vec<u8>,
     outbox: Vec<u8>,
     sent: usize,
     events: VecDeque<Event>,
@@ -178,6 +181,7 @@ impl Connection {
         Self {
             config,
             decoder: LineDecoder::new(MAX_LINE),
+            unparsed: Vec::new(),
             outbox: Vec::new(),
             sent: 0,
             events: VecDeque::new(),
@@ -198,20 +202,49 @@ impl Connection {
         if !self.accepts_input() {
             return;
         }
+        let stashed = std::mem::take(&mut self.unparsed);
+        let input: std::borrow::Cow<'_, [u8]> = if stashed.is_empty() {
+            bytes.into()
+        } else {
+            [stashed.as_slice(), bytes].concat().into()
+        };
         let had_partial = self.decoder.has_partial();
-        let mut frames = Vec::new();
-        self.decoder.feed(bytes, |frame| {
-            frames.push(match frame {
-                Frame::Line(line) => Ok(line.to_vec()),
-                Frame::TooLong => Err(()),
-            })
-        });
-        let completed_a_line = !frames.is_empty();
-        for frame in frames {
-            self.handle_frame(now, frame, status);
+        let mut completed_a_line = false;
+        let mut rest: &[u8] = &input;
+        // One line at a time, so that replies stop being produced at the high-water
+        // mark: a read of tiny bad lines must not turn into a flood of `ERR` replies.
+        while !rest.is_empty() && self.accepts_input() {
+            if !self.under_high_water() {
+                self.unparsed = rest.to_vec();
+                break;
+            }
+            let end = rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |i| i + 1);
+            let (segment, tail) = rest.split_at(end);
+            rest = tail;
+            let mut frame = None;
+            self.decoder.feed(segment, |f| {
+                frame = Some(match f {
+                    Frame::Line(line) => Ok(line.to_vec()),
+                    Frame::TooLong => Err(()),
+                })
+            });
+            if let Some(frame) = frame {
+                completed_a_line = true;
+                self.handle_frame(now, frame, status);
+            }
         }
         self.rearm_partial_line(now, had_partial && !completed_a_line);
         self.apply_half_close_policy(now);
+    }
+
+    /// Whether input read earlier waits unparsed (held back at the reply high-water
+    /// mark) and can now go on: the driver then calls
+    /// [`Connection::handle_bytes`] with no new bytes.
+    pub fn can_resume_input(&self) -> bool {
+        !self.unparsed.is_empty() && self.under_high_water() && self.accepts_input()
     }
 
     /// The peer's FIN was seen through readiness; input may still be queued unread.
@@ -357,7 +390,11 @@ impl Connection {
         };
         let pending = self.sent < self.outbox.len();
         Interest {
-            read: alive && !self.eof && self.accepts_input() && self.under_high_water(),
+            read: alive
+                && !self.eof
+                && self.accepts_input()
+                && self.under_high_water()
+                && self.unparsed.is_empty(),
             write: alive && pending,
             hangup: alive,
         }

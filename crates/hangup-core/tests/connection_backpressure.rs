@@ -107,3 +107,29 @@ fn a_megabyte_of_pings_to_a_slow_reader_is_all_answered_in_order() {
         assert_eq!(d.take_events(), Vec::<Event>::new());
     }
 }
+
+#[test]
+fn tiny_bad_lines_do_not_multiply_into_a_flood_of_errors() {
+    // 2-byte lines that each earn an ~80-byte `ERR unknown-command …`: one read of them
+    // must stop producing replies at the high-water mark, not expand 40-fold.
+    let mut d = Driver::with(HalfClosePolicy::Probe, Jobs::Manual);
+    d.peer = Peer::Stalled;
+    let input = b"X\n".repeat(64 * 1024);
+    let fed = d.feed_while_readable(&input, READ_CHUNK);
+    assert!(fed < input.len(), "reading paused");
+    let pending = d.conn.poll_transmit().len();
+    assert!(pending >= HIGH_WATER, "{pending}");
+    assert!(
+        pending < HIGH_WATER + 200,
+        "one reply past the mark at most: {pending}"
+    );
+    assert!(!d.conn.interest().read);
+
+    // Once the peer reads, the held-back input is parsed and every line is answered.
+    d.set_peer(Peer::Reads);
+    let rest = d.feed_while_readable(&input[fed..], READ_CHUNK);
+    assert_eq!(fed + rest, input.len());
+    let lines = d.take_lines();
+    assert_eq!(lines.len(), input.len() / 2);
+    assert!(lines.iter().all(|l| l.starts_with("ERR unknown-command")));
+}

@@ -298,6 +298,12 @@ impl Driver {
                 .extend_from_slice(&self.conn.poll_transmit()[..n]);
             let now = self.now();
             self.conn.handle_sent(now, n);
+            // As the driver does: input held back at the high-water mark goes on once
+            // the replies drained below it.
+            if self.conn.can_resume_input() {
+                let status = self.status;
+                self.conn.handle_bytes(now, &[], &move || status);
+            }
         }
         self.max_pending = self.max_pending.max(self.conn.poll_transmit().len());
     }
