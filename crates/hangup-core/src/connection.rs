@@ -225,12 +225,7 @@ impl Connection {
             let (segment, tail) = rest.split_at(end);
             rest = tail;
             let mut frame = None;
-            self.decoder.feed(segment, |f| {
-                frame = Some(match f {
-                    Frame::Line(line) => Ok(line.to_vec()),
-                    Frame::TooLong => Err(()),
-                })
-            });
+            self.decoder.feed(segment, |f| frame = Some(owned(f)));
             if let Some(frame) = frame {
                 completed_a_line = true;
                 self.handle_frame(now, frame, status);
@@ -262,14 +257,9 @@ impl Connection {
         self.fin_seen = true;
         self.timers.clear(Timer::PartialLine);
         if self.accepts_input() {
-            let mut frames = Vec::new();
-            self.decoder.finish(|frame| {
-                frames.push(match frame {
-                    Frame::Line(line) => Ok(line.to_vec()),
-                    Frame::TooLong => Err(()),
-                })
-            });
-            for frame in frames {
+            let mut frame = None;
+            self.decoder.finish(|f| frame = Some(owned(f)));
+            if let Some(frame) = frame {
                 self.handle_frame(now, frame, status);
             }
         }
@@ -628,6 +618,15 @@ impl Connection {
             (_, false, _) => self.timers.clear(Timer::PartialLine),
             _ => {}
         }
+    }
+}
+
+/// A decoded frame, detached from the decoder's buffer so that handling it may borrow
+/// the connection again.
+fn owned(frame: Frame<'_>) -> Result<Vec<u8>, ()> {
+    match frame {
+        Frame::Line(line) => Ok(line.to_vec()),
+        Frame::TooLong => Err(()),
     }
 }
 
