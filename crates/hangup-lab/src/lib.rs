@@ -1,0 +1,2 @@
+//! The hangup fault lab (work in progress).
+#![warn(missing_docs)]
