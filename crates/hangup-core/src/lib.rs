@@ -27,14 +27,17 @@
 //! ```
 #![warn(missing_docs)]
 
+mod auth;
 mod cause;
 mod connection;
 mod duration;
 mod job;
 mod policy;
 mod protocol;
+mod session;
 mod timer;
 
+pub use auth::{device_token, verify_token};
 pub use cause::{Cause, UnknownCause};
 pub use connection::{Connection, ConnectionConfig, Event, Interest};
 pub use duration::{format_duration, parse_duration, DurationError};
@@ -46,5 +49,8 @@ pub use policy::{
 pub use protocol::{
     parse_line, valid_device_id, Command, ErrorCode, Frame, JobId, LineDecoder, ParseError, Reply,
     StatusCounts, DEFAULT_SEED, MAX_LINE,
+};
+pub use session::{
+    Heartbeat, Opened, SessionId, SessionRegistry, DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT,
 };
 pub use timer::{Timer, TimerTable};
