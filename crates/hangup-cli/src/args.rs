@@ -31,6 +31,8 @@ pub enum Command {
     Bench(BenchCommand),
     /// List TCP sockets through sock_diag and flag ghosts, leaks and dying peers.
     Inspect(InspectArgs),
+    /// Print a device's token: hex HMAC-SHA256(secret, device-id), for `HELLO … token=`.
+    Token(TokenArgs),
 }
 
 /// How connections are watched, shared by `serve` and `client` (SPEC §2).
@@ -67,11 +69,44 @@ pub struct LivenessArgs {
 }
 
 /// `hangup serve`.
+///
+/// Every flag can also be set in a TOML file given with `--config`, under the flag's
+/// name without dashes in front (`dead-after = "2s"`, `workers = 4`, `insecure = true`);
+/// flags on the command line win over the file.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file (keys: the flags' long names).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on for the line protocol.
     #[arg(long, default_value = "127.0.0.1:7557")]
     pub listen: SocketAddr,
+
+    /// Admin HTTP endpoint: /metrics (Prometheus), /connections, /sessions, /healthz;
+    /// `off` disables it.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:7558", value_parser = parse_admin)]
+    pub admin: AdminAddr,
+
+    /// Directory of the presence store (SQLite): every session, when it started and
+    /// ended, and why. Created if missing.
+    #[arg(long, value_name = "DIR", default_value = "./hangup-data")]
+    pub data_dir: PathBuf,
+
+    /// File holding the secret for device tokens: `HELLO` then needs
+    /// `token=<hex HMAC-SHA256(secret, device-id)>` (`hangup token` prints it).
+    /// Trailing line breaks in the file are ignored.
+    #[arg(long, value_name = "FILE")]
+    pub auth_secret: Option<PathBuf>,
+
+    /// Allow listening on a non-loopback address without `--auth-secret` (anyone who
+    /// can connect could then take over any device's session).
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// On SIGTERM/SIGINT, how long jobs in flight may still run after `GOAWAY`.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
 
     /// Liveness policy applied to every accepted connection.
     #[command(flatten)]
@@ -114,6 +149,19 @@ pub struct ClientArgs {
     /// Exit (non-zero) when the connection is lost instead of reconnecting.
     #[arg(long)]
     pub once: bool,
+
+    /// Open a session for this device id on every connect (`HELLO`), with heartbeats.
+    #[arg(long, value_name = "ID")]
+    pub device: Option<String>,
+
+    /// The device's token (`hangup token ID` on the server side prints it).
+    #[arg(long, value_name = "HEX", requires = "device")]
+    pub token: Option<String>,
+
+    /// Heartbeat to propose: the client sends PING after this much of its own silence and
+    /// declares the server dead after 1.5 times the granted heartbeat without inbound data.
+    #[arg(long, value_name = "SECS", default_value_t = 30, requires = "device")]
+    pub heartbeat: u64,
 
     /// Event log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -160,6 +208,17 @@ pub enum HangupMode {
     Rst,
     /// Both, one after the other.
     Both,
+}
+
+/// `hangup token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The device id.
+    pub device: String,
+
+    /// The server's secret file (as given to `hangup serve --auth-secret`).
+    #[arg(long, value_name = "FILE")]
+    pub auth_secret: PathBuf,
 }
 
 /// `hangup inspect`.
@@ -213,6 +272,26 @@ pub enum AutoDuration {
     Off,
     /// Set explicitly.
     Fixed(Duration),
+}
+
+/// The admin endpoint's address, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAddr {
+    /// No admin endpoint.
+    Off,
+    /// Listen here.
+    At(SocketAddr),
+}
+
+/// Parses `off` or a socket address.
+pub fn parse_admin(s: &str) -> Result<AdminAddr, String> {
+    match s {
+        "off" => Ok(AdminAddr::Off),
+        addr => addr
+            .parse()
+            .map(AdminAddr::At)
+            .map_err(|_| format!("expected ADDRESS:PORT or `off`, got `{addr}`")),
+    }
 }
 
 /// Parses `auto`, `off` or a duration.

@@ -51,6 +51,7 @@ pub use protocol::{
     StatusCounts, DEFAULT_SEED, MAX_LINE,
 };
 pub use session::{
-    Heartbeat, Opened, SessionId, SessionRegistry, DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT,
+    Heartbeat, HeartbeatAction, HeartbeatClock, Opened, SessionId, SessionRegistry,
+    DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT,
 };
 pub use timer::{Timer, TimerTable};

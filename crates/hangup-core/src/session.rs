@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Identifies one session. Unique within a server run; the server starts its sequence at
 /// a random point so that ids also stay unique across restarts in the presence store.
@@ -66,6 +66,70 @@ impl Heartbeat {
             dead_after: interval * 3 / 2,
             clamped_from: (interval != wanted).then_some(wanted),
         }
+    }
+}
+
+/// What a [`HeartbeatClock`] asks its owner to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatAction {
+    /// We were silent for a heartbeat interval: send `PING`.
+    SendPing,
+    /// The peer was silent for dead-after: it is gone (`heartbeat_missed`).
+    PeerDead,
+}
+
+/// The client's side of a session heartbeat (SPEC §4): speak after `interval` of our
+/// own silence, give the peer up after `dead_after` of its silence. Sans-IO: the owner
+/// reports traffic and sleeps until [`HeartbeatClock::poll_timeout`].
+#[derive(Debug, Clone, Copy)]
+pub struct HeartbeatClock {
+    heartbeat: Heartbeat,
+    last_sent: Instant,
+    last_received: Instant,
+}
+
+impl HeartbeatClock {
+    /// A clock starting at `now` (both directions count as just heard).
+    pub fn new(heartbeat: Heartbeat, now: Instant) -> Self {
+        Self {
+            heartbeat,
+            last_sent: now,
+            last_received: now,
+        }
+    }
+
+    /// We sent bytes.
+    pub fn handle_sent(&mut self, now: Instant) {
+        self.last_sent = self.last_sent.max(now);
+    }
+
+    /// The peer sent bytes.
+    pub fn handle_received(&mut self, now: Instant) {
+        self.last_received = self.last_received.max(now);
+    }
+
+    /// When to call [`HeartbeatClock::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Instant {
+        (self.last_sent + self.heartbeat.interval)
+            .min(self.last_received + self.heartbeat.dead_after)
+    }
+
+    /// What is due at `now`, the peer's death first.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<HeartbeatAction> {
+        if now >= self.last_received + self.heartbeat.dead_after {
+            Some(HeartbeatAction::PeerDead)
+        } else if now >= self.last_sent + self.heartbeat.interval {
+            // Counted as sent now, so that a slow write does not send a PING per wake-up.
+            self.last_sent = now;
+            Some(HeartbeatAction::SendPing)
+        } else {
+            None
+        }
+    }
+
+    /// How long the peer has been silent at `now`.
+    pub fn silent_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_received)
     }
 }
 
@@ -170,6 +234,33 @@ mod tests {
             (h.interval, h.clamped_from),
             (secs(3600), Some(secs(100_000)))
         );
+    }
+
+    #[test]
+    fn heartbeat_clock_pings_on_our_silence_and_gives_up_on_theirs() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut clock = HeartbeatClock::new(Heartbeat::grant(Some(Duration::from_secs(1))), start);
+        assert_eq!(clock.poll_timeout(), at(1000));
+        assert_eq!(clock.handle_timeout(at(999)), None);
+        assert_eq!(
+            clock.handle_timeout(at(1000)),
+            Some(HeartbeatAction::SendPing)
+        );
+        // The peer answers at 1.2 s; our next PING is due at 2 s.
+        clock.handle_received(at(1200));
+        assert_eq!(clock.poll_timeout(), at(2000));
+        assert_eq!(
+            clock.handle_timeout(at(2000)),
+            Some(HeartbeatAction::SendPing)
+        );
+        // No answer: dead 1.5 s after 1.2 s.
+        assert_eq!(clock.poll_timeout(), at(2700));
+        assert_eq!(
+            clock.handle_timeout(at(2700)),
+            Some(HeartbeatAction::PeerDead)
+        );
+        assert_eq!(clock.silent_for(at(2700)), Duration::from_millis(1500));
     }
 
     #[test]

@@ -2,8 +2,12 @@
 
 mod bench;
 mod client;
+mod config;
 mod inspect;
 mod serve;
+mod token;
+
+pub use config::expand as expand_config;
 
 use std::process::ExitCode;
 
@@ -19,6 +23,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Client(args) => client::run(args),
         Command::Bench(BenchCommand::Cancel(args)) => bench::cancel(args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Token(args) => token::run(&args),
     }
 }
 
@@ -38,6 +43,27 @@ pub(crate) fn resolve_policy(args: &LivenessArgs) -> anyhow::Result<LivenessPoli
         AutoDuration::Fixed(d) => Some(d),
     };
     Ok(policy)
+}
+
+/// Reads an `--auth-secret` file: its bytes without trailing line breaks.
+pub(crate) fn read_secret(path: &std::path::Path) -> anyhow::Result<hangup::server::AuthSecret> {
+    let mut bytes = std::fs::read(path).with_context(|| {
+        format!(
+            "could not read the secret file {} (--auth-secret)",
+            path.display()
+        )
+    })?;
+    while bytes.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        anyhow::bail!(
+            "the secret file {} (--auth-secret) is empty; put a long random secret in it, e.g. `head -c 32 /dev/urandom | base64 > {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(hangup::server::AuthSecret::new(bytes))
 }
 
 /// A multi-threaded tokio runtime.
