@@ -738,10 +738,14 @@ impl Writer {
                     }
                     pending.last_error = None;
                     pending.flush_completed = pending.flush_completed.max(flush_target);
+                    let finished = closing && pending.entries.is_empty();
+                    drop(pending);
+                    self.shared.batch_done.notify_all();
+                    // Freeing a large batch's strings takes a while: not under the lock
+                    // the recorders wait for.
                     batch.clear();
                     self.spare = batch;
-                    self.shared.batch_done.notify_all();
-                    if closing && pending.entries.is_empty() {
+                    if finished {
                         return Ok(());
                     }
                 }
