@@ -66,7 +66,7 @@ fn all(dir: &Path) -> Vec<SessionRow> {
     query(dir, &PresenceFilter::default()).unwrap()
 }
 
-fn find<'a>(rows: &'a [SessionRow], session: u64) -> &'a SessionRow {
+fn find(rows: &[SessionRow], session: u64) -> &SessionRow {
     let key = format!("{session:016x}");
     rows.iter()
         .find(|row| row.session == key)
