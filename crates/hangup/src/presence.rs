@@ -12,8 +12,8 @@
 //! ```
 //!
 //! Connection handling never waits for the disk: the recorder methods only merge an
-//! event into [`Pending`] under a mutex held for a map lookup, and a dedicated writer
-//! thread owns the only read-write SQLite connection. Nothing queues per event: a
+//! event into the pending map under a mutex held for a map lookup, and a dedicated writer
+//! thread owns the store's read-write SQLite connection. Nothing queues per event: a
 //! thousand heartbeats of one session are one pending entry, so the memory waiting
 //! for the disk is bounded by the sessions alive plus those ended since the last
 //! flush, however slow the disk is. If a write fails the entries are merged back and
