@@ -33,6 +33,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Print a device's token: hex HMAC-SHA256(secret, device-id), for `HELLO … token=`.
     Token(TokenArgs),
+    /// Is a device online, when did it drop, and why: sessions from the presence store.
+    Presence(PresenceArgs),
 }
 
 /// How connections are watched, shared by `serve` and `client` (SPEC §2).
@@ -252,6 +254,36 @@ pub struct InspectArgs {
     /// `half-open-suspect`.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub silent_after: Duration,
+}
+
+/// `hangup presence`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 when sessions were listed, or none are recorded at all; \
+1 when --device selects no session (the device was never seen, or with --online: it is not \
+online now); 2 on errors, such as a data directory without a presence database."
+)]
+pub struct PresenceArgs {
+    /// Only this device's sessions.
+    #[arg(long, value_name = "ID")]
+    pub device: Option<String>,
+
+    /// Only sessions that are online now: not ended, and their server still running.
+    #[arg(long)]
+    pub online: bool,
+
+    /// Print a JSON array of sessions (times in RFC 3339 with milliseconds) instead of a
+    /// table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The data directory the server records sessions in (`hangup serve --data-dir`).
+    #[arg(long, value_name = "DIR", default_value = "./hangup-data")]
+    pub data_dir: PathBuf,
+
+    /// Show at most N sessions, the newest.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
 }
 
 /// Event log format.

@@ -12,8 +12,8 @@
 //! ```
 //!
 //! Connection handling never waits for the disk: the recorder methods only merge an
-//! event into [`Pending`] under a mutex held for a map lookup, and a dedicated writer
-//! thread owns the only read-write SQLite connection. Nothing queues per event: a
+//! event into the pending map under a mutex held for a map lookup, and a dedicated writer
+//! thread owns the store's read-write SQLite connection. Nothing queues per event: a
 //! thousand heartbeats of one session are one pending entry, so the memory waiting
 //! for the disk is bounded by the sessions alive plus those ended since the last
 //! flush, however slow the disk is. If a write fails the entries are merged back and
@@ -738,10 +738,14 @@ impl Writer {
                     }
                     pending.last_error = None;
                     pending.flush_completed = pending.flush_completed.max(flush_target);
+                    let finished = closing && pending.entries.is_empty();
+                    drop(pending);
+                    self.shared.batch_done.notify_all();
+                    // Freeing a large batch's strings takes a while: not under the lock
+                    // the recorders wait for.
                     batch.clear();
                     self.spare = batch;
-                    self.shared.batch_done.notify_all();
-                    if closing && pending.entries.is_empty() {
+                    if finished {
                         return Ok(());
                     }
                 }
@@ -963,20 +967,31 @@ pub fn query(data_dir: &Path, filter: &PresenceFilter) -> Result<Vec<SessionRow>
         (false, Some(limit)) => i64::try_from(limit).unwrap_or(i64::MAX),
         _ => -1,
     };
+    // Spelled out per filter rather than `(?1 IS NULL OR device = ?1)`, which keeps
+    // SQLite from using the device index on a large history.
+    let device_clause = match filter.device {
+        Some(_) => "device = ?1",
+        None => "?1 IS NULL",
+    };
+    let open_clause = if filter.online_only {
+        "AND ended_at IS NULL"
+    } else {
+        ""
+    };
     let mut statement = conn
-        .prepare(
+        .prepare(&format!(
             "SELECT session, device, peer, connected_at, last_seen, ended_at, cause,
                     owner_boot, owner_pid, owner_start
              FROM sessions
-             WHERE (?1 IS NULL OR device = ?1) AND (?2 = 0 OR ended_at IS NULL)
+             WHERE {device_clause} {open_clause}
              ORDER BY connected_at DESC, session DESC
-             LIMIT ?3",
-        )
+             LIMIT ?2"
+        ))
         .map_err(db_error)?;
     let me = Owner::current();
     let mut owners_running: HashMap<Owner, bool> = HashMap::new();
     let mut rows = statement
-        .query(params![filter.device, filter.online_only, sql_limit])
+        .query(params![filter.device, sql_limit])
         .map_err(db_error)?;
     let mut sessions = Vec::new();
     while let Some(row) = rows.next().map_err(db_error)? {

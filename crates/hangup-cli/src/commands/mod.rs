@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod config;
 mod inspect;
+mod presence;
 mod serve;
 mod token;
 
@@ -24,6 +25,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Cancel(args)) => bench::cancel(args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Token(args) => token::run(&args),
+        Command::Presence(args) => presence::run(&args),
     }
 }
 
