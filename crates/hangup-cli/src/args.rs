@@ -175,6 +175,30 @@ pub struct ClientArgs {
 pub enum BenchCommand {
     /// Latency from a client's hangup (FIN or RST) to its running job being stopped.
     Cancel(BenchCancelArgs),
+    /// A reconnect storm: every device connects again while its old connection is open;
+    /// eviction latency and ghosts left in the kernel's socket table.
+    Takeover(BenchTakeoverArgs),
+}
+
+/// `hangup bench takeover`.
+#[derive(Debug, Args)]
+pub struct BenchTakeoverArgs {
+    /// Devices that reconnect, in total.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub devices: usize,
+
+    /// Devices per wave: each wave holds this many old sessions plus as many new
+    /// connections (two descriptors a device, under the 20 000 per-process limit).
+    #[arg(long, value_name = "N", default_value_t = 5_000)]
+    pub wave: usize,
+
+    /// Reconnects in flight at once during the storm.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub concurrency: usize,
+
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// `hangup bench cancel`.

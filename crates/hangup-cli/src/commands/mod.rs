@@ -23,6 +23,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args),
         Command::Client(args) => client::run(args),
         Command::Bench(BenchCommand::Cancel(args)) => bench::cancel(args),
+        Command::Bench(BenchCommand::Takeover(args)) => bench::takeover(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Token(args) => token::run(&args),
         Command::Presence(args) => presence::run(&args),

@@ -69,13 +69,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         server.run(shutdown).await.context("server failed")
     });
     // Every session ended (cause `shutdown`) is on disk before we say we are done.
+    let recorder = store.recorder();
     let closed = store.close().context("could not flush the presence store");
+    let stats = recorder.stats();
     served?;
     closed?;
     tracing::info!(
         target: "hangup::event",
         event = "shutdown_complete",
         ts_ns = hangup::events::ts_ns(),
+        presence_rows_written = stats.rows_written,
+        presence_max_pending = stats.max_pending,
+        presence_max_batch_us = stats.max_batch_micros,
     );
     Ok(ExitCode::SUCCESS)
 }
