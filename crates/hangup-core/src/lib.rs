@@ -6,6 +6,7 @@
 //!  D ───────▶│ policy: keepalive, user timeout, write/partial timeouts  │
 //!  bytes ───▶│ protocol: bounded line decoder, commands, replies        │──▶ replies, job starts,
 //!  FIN/RST ─▶│ connection: jobs, half-close policy, timers, causes      │    cancellations, Close
+//!  HELLO ───▶│ session: registry + takeover, heartbeats, device tokens  │
 //!  now ─────▶│ job: the SHA-256 chain, cancellable between slices       │
 //!            └──────────────────────────────────────────────────────────┘
 //!                 driven by the tokio layer in the `hangup` crate
