@@ -85,6 +85,12 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:7557")]
     pub listen: SocketAddr,
 
+    /// Share the port with other `hangup serve --reuse-port` instances (SO_REUSEPORT): the
+    /// kernel spreads new connections over them. Give each its own `--admin` port (or
+    /// `off`); they may share `--data-dir`. Sessions and takeover are per instance.
+    #[arg(long)]
+    pub reuse_port: bool,
+
     /// Admin HTTP endpoint: /metrics (Prometheus), /connections, /sessions, /healthz;
     /// `off` disables it.
     #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:7558", value_parser = parse_admin)]

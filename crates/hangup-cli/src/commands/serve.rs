@@ -32,6 +32,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.workers = workers;
     }
     config.drain_timeout = args.drain_timeout;
+    config.reuse_port = args.reuse_port;
     config.admin = match args.admin {
         AdminAddr::Off => None,
         AdminAddr::At(addr) => Some(addr),

@@ -66,6 +66,10 @@ impl std::fmt::Debug for AuthSecret {
 pub struct ServerConfig {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// Set SO_REUSEPORT on the listening socket, so that several servers (one per core,
+    /// or as many as the descriptor limit requires) share the port; the kernel spreads
+    /// new connections over them. Sessions and takeover are per server.
+    pub reuse_port: bool,
     /// The liveness policy for every accepted connection.
     pub policy: LivenessPolicy,
     /// What to do on FIN while jobs are pending.
@@ -91,6 +95,7 @@ impl ServerConfig {
     pub fn new(listen: SocketAddr, dead_after: Duration) -> Self {
         Self {
             listen,
+            reuse_port: false,
             policy: LivenessPolicy::from_dead_after(dead_after),
             half_close: HalfClosePolicy::Probe,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -196,7 +201,7 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Binds the listening socket.
     pub async fn bind(config: ServerConfig) -> io::Result<Self> {
-        let listener = listen(config.listen)?;
+        let listener = listen(config.listen, config.reuse_port)?;
         let admin = match config.admin {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
@@ -312,12 +317,15 @@ impl Server {
 
 /// A listening socket with a backlog deep enough for reconnect storms (the kernel caps
 /// it at net.core.somaxconn); tokio's `bind` would leave it at 1024.
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
