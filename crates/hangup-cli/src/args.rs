@@ -3,7 +3,7 @@
 //! Nothing here does work: arguments are resolved into settings by the
 //! commands in `commands/`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -184,6 +184,143 @@ pub enum BenchCommand {
     /// A reconnect storm: every device connects again while its old connection is open;
     /// eviction latency and ghosts left in the kernel's socket table.
     Takeover(BenchTakeoverArgs),
+    /// N concurrent heartbeating sessions over reuse-port server instances and load
+    /// worker processes: sessions reached and lost, server memory per connection, server
+    /// CPU per heartbeat, PING round trip under load, and the limits in the way.
+    Scale(BenchScaleArgs),
+    /// N clients in a network namespace whose link is pulled at once: how long the
+    /// servers take to detect every death (against D), with which cause, and the
+    /// connect-plus-PING latency of fresh clients meanwhile. Needs root.
+    MassDeath(BenchMassDeathArgs),
+    /// One load process of `scale` and `mass-death` (internal).
+    #[command(hide = true)]
+    LoadWorker(LoadWorkerArgs),
+}
+
+/// `hangup bench scale`.
+#[derive(Debug, Args)]
+pub struct BenchScaleArgs {
+    /// Sessions to open and hold.
+    #[arg(long, value_name = "N", default_value_t = 19_000)]
+    pub connections: usize,
+
+    /// Heartbeat every session asks for: a PING after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub heartbeat: u64,
+
+    /// Server instances sharing the port (SO_REUSEPORT) [default: enough for about
+    /// 18 000 sessions each, under the 20 000 descriptors a process may hold].
+    #[arg(long, value_name = "K", conflicts_with = "target")]
+    pub instances: Option<usize>,
+
+    /// Load a server that is already running here instead of starting instances.
+    #[arg(long, value_name = "ADDR")]
+    pub target: Option<SocketAddr>,
+
+    /// With `--target`: the server processes to measure (memory, CPU); repeatable.
+    #[arg(long, value_name = "PID", requires = "target")]
+    pub server_pid: Vec<u32>,
+
+    /// How long to hold every session heartbeating once all are open (the measurement
+    /// window for CPU and round trips) [default: 2 heartbeats, at least 20 s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub hold: Option<Duration>,
+
+    /// Sessions per load-worker process (each holds one descriptor per session and uses
+    /// one 127.0.0.x source address).
+    #[arg(long, value_name = "N", default_value_t = 18_000)]
+    pub per_worker: usize,
+
+    /// Connects plus HELLOs in flight per load worker during ramp-up.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub concurrency: usize,
+
+    /// The servers' --dead-after.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub dead_after: Duration,
+
+    /// Give up if ramp-up takes longer than this.
+    #[arg(long, value_name = "DURATION", default_value = "20m", value_parser = parse_duration)]
+    pub ramp_limit: Duration,
+
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// `hangup bench mass-death`.
+#[derive(Debug, Args)]
+pub struct BenchMassDeathArgs {
+    /// Sessions that die at once.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub connections: usize,
+
+    /// The servers' --dead-after D, against which detection is measured.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub dead_after: Duration,
+
+    /// The sessions' heartbeat, seconds. With 1.5 × H below D the heartbeat must catch
+    /// every death (`heartbeat_missed`); with H at or above D, keepalive and the user
+    /// timeout do (`timeout`); in between either may.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub heartbeat: u64,
+
+    /// Server instances sharing the port [default: about 18 000 sessions each].
+    #[arg(long, value_name = "K")]
+    pub instances: Option<usize>,
+
+    /// Sessions per load-worker process.
+    #[arg(long, value_name = "N", default_value_t = 18_000)]
+    pub per_worker: usize,
+
+    /// Connects plus HELLOs in flight per load worker during ramp-up.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub concurrency: usize,
+
+    /// Fresh connect-plus-PING probes per second from outside the namespace.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub probe_rate: u32,
+
+    /// Give up if ramp-up takes longer than this.
+    #[arg(long, value_name = "DURATION", default_value = "20m", value_parser = parse_duration)]
+    pub ramp_limit: Duration,
+
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// `hangup bench load-worker`: opens and heartbeats its share of sessions, reporting
+/// JSON lines on stdout; stops on `stop` (or end of input) on stdin.
+#[derive(Debug, Args)]
+pub struct LoadWorkerArgs {
+    /// The server.
+    #[arg(long)]
+    pub target: SocketAddr,
+
+    /// Source address of every connection.
+    #[arg(long)]
+    pub source: IpAddr,
+
+    /// Sessions to open.
+    #[arg(long)]
+    pub connections: usize,
+
+    /// Number of the first device (devices are `<prefix>-<n>`).
+    #[arg(long, default_value_t = 0)]
+    pub first_device: u64,
+
+    /// Device id prefix.
+    #[arg(long, default_value = "load")]
+    pub device_prefix: String,
+
+    /// Heartbeat, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub heartbeat: u64,
+
+    /// Connects plus HELLOs in flight.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
 }
 
 /// `hangup bench takeover`.

@@ -1,6 +1,11 @@
 //! `hangup bench`: measurements against a real `hangup serve` (this same executable).
 
 mod cancel;
+mod histogram;
+mod load;
+mod mass_death;
+mod procfs;
+mod scale;
 mod takeover;
 
 use std::io::{BufRead, BufReader};
@@ -14,7 +19,49 @@ use anyhow::Context;
 use serde_json::Value;
 
 pub use cancel::cancel;
+pub use load::load_worker;
+pub use mass_death::mass_death;
+pub use scale::scale;
 pub use takeover::takeover;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Turns SIGINT and SIGTERM into a flag that the benches' loops check, so that they
+/// return through their guards (killing their children, deleting namespaces) instead
+/// of dying with them still in place.
+pub(crate) fn catch_interrupts() {
+    let handler = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+/// An error once SIGINT or SIGTERM arrived.
+pub(crate) fn check_interrupt() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        anyhow::bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Sleeps `total` in short steps, returning early with an error on an interrupt.
+pub(crate) fn sleep_checked(total: Duration, mut tick: impl FnMut(Duration)) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < total {
+        check_interrupt()?;
+        std::thread::sleep((total - start.elapsed()).min(Duration::from_millis(100)));
+        tick(start.elapsed());
+    }
+    Ok(())
+}
 
 /// The server under test, killed when dropped.
 pub(crate) struct ServerProcess {
@@ -38,6 +85,15 @@ impl ServerProcess {
     /// a fresh presence store and `extra` flags; waits for `listening`. Only the events
     /// named in `wanted` (and `listening`) are kept: a storm logs millions of others.
     pub fn start(extra: &[&str], wanted: &'static [&'static str]) -> anyhow::Result<Self> {
+        Self::start_at("127.0.0.1:0", extra, wanted)
+    }
+
+    /// Like [`ServerProcess::start`], listening on `listen`.
+    pub fn start_at(
+        listen: &str,
+        extra: &[&str],
+        wanted: &'static [&'static str],
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the hangup executable")?;
         let data_dir = std::env::temp_dir().join(format!(
             "hangup-bench-{}-{}",
@@ -45,7 +101,7 @@ impl ServerProcess {
             fastrand::u32(..)
         ));
         let mut child = Command::new(exe)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["serve", "--listen", listen, "--log-format", "json"])
             .args(["--admin", "off", "--data-dir"])
             .arg(&data_dir)
             .args(extra)
@@ -89,6 +145,18 @@ impl ServerProcess {
             .and_then(|a| a.parse().ok())
             .context("`listening` event without an address")?;
         Ok(server)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Events received so far that match `wanted`, without waiting.
+    pub fn drain_events(&self, mut on_event: impl FnMut(Value)) {
+        while let Ok(event) = self.events.try_recv() {
+            on_event(event);
+        }
     }
 
     /// The server's presence store.

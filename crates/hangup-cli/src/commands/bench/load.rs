@@ -1,0 +1,547 @@
+//! Load generation for `bench scale` and `bench mass-death`.
+//!
+//! One process may hold at most 20 000 descriptors here, so the sessions are spread
+//! over several *load workers*: hidden `hangup bench load-worker` child processes, each
+//! holding its share of sessions from its own source address (a 127.0.0.x, or an
+//! address inside the mass-death namespace), on one single-threaded tokio runtime.
+//!
+//! ```text
+//!  parent ──spawn──▶ load-worker (source A, sessions 0..k)     stdout: JSON lines
+//!         ──spawn──▶ load-worker (source B, sessions k..2k)    {"kind":"progress"…}
+//!         ◀──────── {"kind":"ready"} from every worker          {"kind":"ready"…}
+//!         ──stdin──▶ "measure"  (RTT and PONG counts restart)
+//!         ──stdin──▶ "stop"     ◀── {"kind":"done", lost, pongs, rtt histogram}
+//! ```
+//!
+//! Every session connects, says `HELLO <prefix>-<n> heartbeat=<H>`, and then sends
+//! `PING` every H (the first after a random part of H, so that the pings of all
+//! sessions spread evenly) and times the `PONG`. A session that ends before "stop",
+//! or whose `PONG` does not come, is *lost*.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead as _, BufReader as StdBufReader, Write as _};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::histogram::Histogram;
+use crate::args::LoadWorkerArgs;
+
+/// How long a connect plus `HELLO`, or a `PING`'s `PONG` (at least), may take.
+const STEP_LIMIT: Duration = Duration::from_secs(30);
+/// How often a worker reports its ramp-up.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Default)]
+struct WorkerState {
+    open: AtomicU64,
+    failed: AtomicU64,
+    lost: AtomicU64,
+    pongs: AtomicU64,
+    measuring: AtomicBool,
+    /// Why sessions could not open, by error.
+    errors: Mutex<BTreeMap<String, u64>>,
+    /// Why open sessions ended before "stop".
+    lost_reasons: Mutex<BTreeMap<String, u64>>,
+    rtt: Mutex<Histogram>,
+    stop: CancellationToken,
+}
+
+impl WorkerState {
+    fn count(map: &Mutex<BTreeMap<String, u64>>, reason: String) {
+        *map.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    fn lose(&self, reason: String) {
+        self.lost.fetch_add(1, Ordering::Relaxed);
+        Self::count(&self.lost_reasons, reason);
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    kind: &'a str,
+    open: u64,
+    failed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ramp_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<BTreeMap<String, u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost_reasons: Option<BTreeMap<String, u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pongs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtt_us: Option<Histogram>,
+}
+
+fn emit(line: &Line<'_>) {
+    let mut out = io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, line);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+/// `hangup bench load-worker` (hidden): runs one worker until told to stop.
+pub fn load_worker(args: &LoadWorkerArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the tokio runtime")?;
+    runtime.block_on(run_worker(args));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_worker(args: &LoadWorkerArgs) {
+    let state = Arc::new(WorkerState::default());
+    // Commands from the parent; its end of stdin closing means it is gone: stop.
+    let commands = state.clone();
+    std::thread::spawn(move || {
+        for line in io::stdin().lock().lines() {
+            match line.as_deref().map(str::trim) {
+                Ok("measure") => {
+                    *commands.rtt.lock().unwrap_or_else(|p| p.into_inner()) = Histogram::default();
+                    commands.pongs.store(0, Ordering::Relaxed);
+                    commands.measuring.store(true, Ordering::Relaxed);
+                }
+                Ok("stop") | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        commands.stop.cancel();
+    });
+
+    let started = Instant::now();
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let heartbeat = Duration::from_secs(args.heartbeat.max(1));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..args.connections as u64 {
+        let device = format!("{}-{}", args.device_prefix, args.first_device + n);
+        let (state, gate) = (state.clone(), gate.clone());
+        let (source, target) = (args.source, args.target);
+        tasks.spawn(async move {
+            session(&state, &gate, source, target, &device, heartbeat).await;
+        });
+    }
+    let total = args.connections as u64;
+    let progress = |kind| {
+        let line = Line {
+            kind,
+            open: state.open.load(Ordering::Relaxed),
+            failed: state.failed.load(Ordering::Relaxed),
+            ramp_ms: None,
+            errors: None,
+            lost: None,
+            lost_reasons: None,
+            pongs: None,
+            rtt_us: None,
+        };
+        emit(&line);
+        line.open + line.failed >= total
+    };
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(PROGRESS_EVERY) => {}
+            () = state.stop.cancelled() => break,
+        }
+        if progress("progress") {
+            break;
+        }
+    }
+    emit(&Line {
+        kind: "ready",
+        open: state.open.load(Ordering::Relaxed),
+        failed: state.failed.load(Ordering::Relaxed),
+        ramp_ms: Some(started.elapsed().as_millis() as u64),
+        errors: Some(
+            state
+                .errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        ),
+        lost: None,
+        lost_reasons: None,
+        pongs: None,
+        rtt_us: None,
+    });
+    state.stop.cancelled().await;
+    while tasks.join_next().await.is_some() {}
+    emit(&Line {
+        kind: "done",
+        open: state.open.load(Ordering::Relaxed),
+        failed: state.failed.load(Ordering::Relaxed),
+        ramp_ms: None,
+        errors: None,
+        lost: Some(state.lost.load(Ordering::Relaxed)),
+        lost_reasons: Some(
+            state
+                .lost_reasons
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        ),
+        pongs: Some(state.pongs.load(Ordering::Relaxed)),
+        rtt_us: Some(state.rtt.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+    });
+}
+
+/// One session: open it, then heartbeat until "stop".
+async fn session(
+    state: &WorkerState,
+    gate: &Semaphore,
+    source: IpAddr,
+    target: SocketAddr,
+    device: &str,
+    heartbeat: Duration,
+) {
+    let opened = {
+        let _permit = gate.acquire().await;
+        if state.stop.is_cancelled() {
+            return;
+        }
+        tokio::time::timeout(STEP_LIMIT, open(source, target, device, heartbeat)).await
+    };
+    let mut conn = match opened {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(err)) => {
+            state.failed.fetch_add(1, Ordering::Relaxed);
+            return WorkerState::count(&state.errors, error_name(&err));
+        }
+        Err(_) => {
+            state.failed.fetch_add(1, Ordering::Relaxed);
+            return WorkerState::count(&state.errors, "connect+HELLO timed out".into());
+        }
+    };
+    state.open.fetch_add(1, Ordering::Relaxed);
+    let pong_limit = STEP_LIMIT.max(heartbeat);
+    let mut next = tokio::time::Instant::now() + heartbeat.mul_f64(fastrand::f64());
+    let mut line = String::new();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = state.stop.cancelled() => break,
+        }
+        next += heartbeat;
+        let sent = Instant::now();
+        if let Err(err) = conn.get_mut().write_all(b"PING\n").await {
+            return state.lose(error_name(&err));
+        }
+        let reply = tokio::select! {
+            reply = tokio::time::timeout(pong_limit, read_reply(&mut conn, &mut line)) => reply,
+            () = state.stop.cancelled() => break,
+        };
+        match reply {
+            Ok(Ok(())) if line == "PONG" => {
+                if state.measuring.load(Ordering::Relaxed) {
+                    state.pongs.fetch_add(1, Ordering::Relaxed);
+                    let rtt = sent.elapsed().as_micros() as u64;
+                    state
+                        .rtt
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record(rtt);
+                }
+            }
+            Ok(Ok(())) if line.is_empty() => return state.lose("server closed (EOF)".into()),
+            Ok(Ok(())) => {
+                let word = line
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                return state.lose(format!("server sent {word}"));
+            }
+            Ok(Err(err)) => return state.lose(error_name(&err)),
+            Err(_) => return state.lose("no PONG in time".into()),
+        }
+    }
+    // Still open at the stop? A closed or reset connection shows now.
+    let mut probe = [0u8; 256];
+    match conn.get_ref().try_read(&mut probe) {
+        Ok(0) => state.lose("server closed (EOF)".into()),
+        Err(err) if err.kind() != io::ErrorKind::WouldBlock => state.lose(error_name(&err)),
+        _ => {}
+    }
+}
+
+/// Connects from `source` (any port), opens the session and reads `WELCOME`.
+async fn open(
+    source: IpAddr,
+    target: SocketAddr,
+    device: &str,
+    heartbeat: Duration,
+) -> io::Result<BufReader<TcpStream>> {
+    let socket = match target {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if target.is_ipv4() {
+        // Leave the port to connect(), which only needs the 4-tuple to be unique, rather
+        // than reserving one per source address at bind().
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket we own, with a c_int option value.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&raw const on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(target).await?;
+    stream.set_nodelay(true)?;
+    // Replies are one short line: a small buffer keeps 18 000 sessions cheap.
+    let mut conn = BufReader::with_capacity(128, stream);
+    let hello = format!("HELLO {device} heartbeat={}\n", heartbeat.as_secs());
+    conn.get_mut().write_all(hello.as_bytes()).await?;
+    let mut line = String::new();
+    read_reply(&mut conn, &mut line).await?;
+    if !line.starts_with("WELCOME ") {
+        let word = line
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        return Err(io::Error::other(format!("server answered {word:?}")));
+    }
+    Ok(conn)
+}
+
+/// The next line that is not a `#` probe, without its ending; empty at EOF.
+async fn read_reply(conn: &mut BufReader<TcpStream>, line: &mut String) -> io::Result<()> {
+    loop {
+        line.clear();
+        if conn.read_line(line).await? == 0 {
+            return Ok(());
+        }
+        let trimmed = line.trim_end().len();
+        line.truncate(trimmed);
+        if !line.starts_with('#') && !line.is_empty() {
+            return Ok(());
+        }
+    }
+}
+
+/// A short name for an error, to count errors by kind.
+fn error_name(err: &io::Error) -> String {
+    let name = match err.raw_os_error() {
+        Some(libc::EADDRNOTAVAIL) => "EADDRNOTAVAIL (out of ports)",
+        Some(libc::EMFILE) => "EMFILE (process descriptor limit)",
+        Some(libc::ENFILE) => "ENFILE (system file limit)",
+        Some(libc::ENOBUFS) => "ENOBUFS",
+        Some(libc::ENOMEM) => "ENOMEM",
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED",
+        Some(libc::ECONNRESET) => "ECONNRESET",
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT",
+        Some(libc::EPIPE) => "EPIPE",
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH",
+        Some(libc::ENETUNREACH) => "ENETUNREACH",
+        _ => return err.to_string(),
+    };
+    name.into()
+}
+
+// ------------------------------------------------------------------- parent side
+
+/// One worker's share.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerPlan {
+    pub target: SocketAddr,
+    pub source: IpAddr,
+    pub connections: usize,
+    pub first_device: u64,
+    pub device_prefix: String,
+    pub heartbeat: Duration,
+    pub concurrency: usize,
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+}
+
+/// The running load workers; killed (by their pids) and reaped when dropped.
+pub(crate) struct Fleet {
+    workers: Vec<(Child, Option<ChildStdin>)>,
+    lines: mpsc::Receiver<(usize, Value)>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for (child, stdin) in &mut self.workers {
+            drop(stdin.take());
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Fleet {
+    pub fn spawn(plans: &[WorkerPlan]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the hangup executable")?;
+        let (tx, lines) = mpsc::channel();
+        let mut fleet = Self {
+            workers: Vec::with_capacity(plans.len()),
+            lines,
+        };
+        for (index, plan) in plans.iter().enumerate() {
+            let mut command = match &plan.netns {
+                Some(netns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", netns]).arg(&exe);
+                    c
+                }
+                None => Command::new(&exe),
+            };
+            command
+                .args(["bench", "load-worker", "--target"])
+                .arg(plan.target.to_string())
+                .arg("--source")
+                .arg(plan.source.to_string())
+                .arg("--connections")
+                .arg(plan.connections.to_string())
+                .arg("--first-device")
+                .arg(plan.first_device.to_string())
+                .arg("--device-prefix")
+                .arg(&plan.device_prefix)
+                .arg("--heartbeat")
+                .arg(plan.heartbeat.as_secs().to_string())
+                .arg("--concurrency")
+                .arg(plan.concurrency.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            let mut child = command.spawn().context("could not start a load worker")?;
+            let stdout = child.stdout.take().context("no stdout")?;
+            let stdin = child.stdin.take();
+            fleet.workers.push((child, stdin));
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in StdBufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                        if tx.send((index, value)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                let _ = tx.send((index, serde_json::json!({"kind": "exit"})));
+            });
+        }
+        Ok(fleet)
+    }
+
+    /// The workers' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.workers.iter().map(|(child, _)| child.id()).collect()
+    }
+
+    /// Sends a command line to every worker.
+    pub fn broadcast(&mut self, command: &str) {
+        for (_, stdin) in &mut self.workers {
+            if let Some(pipe) = stdin {
+                let _ = writeln!(pipe, "{command}");
+                let _ = pipe.flush();
+            }
+        }
+    }
+
+    /// Waits until every worker sent a line of `kind` (or exited), calling `progress`
+    /// with the sum of the workers' open sessions as they report; gives up at `limit`
+    /// or on an interrupt. Returns each worker's line of that kind.
+    pub fn wait_all(
+        &self,
+        kind: &str,
+        limit: Duration,
+        mut progress: impl FnMut(u64, u64),
+    ) -> anyhow::Result<Vec<Value>> {
+        let deadline = Instant::now() + limit;
+        let mut last: Vec<Option<Value>> = vec![None; self.workers.len()];
+        let mut open = vec![(0u64, 0u64); self.workers.len()];
+        while last.iter().any(Option::is_none) {
+            super::check_interrupt()?;
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                bail!(
+                    "{} of {} load workers did not report `{kind}` within {limit:?}",
+                    last.iter().filter(|l| l.is_none()).count(),
+                    self.workers.len()
+                );
+            };
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok((index, value)) => {
+                    let got = value["kind"].as_str().unwrap_or_default();
+                    if got == "exit" {
+                        if last[index].is_some() {
+                            continue;
+                        }
+                        bail!("load worker {index} exited before reporting `{kind}`");
+                    }
+                    let n = |key: &str| value[key].as_u64().unwrap_or(0);
+                    open[index] = (n("open"), n("failed"));
+                    if got == kind {
+                        last[index] = Some(value);
+                    }
+                    progress(
+                        open.iter().map(|o| o.0).sum(),
+                        open.iter().map(|o| o.1).sum(),
+                    );
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the load workers are gone"),
+            }
+        }
+        Ok(last.into_iter().flatten().collect())
+    }
+}
+
+/// Sums a per-reason count map over worker lines.
+pub(crate) fn sum_reasons(lines: &[Value], key: &str) -> BTreeMap<String, u64> {
+    let mut sum = BTreeMap::new();
+    for line in lines {
+        if let Some(map) = line[key].as_object() {
+            for (reason, count) in map {
+                *sum.entry(reason.clone()).or_default() += count.as_u64().unwrap_or(0);
+            }
+        }
+    }
+    sum
+}
+
+/// Merges the workers' RTT histograms.
+pub(crate) fn merged_rtt(lines: &[Value]) -> Histogram {
+    let mut rtt = Histogram::default();
+    for line in lines {
+        if let Ok(h) = serde_json::from_value::<Histogram>(line["rtt_us"].clone()) {
+            rtt.merge(&h);
+        }
+    }
+    rtt
+}
+
+/// Splits `total` sessions into shares of at most `per_worker`, as even as possible.
+pub(crate) fn shares(total: usize, per_worker: usize) -> Vec<usize> {
+    let workers = total.div_ceil(per_worker.max(1)).max(1);
+    (0..workers)
+        .map(|i| total / workers + usize::from(i < total % workers))
+        .collect()
+}

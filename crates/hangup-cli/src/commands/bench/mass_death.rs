@@ -1,0 +1,581 @@
+//! `hangup bench mass-death`: N clients die at once, silently, and the servers must
+//! notice every one within the liveness budget D.
+//!
+//! ```text
+//!   root namespace                              namespace hgmd-<pid>
+//!   K × hangup serve --reuse-port  ◀── veth ──▶  load workers, sources 10.o.1.x
+//!       on 10.o.0.1:P              hgmd<pid>h    hgmd<pid>c  ◀── `ip link set down`
+//!   prober: connect + PING + close, every 1/rate s, through the local route
+//! ```
+//!
+//! The clients' side of the link is set down (the kernel here has no netem), so their
+//! packets stop both ways and nothing tells the servers: no FIN, no RST. Each death is
+//! detected by the server's own timers. The detection time of a session is the `ts_ns`
+//! of its `connection_closed` event minus the instant just before the link went down
+//! (the same CLOCK_REALTIME), so it is never flattered. With 1.5 × H below D the
+//! heartbeat catches every death (`heartbeat_missed`, at most 1.5 × H after the link
+//! went down); with H at or above D, keepalive with TCP_USER_TIMEOUT does (`timeout`).
+//!
+//! Meanwhile a prober in the root namespace measures what fresh clients see: connect,
+//! `PING`, `PONG`, close, a few hundred times a second, before and during the storm.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hangup::events::ts_ns;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::histogram::Histogram;
+use super::load::{shares, sum_reasons, Fleet, WorkerPlan};
+use super::procfs::Limits;
+use super::scale::{limits_from_errors, start_servers_at, write_json, SESSIONS_PER_INSTANCE};
+use super::{check_interrupt, machine_description, sleep_checked};
+use crate::args::BenchMassDeathArgs;
+
+/// How long after the link went down the bench waits for detections at most, in D.
+const WAIT_FOR_DEATHS: u32 = 3;
+/// The detection budget, in D, that the bench reports against.
+const BUDGET: f64 = 1.1;
+
+/// The clients' namespace and the veth pair into it; both deleted when dropped.
+struct ClientNetwork {
+    netns: String,
+    host_dev: String,
+    client_dev: String,
+    /// 10.`octet`.0.0/16.
+    octet: u8,
+}
+
+impl ClientNetwork {
+    fn create(workers: usize) -> anyhow::Result<Self> {
+        let pid = std::process::id();
+        let octet = 100 + (pid % 150) as u8;
+        let network = Self {
+            netns: format!("hgmd-{pid}"),
+            host_dev: format!("hgmd{pid}h"),
+            client_dev: format!("hgmd{pid}c"),
+            octet,
+        };
+        ip(&["netns", "add", &network.netns])?;
+        // From here on, Drop removes what was made.
+        ip(&["-n", &network.netns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "link",
+            "add",
+            &network.host_dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &network.client_dev,
+            "netns",
+            &network.netns,
+        ])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/16", network.host_ip()),
+            "dev",
+            &network.host_dev,
+        ])?;
+        ip(&["link", "set", &network.host_dev, "up"])?;
+        for worker in 0..workers {
+            let addr = format!("{}/16", network.client_ip(worker));
+            ip(&[
+                "-n",
+                &network.netns,
+                "addr",
+                "add",
+                &addr,
+                "dev",
+                &network.client_dev,
+            ])?;
+        }
+        ip(&[
+            "-n",
+            &network.netns,
+            "link",
+            "set",
+            &network.client_dev,
+            "up",
+        ])?;
+        Ok(network)
+    }
+
+    fn host_ip(&self) -> IpAddr {
+        Ipv4Addr::new(10, self.octet, 0, 1).into()
+    }
+
+    fn client_ip(&self, worker: usize) -> IpAddr {
+        Ipv4Addr::new(
+            10,
+            self.octet,
+            1 + (worker / 250) as u8,
+            (worker % 250) as u8 + 1,
+        )
+        .into()
+    }
+
+    fn is_client(&self, ip: IpAddr) -> bool {
+        matches!(ip, IpAddr::V4(v4) if v4.octets()[1] == self.octet && v4.octets()[2] >= 1)
+    }
+
+    fn pull_link(&self) -> anyhow::Result<()> {
+        ip(&["-n", &self.netns, "link", "set", &self.client_dev, "down"])
+    }
+}
+
+impl Drop for ClientNetwork {
+    fn drop(&mut self) {
+        // Deleting either end deletes the pair; the namespace goes with its last process.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_dev])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .context("could not run `ip` (iproute2)")?;
+    if !output.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct Distribution {
+    samples: u64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl Distribution {
+    fn of(histogram: &Histogram) -> Self {
+        let ms = |p| histogram.percentile(p) / 1000.0;
+        Self {
+            samples: histogram.count(),
+            p50_ms: ms(50.0),
+            p90_ms: ms(90.0),
+            p99_ms: ms(99.0),
+            max_ms: ms(100.0),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    bench: &'static str,
+    machine: String,
+    connections: usize,
+    instances: usize,
+    load_workers: usize,
+    heartbeat_s: u64,
+    dead_after_s: f64,
+    sessions_reached: u64,
+    open_errors: BTreeMap<String, u64>,
+    ramp_s: f64,
+    /// Sessions the servers closed before the link went down (must be 0).
+    closed_before_link_down: u64,
+    /// How long `ip link set down` took (the detection times include it).
+    link_down_ms: f64,
+    deaths_detected: u64,
+    deaths_missed: u64,
+    expected_causes: Vec<&'static str>,
+    causes: BTreeMap<String, u64>,
+    wrong_cause: u64,
+    /// From the link going down to each `connection_closed`.
+    detection: Distribution,
+    /// Detection budget: 1.1 × D.
+    budget_ms: f64,
+    within_budget: u64,
+    /// Fresh clients, before the link went down.
+    probe_before: Distribution,
+    /// Fresh clients between the link going down and the last detection.
+    probe_storm: Distribution,
+    probe_failures: u64,
+    limits_hit: Vec<String>,
+}
+
+pub fn mass_death(args: &BenchMassDeathArgs) -> anyhow::Result<ExitCode> {
+    if args.connections == 0 || args.per_worker == 0 || args.heartbeat == 0 {
+        bail!("--connections, --per-worker and --heartbeat must be at least 1");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("bench mass-death needs root: it creates a network namespace and a veth pair");
+    }
+    super::catch_interrupts();
+    let limits = Limits::read();
+    let fd_room = limits.nofile.0.saturating_sub(300) as usize;
+    let per_worker = args
+        .per_worker
+        .min(fd_room)
+        .min(limits.ports_per_address() as usize)
+        .max(1);
+    let shares = shares(args.connections, per_worker);
+    let heartbeat = Duration::from_secs(args.heartbeat);
+    let dead_after = args.dead_after;
+    let expected_causes: Vec<&'static str> = if heartbeat.mul_f64(1.5) < dead_after {
+        vec!["heartbeat_missed"]
+    } else if heartbeat >= dead_after {
+        vec!["timeout"]
+    } else {
+        vec!["heartbeat_missed", "timeout"]
+    };
+
+    let network = ClientNetwork::create(shares.len())?;
+    let instances = args
+        .instances
+        .unwrap_or(args.connections.div_ceil(SESSIONS_PER_INSTANCE))
+        .max(1);
+    let servers = start_servers_at(
+        network.host_ip(),
+        instances,
+        fd_room,
+        dead_after,
+        &["--insecure"],
+        &[],
+    )?;
+    let target = servers[0].addr;
+    let mut first = 0;
+    let plans: Vec<WorkerPlan> = shares
+        .iter()
+        .enumerate()
+        .map(|(i, &count)| {
+            let plan = WorkerPlan {
+                target,
+                source: network.client_ip(i),
+                connections: count,
+                first_device: first,
+                device_prefix: format!("death{}", std::process::id()),
+                heartbeat,
+                concurrency: args.concurrency,
+                netns: Some(network.netns.clone()),
+            };
+            first += count as u64;
+            plan
+        })
+        .collect();
+    eprintln!(
+        "bench mass-death: {} sessions in namespace {}, heartbeat {} s, D = {dead_after:?}, {instances} server instance(s) at {target}, {} load workers",
+        args.connections, network.netns, args.heartbeat, plans.len()
+    );
+    let ramp_started = Instant::now();
+    let fleet = Fleet::spawn(&plans)?;
+    let bar = ProgressBar::new(args.connections as u64).with_style(
+        ProgressStyle::with_template(
+            "ramp-up {elapsed_precise} [{bar:40}] {pos}/{len} sessions ({per_sec}) {msg}",
+        )?
+        .progress_chars("=> "),
+    );
+    let ready = fleet.wait_all("ready", args.ramp_limit, |open, failed| {
+        bar.set_position(open);
+        if failed > 0 {
+            bar.set_message(format!("{failed} failed"));
+        }
+    })?;
+    bar.finish_and_clear();
+    let ramp = ramp_started.elapsed();
+    let reached: u64 = ready.iter().map(|l| l["open"].as_u64().unwrap_or(0)).sum();
+    let open_errors = sum_reasons(&ready, "errors");
+
+    // Steady state: every session has heartbeated, fresh clients are measured.
+    let prober = Prober::start(target, args.probe_rate);
+    eprintln!(
+        "bench mass-death: {reached} sessions open in {:.1} s; heartbeating for {} s before the link goes down",
+        ramp.as_secs_f64(),
+        args.heartbeat.max(2)
+    );
+    sleep_checked(heartbeat.max(Duration::from_secs(2)), |_| {})?;
+    let mut closed_before = 0;
+    for server in &servers {
+        server.drain_events(|event| {
+            let peer = peer_ip(&event);
+            closed_before += u64::from(peer.is_some_and(|ip| network.is_client(ip)));
+        });
+    }
+
+    let down_ns = ts_ns();
+    network.pull_link()?;
+    let link_down_ms = (ts_ns() - down_ns) as f64 / 1e6;
+    let mut detection = Histogram::default();
+    let mut causes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut wrong_cause = 0;
+    let mut within_budget = 0;
+    let budget_ns = (dead_after.as_secs_f64() * BUDGET * 1e9) as u64;
+    let mut last_death_ns = down_ns;
+    let bar = ProgressBar::new(reached).with_style(
+        ProgressStyle::with_template(
+            "deaths detected {elapsed_precise} [{bar:40}] {pos}/{len} {msg}",
+        )?
+        .progress_chars("=> "),
+    );
+    let wait_limit = Instant::now() + dead_after * WAIT_FOR_DEATHS;
+    while detection.count() < reached && Instant::now() < wait_limit {
+        check_interrupt()?;
+        std::thread::sleep(Duration::from_millis(20));
+        for server in &servers {
+            server.drain_events(|event| {
+                if !peer_ip(&event).is_some_and(|ip| network.is_client(ip)) {
+                    return;
+                }
+                let at = event["ts_ns"].as_u64().unwrap_or(0);
+                let after = at.saturating_sub(down_ns);
+                detection.record(after / 1000);
+                within_budget += u64::from(after <= budget_ns);
+                last_death_ns = last_death_ns.max(at);
+                let cause = event["cause"].as_str().unwrap_or("?").to_owned();
+                wrong_cause += u64::from(!expected_causes.contains(&cause.as_str()));
+                *causes.entry(cause).or_default() += 1;
+            });
+        }
+        bar.set_position(detection.count());
+    }
+    bar.finish_and_clear();
+    let probes = prober.stop();
+    drop(fleet);
+    drop(servers);
+    drop(network);
+
+    let mut probe_before = Histogram::default();
+    let mut probe_storm = Histogram::default();
+    for &(at, micros) in &probes.samples {
+        if at < down_ns {
+            probe_before.record(micros);
+        } else if at <= last_death_ns {
+            probe_storm.record(micros);
+        }
+    }
+    let mut limits_hit = limits_from_errors(&open_errors);
+    if probes.failures > 0 {
+        limits_hit.push(format!("{} fresh-client probes failed", probes.failures));
+    }
+    let report = Report {
+        bench: "mass-death",
+        machine: machine_description(),
+        connections: args.connections,
+        instances,
+        load_workers: plans.len(),
+        heartbeat_s: args.heartbeat,
+        dead_after_s: dead_after.as_secs_f64(),
+        sessions_reached: reached,
+        open_errors,
+        ramp_s: ramp.as_secs_f64(),
+        closed_before_link_down: closed_before,
+        link_down_ms,
+        deaths_detected: detection.count(),
+        deaths_missed: reached.saturating_sub(detection.count()),
+        expected_causes,
+        causes,
+        wrong_cause,
+        detection: Distribution::of(&detection),
+        budget_ms: dead_after.as_secs_f64() * BUDGET * 1000.0,
+        within_budget,
+        probe_before: Distribution::of(&probe_before),
+        probe_storm: Distribution::of(&probe_storm),
+        probe_failures: probes.failures,
+        limits_hit,
+    };
+    print_table(&report);
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    let ok = report.sessions_reached == args.connections as u64
+        && report.deaths_missed == 0
+        && report.wrong_cause == 0
+        && report.closed_before_link_down == 0;
+    if !ok {
+        eprintln!(
+            "bench mass-death: FAILED: {} of {} sessions reached, {} deaths missed, {} with a wrong cause, {} closed early",
+            report.sessions_reached,
+            args.connections,
+            report.deaths_missed,
+            report.wrong_cause,
+            report.closed_before_link_down
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn peer_ip(event: &serde_json::Value) -> Option<IpAddr> {
+    if event["event"] != "connection_closed" {
+        return None;
+    }
+    event["peer"]
+        .as_str()?
+        .parse::<SocketAddr>()
+        .ok()
+        .map(|peer| peer.ip())
+}
+
+struct ProbeResults {
+    /// (when the probe started, ts_ns; connect + PING round trip, µs)
+    samples: Vec<(u64, u64)>,
+    failures: u64,
+}
+
+/// Fresh clients: connect, PING, PONG, close, at a steady rate, on a thread.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    results: Arc<Mutex<ProbeResults>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Prober {
+    fn start(target: SocketAddr, rate: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let results = Arc::new(Mutex::new(ProbeResults {
+            samples: Vec::new(),
+            failures: 0,
+        }));
+        let period = Duration::from_secs(1) / rate.max(1);
+        let thread = {
+            let (stop, results) = (stop.clone(), results.clone());
+            std::thread::spawn(move || {
+                let mut next = Instant::now();
+                // Bounded: an hour of probes at most, whatever happens to `stop`.
+                for _ in 0..u64::from(rate.max(1)) * 3600 {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let at = ts_ns();
+                    let started = Instant::now();
+                    let outcome = probe(target);
+                    let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
+                    match outcome {
+                        Ok(()) => results
+                            .samples
+                            .push((at, started.elapsed().as_micros() as u64)),
+                        Err(_) => results.failures += 1,
+                    }
+                    drop(results);
+                    next += period;
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            })
+        };
+        Self {
+            stop,
+            results,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> ProbeResults {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let mut results = self.results.lock().unwrap_or_else(|p| p.into_inner());
+        ProbeResults {
+            samples: std::mem::take(&mut results.samples),
+            failures: results.failures,
+        }
+    }
+}
+
+fn probe(target: SocketAddr) -> std::io::Result<()> {
+    let limit = Duration::from_secs(2);
+    let mut stream = TcpStream::connect_timeout(&target, limit)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(limit))?;
+    stream.write_all(b"PING\n")?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    if line.trim_end() != "PONG" {
+        return Err(std::io::Error::other(format!("got {line:?}")));
+    }
+    Ok(())
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "hangup bench mass-death: {} sessions, heartbeat {} s, D = {} s, {} instance(s), {} load workers",
+        r.connections, r.heartbeat_s, r.dead_after_s, r.instances, r.load_workers
+    );
+    println!("machine: {}", r.machine);
+    let row = |name: &str, value: String| println!("{name:<40} {value}");
+    row(
+        "sessions reached",
+        format!(
+            "{} / {} (ramp-up {:.1} s)",
+            r.sessions_reached, r.connections, r.ramp_s
+        ),
+    );
+    row(
+        "deaths detected",
+        format!(
+            "{} ({} missed, {} closed before the link went down)",
+            r.deaths_detected, r.deaths_missed, r.closed_before_link_down
+        ),
+    );
+    row(
+        "causes",
+        format!(
+            "{:?} (expected {:?}; {} wrong)",
+            r.causes, r.expected_causes, r.wrong_cause
+        ),
+    );
+    let d = &r.detection;
+    row(
+        "detection p50 / p90 / p99 / max",
+        format!(
+            "{:.0} / {:.0} / {:.0} / {:.0} ms (D = {:.0} ms, max = {:.2} D)",
+            d.p50_ms,
+            d.p90_ms,
+            d.p99_ms,
+            d.max_ms,
+            r.dead_after_s * 1000.0,
+            d.max_ms / (r.dead_after_s * 1000.0)
+        ),
+    );
+    row(
+        "within 1.1 D",
+        format!(
+            "{} / {} (budget {:.0} ms)",
+            r.within_budget, r.deaths_detected, r.budget_ms
+        ),
+    );
+    for (name, p) in [
+        ("fresh connect+PING before", &r.probe_before),
+        ("fresh connect+PING during the storm", &r.probe_storm),
+    ] {
+        row(
+            name,
+            format!(
+                "p50 {:.2} / p99 {:.2} / max {:.2} ms ({} probes)",
+                p.p50_ms, p.p99_ms, p.max_ms, p.samples
+            ),
+        );
+    }
+    row("probe failures", r.probe_failures.to_string());
+    row("link down took", format!("{:.1} ms", r.link_down_ms));
+    for limit in &r.limits_hit {
+        row("limit hit", limit.clone());
+    }
+}

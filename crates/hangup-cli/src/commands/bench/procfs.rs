@@ -1,0 +1,179 @@
+//! What the scale benches read from /proc: a process's memory and CPU time, the
+//! kernel's socket memory, and the limits that bound how many connections fit.
+
+use std::fs;
+
+use serde::Serialize;
+
+/// Memory and CPU time of one process.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct ProcessSample {
+    /// Resident set size (VmRSS), bytes.
+    pub rss: u64,
+    /// Its anonymous part (RssAnon: heap and stacks, not the mapped executable), bytes.
+    pub rss_anon: u64,
+    /// User CPU time, seconds.
+    pub utime_s: f64,
+    /// System CPU time, seconds.
+    pub stime_s: f64,
+}
+
+impl ProcessSample {
+    pub fn read(pid: u32) -> Option<Self> {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+                .map_or(0, |k| k * 1024)
+        };
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which is in parentheses and may hold spaces:
+        // state is field 3, utime 14 and stime 15 (1-based).
+        let after_name = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks = clock_ticks();
+        let secs = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / ticks
+        };
+        Some(Self {
+            rss: kib("VmRSS:"),
+            rss_anon: kib("RssAnon:"),
+            utime_s: secs(11),
+            stime_s: secs(12),
+        })
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// Machine-wide memory figures.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct MachineSample {
+    /// MemTotal − MemAvailable, bytes.
+    pub used: u64,
+    /// Kernel slab (SReclaimable + SUnreclaim): socket, inode, file and epoll objects.
+    pub slab: u64,
+    /// Pages of socket buffers charged to TCP (/proc/net/sockstat `TCP: mem`), in bytes.
+    pub tcp_buffers: u64,
+    /// TCP sockets allocated (/proc/net/sockstat `TCP: alloc`).
+    pub tcp_sockets: u64,
+    /// Open file handles machine-wide (/proc/sys/fs/file-nr, first field).
+    pub open_files: u64,
+}
+
+impl MachineSample {
+    pub fn read() -> Self {
+        let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kib = |key: &str| {
+            meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+                .map_or(0, |k| k * 1024)
+        };
+        let sockstat = fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+        let tcp_field = |key: &str| {
+            sockstat
+                .lines()
+                .find_map(|l| l.strip_prefix("TCP: "))
+                .and_then(|rest| {
+                    let words: Vec<&str> = rest.split_whitespace().collect();
+                    let at = words.iter().position(|w| *w == key)?;
+                    words.get(at + 1)?.parse::<u64>().ok()
+                })
+                .unwrap_or(0)
+        };
+        Self {
+            used: kib("MemTotal:").saturating_sub(kib("MemAvailable:")),
+            slab: kib("SReclaimable:") + kib("SUnreclaim:"),
+            tcp_buffers: tcp_field("mem") * page_size(),
+            tcp_sockets: tcp_field("alloc"),
+            open_files: read_first_number("/proc/sys/fs/file-nr").unwrap_or(0),
+        }
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}
+
+pub(crate) fn read_first_number(path: &str) -> Option<u64> {
+    fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The limits that bound a connection count on this machine, as read now.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Limits {
+    /// RLIMIT_NOFILE of this process (soft, hard); children inherit it.
+    pub nofile: (u64, u64),
+    /// net.ipv4.ip_local_port_range.
+    pub local_port_range: (u64, u64),
+    pub somaxconn: u64,
+    /// net.ipv4.tcp_mem (pages): low, pressure, high.
+    pub tcp_mem_pages: Vec<u64>,
+    pub file_max: u64,
+    pub nr_open: u64,
+    pub mem_total: u64,
+}
+
+impl Limits {
+    pub fn read() -> Self {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we own.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        let numbers = |path: &str| -> Vec<u64> {
+            fs::read_to_string(path)
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        };
+        let ports = numbers("/proc/sys/net/ipv4/ip_local_port_range");
+        let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        Self {
+            nofile: (limit.rlim_cur, limit.rlim_max),
+            local_port_range: (
+                ports.first().copied().unwrap_or(0),
+                ports.get(1).copied().unwrap_or(0),
+            ),
+            somaxconn: read_first_number("/proc/sys/net/core/somaxconn").unwrap_or(0),
+            tcp_mem_pages: numbers("/proc/sys/net/ipv4/tcp_mem"),
+            file_max: read_first_number("/proc/sys/fs/file-max").unwrap_or(0),
+            nr_open: read_first_number("/proc/sys/fs/nr_open").unwrap_or(0),
+            mem_total: meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+                .map_or(0, |k| k * 1024),
+        }
+    }
+
+    /// Ephemeral ports one source address offers towards one server port.
+    pub fn ports_per_address(&self) -> u64 {
+        (self.local_port_range.1 + 1).saturating_sub(self.local_port_range.0)
+    }
+}

@@ -1,0 +1,542 @@
+//! `hangup bench scale`: many concurrent heartbeating sessions against reuse-port
+//! server instances.
+//!
+//! A process may hold at most 20 000 descriptors here, so both sides are spread over
+//! processes the way nginx runs workers: K `hangup serve --reuse-port` instances share
+//! one port (the kernel spreads connections over them), and the sessions come from load
+//! workers (`load.rs`) of at most `--per-worker` sessions, each from its own 127.0.x.y
+//! source address (one address offers one port range towards the server port).
+//!
+//! Phases: ramp-up (every worker opens its sessions; the time until all are open is the
+//! ramp-up time), a second to settle, then the hold: every session keeps heartbeating
+//! and the workers time each `PING` round trip. Server memory is read from /proc before
+//! the ramp and after it; server CPU over the hold, divided by the `PONG`s answered.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::load::{merged_rtt, shares, sum_reasons, Fleet, WorkerPlan};
+use super::procfs::{Limits, MachineSample, ProcessSample};
+use super::{check_interrupt, machine_description, sleep_checked, ServerProcess};
+use crate::args::BenchScaleArgs;
+
+/// Sessions per server instance when the count of instances is left to the bench: under
+/// the 20 000 descriptors a process may hold, with room for the uneven spread of
+/// SO_REUSEPORT's hash.
+pub(crate) const SESSIONS_PER_INSTANCE: usize = 18_000;
+/// Descriptors a process needs besides its connections (listener, epoll, SQLite, stdio).
+const FD_MARGIN: u64 = 300;
+
+#[derive(Debug, Serialize)]
+struct ServerFigures {
+    processes: usize,
+    /// VmRSS summed over the instances, before the ramp-up and after it.
+    rss_before_bytes: u64,
+    rss_after_bytes: u64,
+    /// (VmRSS after − before) / sessions.
+    rss_per_connection_bytes: f64,
+    /// (RssAnon after − before) / sessions: the heap and stacks only.
+    anon_per_connection_bytes: f64,
+    /// CPU time over the hold.
+    cpu_user_s: f64,
+    cpu_system_s: f64,
+    /// (user + system CPU) / PONGs answered during the hold.
+    cpu_per_heartbeat_us: f64,
+    /// user CPU / PONGs.
+    user_cpu_per_heartbeat_us: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct KernelFigures {
+    /// Slab growth over the ramp-up / sessions. On loopback both ends are on this
+    /// machine: two sockets per session.
+    slab_per_session_bytes: f64,
+    /// Socket buffer memory charged to TCP (sockstat `TCP: mem`) at the end of the hold.
+    tcp_buffer_bytes: u64,
+    /// TCP sockets allocated, growth over the ramp-up.
+    tcp_sockets_added: u64,
+    /// Machine memory in use (MemTotal − MemAvailable), growth over the ramp-up /
+    /// sessions: servers, load workers and the kernel's both ends together.
+    machine_used_per_session_bytes: f64,
+    /// The load workers' VmRSS / sessions.
+    load_worker_rss_per_session_bytes: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct RttFigures {
+    pongs: u64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    max_us: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    bench: &'static str,
+    machine: String,
+    connections: usize,
+    heartbeat_s: u64,
+    instances: usize,
+    load_workers: usize,
+    per_worker: usize,
+    hold_s: f64,
+    dead_after_s: f64,
+    sessions_reached: u64,
+    sessions_failed: u64,
+    open_errors: BTreeMap<String, u64>,
+    ramp_s: f64,
+    sessions_lost: u64,
+    lost_reasons: BTreeMap<String, u64>,
+    /// Connections the servers closed before the bench's stop (must be 0).
+    server_closes_during_run: u64,
+    server: Option<ServerFigures>,
+    kernel: KernelFigures,
+    rtt: RttFigures,
+    limits: Limits,
+    limits_hit: Vec<String>,
+    limits_changed: Vec<String>,
+}
+
+pub fn scale(args: &BenchScaleArgs) -> anyhow::Result<ExitCode> {
+    if args.connections == 0 || args.per_worker == 0 || args.heartbeat == 0 {
+        bail!("--connections, --per-worker and --heartbeat must be at least 1");
+    }
+    super::catch_interrupts();
+    let limits = Limits::read();
+    let fd_room = limits.nofile.0.saturating_sub(FD_MARGIN) as usize;
+    let port_room = limits.ports_per_address() as usize;
+    let per_worker = args.per_worker.min(fd_room).min(port_room).max(1);
+    let mut limits_hit = Vec::new();
+    if per_worker < args.per_worker {
+        limits_hit.push(format!(
+            "--per-worker {} lowered to {per_worker}: RLIMIT_NOFILE {} per process and {port_room} local ports per source address",
+            args.per_worker, limits.nofile.0
+        ));
+    }
+    let hold = args
+        .hold
+        .unwrap_or_else(|| Duration::from_secs(2 * args.heartbeat).max(Duration::from_secs(20)));
+    let machine_before = MachineSample::read();
+
+    // The servers.
+    let (target, servers, server_pids) = match args.target {
+        Some(target) => (target, Vec::new(), args.server_pid.clone()),
+        None => {
+            let instances = args
+                .instances
+                .unwrap_or(args.connections.div_ceil(SESSIONS_PER_INSTANCE))
+                .max(1);
+            let per_instance = args.connections.div_ceil(instances);
+            if per_instance > fd_room {
+                limits_hit.push(format!(
+                    "{per_instance} sessions per instance do not fit under RLIMIT_NOFILE {}: some will be refused (`ERR busy`)",
+                    limits.nofile.0
+                ));
+            }
+            let servers = start_servers(instances, fd_room, args.dead_after)?;
+            let target = servers[0].addr;
+            let pids = servers.iter().map(ServerProcess::pid).collect();
+            (target, servers, pids)
+        }
+    };
+    let instances = servers.len().max(server_pids.len());
+    let server_before: Vec<ProcessSample> = sample_all(&server_pids);
+
+    // The load.
+    let prefix = format!("scale{}", std::process::id());
+    let plans = plan_workers(
+        args.connections,
+        per_worker,
+        target,
+        &prefix,
+        args.heartbeat,
+        args.concurrency,
+    )?;
+    eprintln!(
+        "bench scale: {} sessions, heartbeat {} s, {} server instance(s) at {target}, {} load workers",
+        args.connections,
+        args.heartbeat,
+        if instances == 0 { "external".to_string() } else { instances.to_string() },
+        plans.len()
+    );
+    let ramp_started = Instant::now();
+    let mut fleet = Fleet::spawn(&plans)?;
+    let bar = ProgressBar::new(args.connections as u64).with_style(
+        ProgressStyle::with_template(
+            "ramp-up {elapsed_precise} [{bar:40}] {pos}/{len} sessions ({per_sec}) {msg}",
+        )?
+        .progress_chars("=> "),
+    );
+    let ready = fleet.wait_all("ready", args.ramp_limit, |open, failed| {
+        bar.set_position(open);
+        if failed > 0 {
+            bar.set_message(format!("{failed} failed"));
+        }
+    })?;
+    let ramp = ramp_started.elapsed();
+    bar.finish_and_clear();
+    let reached: u64 = ready.iter().map(|l| l["open"].as_u64().unwrap_or(0)).sum();
+    let failed: u64 = ready
+        .iter()
+        .map(|l| l["failed"].as_u64().unwrap_or(0))
+        .sum();
+    let open_errors = sum_reasons(&ready, "errors");
+    eprintln!(
+        "bench scale: {reached} sessions open in {:.1} s ({failed} failed); holding for {hold:?}",
+        ramp.as_secs_f64()
+    );
+
+    sleep_checked(Duration::from_secs(1), |_| {})?;
+    let server_after_ramp = sample_all(&server_pids);
+    let machine_after_ramp = MachineSample::read();
+    let worker_rss: u64 = fleet
+        .pids()
+        .iter()
+        .filter_map(|&pid| ProcessSample::read(pid))
+        .map(|s| s.rss)
+        .sum();
+    fleet.broadcast("measure");
+    let hold_bar = ProgressBar::new(hold.as_secs()).with_style(
+        ProgressStyle::with_template("hold {elapsed_precise} [{bar:40}] {pos}/{len} s")?
+            .progress_chars("=> "),
+    );
+    sleep_checked(hold, |elapsed| hold_bar.set_position(elapsed.as_secs()))?;
+    hold_bar.finish_and_clear();
+    let server_after_hold = sample_all(&server_pids);
+    let machine_at_end = MachineSample::read();
+    let mut server_closes = 0;
+    for server in &servers {
+        server.drain_events(|event| {
+            server_closes += u64::from(event["event"] == "connection_closed");
+        });
+    }
+    check_interrupt()?;
+    fleet.broadcast("stop");
+    let done = fleet.wait_all("done", Duration::from_secs(120), |_, _| {})?;
+    drop(fleet);
+    drop(servers);
+
+    let lost: u64 = done.iter().map(|l| l["lost"].as_u64().unwrap_or(0)).sum();
+    let rtt = merged_rtt(&done);
+    let per_session = |bytes: f64| {
+        if reached == 0 {
+            f64::NAN
+        } else {
+            bytes / reached as f64
+        }
+    };
+    let sum = |samples: &[ProcessSample], f: fn(&ProcessSample) -> f64| -> f64 {
+        samples.iter().map(f).sum()
+    };
+    let server = (!server_pids.is_empty()).then(|| {
+        let user = sum(&server_after_hold, |s| s.utime_s) - sum(&server_after_ramp, |s| s.utime_s);
+        let system =
+            sum(&server_after_hold, |s| s.stime_s) - sum(&server_after_ramp, |s| s.stime_s);
+        let pongs = rtt.count().max(1) as f64;
+        ServerFigures {
+            processes: server_pids.len(),
+            rss_before_bytes: sum(&server_before, |s| s.rss as f64) as u64,
+            rss_after_bytes: sum(&server_after_ramp, |s| s.rss as f64) as u64,
+            rss_per_connection_bytes: per_session(
+                sum(&server_after_ramp, |s| s.rss as f64) - sum(&server_before, |s| s.rss as f64),
+            ),
+            anon_per_connection_bytes: per_session(
+                sum(&server_after_ramp, |s| s.rss_anon as f64)
+                    - sum(&server_before, |s| s.rss_anon as f64),
+            ),
+            cpu_user_s: user,
+            cpu_system_s: system,
+            cpu_per_heartbeat_us: (user + system) * 1e6 / pongs,
+            user_cpu_per_heartbeat_us: user * 1e6 / pongs,
+        }
+    });
+    let kernel = KernelFigures {
+        slab_per_session_bytes: per_session(
+            machine_after_ramp.slab as f64 - machine_before.slab as f64,
+        ),
+        tcp_buffer_bytes: machine_at_end.tcp_buffers,
+        tcp_sockets_added: machine_after_ramp
+            .tcp_sockets
+            .saturating_sub(machine_before.tcp_sockets),
+        machine_used_per_session_bytes: per_session(
+            machine_after_ramp.used as f64 - machine_before.used as f64,
+        ),
+        load_worker_rss_per_session_bytes: per_session(worker_rss as f64),
+    };
+    limits_hit.extend(limits_from_errors(&open_errors));
+    let tcp_pressure = limits.tcp_mem_pages.get(1).copied().unwrap_or(u64::MAX) * 4096;
+    if machine_at_end.tcp_buffers >= tcp_pressure {
+        limits_hit.push(format!(
+            "net.ipv4.tcp_mem pressure: {} bytes of TCP buffers",
+            machine_at_end.tcp_buffers
+        ));
+    }
+    if machine_after_ramp.open_files * 10 >= limits.file_max * 9 {
+        limits_hit.push(format!(
+            "fs.file-max {}: {} files open",
+            limits.file_max, machine_after_ramp.open_files
+        ));
+    }
+    let report = Report {
+        bench: "scale",
+        machine: machine_description(),
+        connections: args.connections,
+        heartbeat_s: args.heartbeat,
+        instances,
+        load_workers: plans.len(),
+        per_worker,
+        hold_s: hold.as_secs_f64(),
+        dead_after_s: args.dead_after.as_secs_f64(),
+        sessions_reached: reached,
+        sessions_failed: failed,
+        open_errors,
+        ramp_s: ramp.as_secs_f64(),
+        sessions_lost: lost,
+        lost_reasons: sum_reasons(&done, "lost_reasons"),
+        server_closes_during_run: server_closes,
+        server,
+        kernel,
+        rtt: RttFigures {
+            pongs: rtt.count(),
+            p50_us: rtt.percentile(50.0),
+            p90_us: rtt.percentile(90.0),
+            p99_us: rtt.percentile(99.0),
+            max_us: rtt.percentile(100.0),
+        },
+        limits,
+        limits_hit,
+        limits_changed: vec!["none: the bench sets no sysctl and no rlimit".into()],
+    };
+    print_table(&report);
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    let ok = report.sessions_reached == args.connections as u64
+        && report.sessions_lost == 0
+        && report.server_closes_during_run == 0;
+    if !ok {
+        eprintln!(
+            "bench scale: FAILED: {} of {} sessions reached, {} lost, {} closed by the servers",
+            report.sessions_reached, args.connections, report.sessions_lost, server_closes
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// K instances of `hangup serve --reuse-port` on one loopback port.
+pub(crate) fn start_servers(
+    instances: usize,
+    max_connections: usize,
+    dead_after: Duration,
+) -> anyhow::Result<Vec<ServerProcess>> {
+    start_servers_at(
+        Ipv4Addr::LOCALHOST.into(),
+        instances,
+        max_connections,
+        dead_after,
+        &[],
+        &[],
+    )
+}
+
+/// K instances of `hangup serve --reuse-port` on one port of `ip`, keeping the events
+/// named in `wanted` (besides `connection_closed`).
+pub(crate) fn start_servers_at(
+    ip: IpAddr,
+    instances: usize,
+    max_connections: usize,
+    dead_after: Duration,
+    extra: &[&str],
+    wanted: &'static [&'static str],
+) -> anyhow::Result<Vec<ServerProcess>> {
+    let max_connections = max_connections.to_string();
+    let dead_after = humantime::format_duration(dead_after).to_string();
+    let mut flags = vec![
+        "--reuse-port",
+        "--max-connections",
+        &max_connections,
+        "--dead-after",
+        &dead_after,
+    ];
+    flags.extend_from_slice(extra);
+    let wanted: &'static [&'static str] = if wanted.is_empty() {
+        &["connection_closed"]
+    } else {
+        wanted
+    };
+    let mut servers: Vec<ServerProcess> = Vec::with_capacity(instances);
+    for _ in 0..instances {
+        check_interrupt()?;
+        let listen = match servers.first() {
+            Some(first) => first.addr,
+            None => SocketAddr::new(ip, 0),
+        };
+        servers.push(
+            ServerProcess::start_at(&listen.to_string(), &flags, wanted)
+                .context("could not start a server instance")?,
+        );
+    }
+    Ok(servers)
+}
+
+/// The workers' shares and source addresses: 127.0.x.y from 127.0.0.2 on.
+fn plan_workers(
+    connections: usize,
+    per_worker: usize,
+    target: SocketAddr,
+    prefix: &str,
+    heartbeat: u64,
+    concurrency: usize,
+) -> anyhow::Result<Vec<WorkerPlan>> {
+    let shares = shares(connections, per_worker);
+    if shares.len() > 250 * 250 {
+        bail!(
+            "{} load workers would need more source addresses than 127.0.0.0/16 has",
+            shares.len()
+        );
+    }
+    let mut first = 0;
+    Ok(shares
+        .into_iter()
+        .enumerate()
+        .map(|(i, count)| {
+            let plan = WorkerPlan {
+                target,
+                source: Ipv4Addr::new(127, 0, (i / 250) as u8, (i % 250) as u8 + 2).into(),
+                connections: count,
+                first_device: first,
+                device_prefix: prefix.to_owned(),
+                heartbeat: Duration::from_secs(heartbeat),
+                concurrency,
+                netns: None,
+            };
+            first += count as u64;
+            plan
+        })
+        .collect())
+}
+
+fn sample_all(pids: &[u32]) -> Vec<ProcessSample> {
+    pids.iter()
+        .map(|&pid| ProcessSample::read(pid).unwrap_or_default())
+        .collect()
+}
+
+/// The limits that the errors of the ramp-up name.
+pub(crate) fn limits_from_errors(errors: &BTreeMap<String, u64>) -> Vec<String> {
+    errors
+        .iter()
+        .filter_map(|(error, count)| {
+            let limit = if error.starts_with("EMFILE") {
+                "RLIMIT_NOFILE (a load worker ran out of descriptors)"
+            } else if error.starts_with("ENFILE") {
+                "fs.file-max (the system ran out of file handles)"
+            } else if error.starts_with("EADDRNOTAVAIL") {
+                "net.ipv4.ip_local_port_range (a source address ran out of ports)"
+            } else if error.starts_with("ENOMEM") || error.starts_with("ENOBUFS") {
+                "kernel memory"
+            } else if error.contains("ERR busy") {
+                "a server's --max-connections (its descriptor limit)"
+            } else if error.contains("timed out") {
+                "ramp-up time: connect + HELLO took longer than 30 s (the servers' backlog or CPU)"
+            } else {
+                return None;
+            };
+            Some(format!("{limit}: {count} × {error}"))
+        })
+        .collect()
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "hangup bench scale: {} sessions, heartbeat {} s, {} instance(s), {} load workers",
+        r.connections, r.heartbeat_s, r.instances, r.load_workers
+    );
+    println!("machine: {}", r.machine);
+    let row = |name: &str, value: String| println!("{name:<44} {value}");
+    row(
+        "sessions reached",
+        format!(
+            "{} / {} ({} failed)",
+            r.sessions_reached, r.connections, r.sessions_failed
+        ),
+    );
+    row("ramp-up", format!("{:.1} s", r.ramp_s));
+    row(
+        "sessions lost during the hold",
+        format!(
+            "{} (servers closed {})",
+            r.sessions_lost, r.server_closes_during_run
+        ),
+    );
+    if let Some(s) = &r.server {
+        row(
+            "server RSS per connection (VmRSS delta)",
+            format!("{:.0} B", s.rss_per_connection_bytes),
+        );
+        row(
+            "server heap per connection (RssAnon delta)",
+            format!("{:.0} B", s.anon_per_connection_bytes),
+        );
+        row(
+            "server CPU per heartbeat (user+sys, user)",
+            format!(
+                "{:.2} µs, {:.2} µs",
+                s.cpu_per_heartbeat_us, s.user_cpu_per_heartbeat_us
+            ),
+        );
+    }
+    let k = &r.kernel;
+    row(
+        "kernel slab per session (both ends)",
+        format!("{:.0} B", k.slab_per_session_bytes),
+    );
+    row(
+        "load worker RSS per session",
+        format!("{:.0} B", k.load_worker_rss_per_session_bytes),
+    );
+    row(
+        "machine memory per session (everything)",
+        format!("{:.0} B", k.machine_used_per_session_bytes),
+    );
+    row(
+        "TCP buffers (sockstat mem)",
+        format!("{} B", k.tcp_buffer_bytes),
+    );
+    row(
+        "PING round trip p50 / p90 / p99 / max",
+        format!(
+            "{:.0} / {:.0} / {:.0} / {:.0} µs ({} PONGs)",
+            r.rtt.p50_us, r.rtt.p90_us, r.rtt.p99_us, r.rtt.max_us, r.rtt.pongs
+        ),
+    );
+    if !r.open_errors.is_empty() {
+        row("open errors", format!("{:?}", r.open_errors));
+    }
+    if !r.lost_reasons.is_empty() {
+        row("lost", format!("{:?}", r.lost_reasons));
+    }
+    for limit in &r.limits_hit {
+        row("limit hit", limit.clone());
+    }
+    for limit in &r.limits_changed {
+        row("limits changed", limit.clone());
+    }
+}
+
+pub(crate) fn write_json(path: &Path, report: &impl Serialize) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, json + "\n").with_context(|| format!("could not write {}", path.display()))
+}
