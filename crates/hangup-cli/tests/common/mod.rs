@@ -439,3 +439,45 @@ pub fn poll_until<T>(
         thread::sleep(step);
     }
 }
+
+/// Runs `hangup ARGS` to completion within `limit` (killed beyond it); returns its exit
+/// status and its stdout and stderr.
+pub fn run_hangup(args: &[&str], limit: Duration) -> (std::process::ExitStatus, String, String) {
+    let mut child = Command::new(hangup_bin())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hangup");
+    let finished = poll_until(limit, Duration::from_millis(50), || {
+        child.try_wait().unwrap()
+    });
+    if finished.is_none() {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        finished.is_some(),
+        "hangup {} did not finish within {limit:?}; stderr:\n{stderr}",
+        args.join(" ")
+    );
+    (output.status, stdout, stderr)
+}
+
+/// True when the test may create network namespaces. Without root it prints why it
+/// skips, except under `CI=true`, where skipping would hide a failure.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root for network namespaces, and CI=true forbids skipping");
+    }
+    eprintln!("skipping {test}: needs root to create network namespaces");
+    false
+}

@@ -1,0 +1,66 @@
+//! `hangup bench scale` end to end (SPEC §8), small: 2 000 sessions over 2 reuse-port
+//! instances and 2 load workers. Correctness only: every session reached, none lost,
+//! the JSON well-formed. No speed is asserted.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::run_hangup;
+use serde_json::Value;
+
+#[test]
+fn bench_scale_holds_every_session_and_reports_json() {
+    let json_path =
+        std::env::temp_dir().join(format!("hangup-bench-scale-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&json_path);
+    let (status, stdout, stderr) = run_hangup(
+        &[
+            "bench",
+            "scale",
+            "--connections",
+            "2000",
+            "--instances",
+            "2",
+            "--per-worker",
+            "1000",
+            "--heartbeat",
+            "1",
+            "--hold",
+            "3s",
+            "--json",
+            json_path.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+
+    let text = std::fs::read_to_string(&json_path).expect("the bench wrote its JSON file");
+    let _ = std::fs::remove_file(&json_path);
+    let report: Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(report["bench"], "scale");
+    assert_eq!(report["connections"], 2000);
+    assert_eq!(report["instances"], 2);
+    assert_eq!(report["load_workers"], 2);
+    assert_eq!(report["sessions_reached"], 2000, "{text}");
+    assert_eq!(report["sessions_failed"], 0, "{text}");
+    assert_eq!(report["sessions_lost"], 0, "{text}");
+    assert_eq!(report["server_closes_during_run"], 0, "{text}");
+    let server = &report["server"];
+    assert_eq!(server["processes"], 2, "{text}");
+    for key in ["rss_per_connection_bytes", "cpu_per_heartbeat_us"] {
+        assert!(server[key].is_number(), "{key}: {text}");
+    }
+    // 3 s of 1 s heartbeats over 2 000 sessions: thousands of PONGs were timed.
+    let rtt = &report["rtt"];
+    assert!(rtt["pongs"].as_u64().unwrap() >= 2000, "{text}");
+    let (p50, p99, max) = (
+        rtt["p50_us"].as_f64().unwrap(),
+        rtt["p99_us"].as_f64().unwrap(),
+        rtt["max_us"].as_f64().unwrap(),
+    );
+    assert!(p50 <= p99 && p99 <= max, "{text}");
+    assert!(report["limits"]["nofile"].is_array(), "{text}");
+    assert!(stdout.contains("sessions reached"), "{stdout}");
+}
