@@ -33,6 +33,13 @@ const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// How much of the peer's remaining input a graceful close discards at most.
 const DRAIN_BYTES: usize = 1 << 20;
 
+thread_local! {
+    /// The read buffer of the connections polled on this thread, zeroed once rather
+    /// than on every wake-up (a heartbeat is a few bytes; zeroing 16 KiB cost more).
+    static READ_BUFFER: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
 struct RunningJob {
     id: JobId,
     cancel: CancellationToken,
@@ -52,11 +59,16 @@ struct OpenSession {
     seen_recorded: Instant,
 }
 
-struct Driver<'a> {
+/// One connection's state, built before its task is spawned and moved into it whole.
+///
+/// Building it outside the task matters for memory: an async fn keeps its arguments in
+/// every state of its future even after they were moved into a local, so a task that
+/// builds its driver from the stream and address would carry them twice.
+pub(super) struct Driver {
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
-    shared: &'a Shared,
+    shared: Arc<Shared>,
     conn: Connection,
     job: Option<RunningJob>,
     /// What this connection last added to the shared (running, queued) job counters.
@@ -69,56 +81,82 @@ struct Driver<'a> {
     session: Option<OpenSession>,
 }
 
-pub(super) async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    id: u64,
-    shared: &Shared,
-    shutdown: CancellationToken,
-) {
-    let now = Instant::now();
-    if let Err(err) = apply_policy(&stream, &shared.config.policy) {
-        tracing::warn!(conn = id, peer = %peer, error = %err, "could not apply the liveness policy");
+impl Driver {
+    /// A driver for an accepted connection (counted in `connections` by the caller).
+    pub(super) fn new(stream: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>) -> Self {
+        let now = Instant::now();
+        let live = Arc::new(LiveConnection::new(id, peer, stream.as_raw_fd(), now));
+        Self {
+            conn: Connection::new(shared.connection_config),
+            stream,
+            peer,
+            id,
+            shared,
+            job: None,
+            jobs_counted: (0, 0),
+            opened: now,
+            last_inbound: now,
+            bytes_in: 0,
+            bytes_out: 0,
+            live,
+            session: None,
+        }
     }
-    tracing::info!(
-        target: "hangup::event",
-        event = "connection_opened",
-        ts_ns = ts_ns(),
-        conn = id,
-        peer = %peer,
-    );
-    shared.metrics.connections_opened.inc();
-    shared.metrics.connections_open.inc();
-    let live = Arc::new(LiveConnection::new(id, peer, stream.as_raw_fd(), now));
-    shared.live.insert(live.clone());
-    let mut driver = Driver {
-        stream,
-        peer,
-        id,
-        shared,
-        conn: Connection::new(shared.connection_config),
-        job: None,
-        jobs_counted: (0, 0),
-        opened: now,
-        last_inbound: now,
-        bytes_in: 0,
-        bytes_out: 0,
-        live,
-        session: None,
-    };
-    driver.run(shutdown).await;
-    // Out of the table before the socket closes: the admin endpoint reads TCP_INFO from
-    // the descriptor of every connection in it.
-    shared.live.remove(id);
-    shared.metrics.connections_open.dec();
+
+    /// Serves the connection until it is closed, then gives its slot back.
+    ///
+    /// Not an `async fn`: that would copy `mut self` into a second slot of the future;
+    /// an `async move` block uses its capture in place.
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn serve(
+        mut self,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            if let Err(err) = apply_policy(&self.stream, &self.shared.config.policy) {
+                tracing::warn!(conn = self.id, peer = %self.peer, error = %err, "could not apply the liveness policy");
+            }
+            tracing::info!(
+                target: "hangup::event",
+                event = "connection_opened",
+                ts_ns = ts_ns(),
+                conn = self.id,
+                peer = %self.peer,
+            );
+            self.shared.metrics.connections_opened.inc();
+            self.shared.metrics.connections_open.inc();
+            self.shared.live.insert(self.live.clone());
+            self.run(shutdown).await;
+            // Out of the table before the socket closes: the admin endpoint reads
+            // TCP_INFO from the descriptor of every connection in it.
+            self.shared.live.remove(self.id);
+            self.shared.metrics.connections_open.dec();
+            let shared = self.shared.clone();
+            drop(self);
+            shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
+            shared.connection_ended.notify_waiters();
+        }
+    }
 }
 
-impl Driver<'_> {
+impl Driver {
     async fn run(&mut self, shutdown: CancellationToken) {
+        // One sleep for every timer of the core (SPEC §2 timers, a closed set in
+        // `hangup_core::Timer`), re-armed only when the core's next deadline moves.
+        // Heartbeats do not move it: the core re-arms its heartbeat deadline lazily
+        // (inbound bytes only store a time; when the deadline fires early it moves on to
+        // the real one), so a PING costs no timer-wheel operation here. No timer per
+        // event, and no scan of all connections per tick: tokio's wheel holds one entry
+        // per connection.
         let mut sleep: std::pin::Pin<&mut Sleep> = pin!(tokio::time::sleep(Duration::ZERO));
+        // Made once: a fresh `cancelled()` per wake-up would join and leave the token's
+        // waiter list (a lock shared by every connection) on every heartbeat.
+        let mut shutdown_started = pin!(shutdown.cancelled());
         let mut armed = None;
-        let mut shutdown_seen = false;
-        let mut drain_end: std::pin::Pin<&mut Sleep> = pin!(tokio::time::sleep(Duration::ZERO));
+        // Only a draining connection needs this second timer; boxed on shutdown rather
+        // than pinned here, so that idle connections do not carry it (a `Sleep` is
+        // 112 bytes).
+        let mut drain_end: Option<std::pin::Pin<Box<Sleep>>> = None;
         loop {
             self.flush();
             if let Some((cause, flush)) = self.process_events() {
@@ -163,14 +201,13 @@ impl Driver<'_> {
                     }
                 }
                 () = &mut sleep, if deadline.is_some() => self.conn.handle_timeout(Instant::now()),
-                () = shutdown.cancelled(), if !shutdown_seen => {
-                    shutdown_seen = true;
+                () = &mut shutdown_started, if drain_end.is_none() => {
                     let now = Instant::now();
-                    drain_end.as_mut().reset((now + self.shared.config.drain_timeout).into());
+                    drain_end = Some(Box::pin(tokio::time::sleep_until((now + self.shared.config.drain_timeout).into())));
                     self.live.set_state(ConnectionState::Draining);
                     self.conn.handle_goaway(now);
                 }
-                () = &mut drain_end, if shutdown_seen => {
+                () = drained(drain_end.as_mut()), if drain_end.is_some() => {
                     self.conn.handle_local_close(Instant::now(), Cause::Shutdown, true);
                 }
             }
@@ -216,12 +253,15 @@ impl Driver<'_> {
 
     /// Reads while the core wants input, up to a fair share per wake-up.
     fn read_some(&mut self, now: Instant) {
-        let mut buf = [0u8; READ_CHUNK];
+        READ_BUFFER.with_borrow_mut(|buf| self.read_into(now, buf));
+    }
+
+    fn read_into(&mut self, now: Instant, buf: &mut [u8]) {
         for _ in 0..READS_PER_WAKE {
             if !self.conn.interest().read {
                 return;
             }
-            match self.stream.try_read(&mut buf) {
+            match self.stream.try_read(buf) {
                 Ok(0) => {
                     let status = || self.shared.status_excluding(self.jobs_counted);
                     self.conn.handle_eof(now, &status);
@@ -556,6 +596,14 @@ async fn kicked(
     }
 }
 
+/// The end of the drain time; never without one.
+async fn drained(drain_end: Option<&mut std::pin::Pin<Box<Sleep>>>) {
+    match drain_end {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The running job's outcome; a worker that vanished counts as cancelled.
 async fn job_outcome(job: &mut Option<RunningJob>) -> JobOutcome {
     match job {
@@ -569,13 +617,12 @@ async fn job_outcome(job: &mut Option<RunningJob>) -> JobOutcome {
 /// into an RST that could destroy replies the peer has not read yet.
 pub(super) async fn drain_briefly(stream: &TcpStream) {
     let drain = async {
-        let mut buf = [0u8; 4096];
         let mut drained = 0;
         while drained < DRAIN_BYTES {
             if stream.readable().await.is_err() {
                 return;
             }
-            match stream.try_read(&mut buf) {
+            match discard_input(stream) {
                 Ok(0) => return,
                 Ok(n) => drained += n,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
@@ -584,4 +631,12 @@ pub(super) async fn drain_briefly(stream: &TcpStream) {
         }
     };
     let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+}
+
+/// One read into a buffer on the thread's stack. A buffer declared in the async block
+/// above would be part of every connection's future, closing or not (a future is as
+/// large as its largest state): 4 KiB per idle connection.
+fn discard_input(stream: &TcpStream) -> io::Result<usize> {
+    let mut buf = [0u8; 4096];
+    stream.try_read(&mut buf)
 }

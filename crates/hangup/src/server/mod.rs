@@ -276,13 +276,8 @@ impl Server {
                     }
                     shared.counters.connections.fetch_add(1, Ordering::Relaxed);
                     let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
-                    let shared = shared.clone();
-                    let shutdown = shutdown.clone();
-                    tracker.spawn(async move {
-                        driver::serve_connection(stream, peer, id, &shared, shutdown).await;
-                        shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
-                        shared.connection_ended.notify_waiters();
-                    });
+                    let driver = driver::Driver::new(stream, peer, id, shared.clone());
+                    tracker.spawn(driver.serve(shutdown.clone()));
                 }
                 Err(err) if is_resource_exhaustion(&err) => {
                     // Out of descriptors or memory: the pending connection stays in the
@@ -358,4 +353,26 @@ async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr, limit: usize) {
         io::Result::Ok(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), refuse).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle connection holds its task's future, so its size is memory per
+    /// connection. A buffer held across an await once made it 5.6 KiB; it is about
+    /// 1.3 KiB in a release build.
+    #[tokio::test]
+    async fn connection_future_stays_small() {
+        let config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Duration::from_secs(30));
+        let server = Server::bind(config).await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = server.listener.accept().await.unwrap();
+        let driver = driver::Driver::new(stream, peer, 1, server.shared.clone());
+        let future = driver.serve(CancellationToken::new());
+        let size = std::mem::size_of_val(&future);
+        eprintln!("connection future: {size} bytes");
+        assert!(size <= 2048, "the connection future grew to {size} bytes");
+    }
 }
