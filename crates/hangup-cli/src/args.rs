@@ -235,9 +235,11 @@ pub struct BenchScaleArgs {
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub concurrency: usize,
 
-    /// The servers' --dead-after.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub dead_after: Duration,
+    /// The servers' --dead-after [default: 3 × heartbeat, so that keepalive (idle D/2)
+    /// stays quiet while the heartbeats flow, and the heartbeat (dead after 1.5 × H) is
+    /// what watches the sessions].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub dead_after: Option<Duration>,
 
     /// Give up if ramp-up takes longer than this.
     #[arg(long, value_name = "DURATION", default_value = "20m", value_parser = parse_duration)]

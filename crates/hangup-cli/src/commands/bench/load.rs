@@ -50,6 +50,10 @@ struct WorkerState {
     lost: AtomicU64,
     pongs: AtomicU64,
     measuring: AtomicBool,
+    /// Open no more sessions (the parent saw the machine run low on memory).
+    halted: AtomicBool,
+    /// Sessions not attempted because of the halt.
+    skipped: AtomicU64,
     /// Why sessions could not open, by error.
     errors: Mutex<BTreeMap<String, u64>>,
     /// Why open sessions ended before "stop".
@@ -120,6 +124,7 @@ async fn run_worker(args: &LoadWorkerArgs) {
                     commands.pongs.store(0, Ordering::Relaxed);
                     commands.measuring.store(true, Ordering::Relaxed);
                 }
+                Ok("halt") => commands.halted.store(true, Ordering::Relaxed),
                 Ok("stop") | Err(_) => break,
                 Ok(_) => {}
             }
@@ -153,7 +158,7 @@ async fn run_worker(args: &LoadWorkerArgs) {
             rtt_us: None,
         };
         emit(&line);
-        line.open + line.failed >= total
+        line.open + line.failed + state.skipped.load(Ordering::Relaxed) >= total
     };
     loop {
         tokio::select! {
@@ -214,6 +219,10 @@ async fn session(
     let opened = {
         let _permit = gate.acquire().await;
         if state.stop.is_cancelled() {
+            return;
+        }
+        if state.halted.load(Ordering::Relaxed) {
+            state.skipped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         tokio::time::timeout(STEP_LIMIT, open(source, target, device, heartbeat)).await
@@ -464,14 +473,16 @@ impl Fleet {
     }
 
     /// Waits until every worker sent a line of `kind` (or exited), calling `progress`
-    /// with the sum of the workers' open sessions as they report; gives up at `limit`
-    /// or on an interrupt. Returns each worker's line of that kind.
+    /// with the sums of the workers' open and failed sessions as they report; when it
+    /// returns `true`, the workers are told to open no more sessions. Gives up at
+    /// `limit` or on an interrupt. Returns each worker's line of that kind.
     pub fn wait_all(
-        &self,
+        &mut self,
         kind: &str,
         limit: Duration,
-        mut progress: impl FnMut(u64, u64),
+        mut progress: impl FnMut(u64, u64) -> bool,
     ) -> anyhow::Result<Vec<Value>> {
+        let mut halted = false;
         let deadline = Instant::now() + limit;
         let mut last: Vec<Option<Value>> = vec![None; self.workers.len()];
         let mut open = vec![(0u64, 0u64); self.workers.len()];
@@ -501,10 +512,14 @@ impl Fleet {
                     if got == kind {
                         last[index] = Some(value);
                     }
-                    progress(
+                    let halt = progress(
                         open.iter().map(|o| o.0).sum(),
                         open.iter().map(|o| o.1).sum(),
                     );
+                    if halt && !halted {
+                        halted = true;
+                        self.broadcast("halt");
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the load workers are gone"),

@@ -34,7 +34,7 @@ use serde::Serialize;
 
 use super::histogram::Histogram;
 use super::load::{shares, sum_reasons, Fleet, WorkerPlan};
-use super::procfs::Limits;
+use super::procfs::{Limits, MemoryFloor};
 use super::scale::{limits_from_errors, start_servers_at, write_json, SESSIONS_PER_INSTANCE};
 use super::{check_interrupt, machine_description, sleep_checked};
 use crate::args::BenchMassDeathArgs;
@@ -280,18 +280,20 @@ pub fn mass_death(args: &BenchMassDeathArgs) -> anyhow::Result<ExitCode> {
         args.connections, network.netns, args.heartbeat, plans.len()
     );
     let ramp_started = Instant::now();
-    let fleet = Fleet::spawn(&plans)?;
+    let mut fleet = Fleet::spawn(&plans)?;
     let bar = ProgressBar::new(args.connections as u64).with_style(
         ProgressStyle::with_template(
             "ramp-up {elapsed_precise} [{bar:40}] {pos}/{len} sessions ({per_sec}) {msg}",
         )?
         .progress_chars("=> "),
     );
+    let mut memory = MemoryFloor::new();
     let ready = fleet.wait_all("ready", args.ramp_limit, |open, failed| {
         bar.set_position(open);
         if failed > 0 {
             bar.set_message(format!("{failed} failed"));
         }
+        memory.reached(open)
     })?;
     bar.finish_and_clear();
     let ramp = ramp_started.elapsed();
@@ -366,6 +368,7 @@ pub fn mass_death(args: &BenchMassDeathArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let mut limits_hit = limits_from_errors(&open_errors);
+    limits_hit.extend(memory.describe());
     if probes.failures > 0 {
         limits_hit.push(format!("{} fresh-client probes failed", probes.failures));
     }

@@ -177,3 +177,62 @@ impl Limits {
         (self.local_port_range.1 + 1).saturating_sub(self.local_port_range.0)
     }
 }
+
+/// Stops a ramp-up before the machine runs out of memory: the OOM killer would pick
+/// some process of this machine, not necessarily one of the bench's.
+pub(crate) struct MemoryFloor {
+    /// Halt when MemAvailable falls below this many bytes.
+    floor: u64,
+    checked: std::time::Instant,
+    /// (sessions open, MemAvailable) when the floor was reached.
+    pub hit: Option<(u64, u64)>,
+}
+
+impl MemoryFloor {
+    /// A floor of 2 GiB or 8 % of the memory, whichever is more.
+    pub fn new() -> Self {
+        let total = Limits::read().mem_total;
+        Self {
+            floor: (2 << 30u64).max(total / 12),
+            checked: std::time::Instant::now(),
+            hit: None,
+        }
+    }
+
+    /// Whether the ramp must halt now, with `open` sessions open (checked at most every
+    /// 200 ms).
+    pub fn reached(&mut self, open: u64) -> bool {
+        if self.hit.is_some() {
+            return true;
+        }
+        if self.checked.elapsed() < std::time::Duration::from_millis(200) {
+            return false;
+        }
+        self.checked = std::time::Instant::now();
+        let available = mem_available();
+        if available < self.floor {
+            self.hit = Some((open, available));
+            return true;
+        }
+        false
+    }
+
+    /// What the floor stopped, for the report.
+    pub fn describe(&self) -> Option<String> {
+        let (open, available) = self.hit?;
+        Some(format!(
+            "memory: the ramp-up was halted at {open} sessions with {} MiB available (floor {} MiB)",
+            available >> 20,
+            self.floor >> 20
+        ))
+    }
+}
+
+fn mem_available() -> u64 {
+    fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(u64::MAX, |k| k * 1024)
+}

@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::load::{merged_rtt, shares, sum_reasons, Fleet, WorkerPlan};
-use super::procfs::{Limits, MachineSample, ProcessSample};
+use super::procfs::{Limits, MachineSample, MemoryFloor, ProcessSample};
 use super::{check_interrupt, machine_description, sleep_checked, ServerProcess};
 use crate::args::BenchScaleArgs;
 
@@ -121,6 +121,9 @@ pub fn scale(args: &BenchScaleArgs) -> anyhow::Result<ExitCode> {
             args.per_worker, limits.nofile.0
         ));
     }
+    let dead_after = args
+        .dead_after
+        .unwrap_or(Duration::from_secs(3 * args.heartbeat));
     let hold = args
         .hold
         .unwrap_or_else(|| Duration::from_secs(2 * args.heartbeat).max(Duration::from_secs(20)));
@@ -141,7 +144,7 @@ pub fn scale(args: &BenchScaleArgs) -> anyhow::Result<ExitCode> {
                     limits.nofile.0
                 ));
             }
-            let servers = start_servers(instances, fd_room, args.dead_after)?;
+            let servers = start_servers(instances, fd_room, dead_after)?;
             let target = servers[0].addr;
             let pids = servers.iter().map(ServerProcess::pid).collect();
             (target, servers, pids)
@@ -175,11 +178,13 @@ pub fn scale(args: &BenchScaleArgs) -> anyhow::Result<ExitCode> {
         )?
         .progress_chars("=> "),
     );
+    let mut memory = MemoryFloor::new();
     let ready = fleet.wait_all("ready", args.ramp_limit, |open, failed| {
         bar.set_position(open);
         if failed > 0 {
             bar.set_message(format!("{failed} failed"));
         }
+        memory.reached(open)
     })?;
     let ramp = ramp_started.elapsed();
     bar.finish_and_clear();
@@ -220,7 +225,7 @@ pub fn scale(args: &BenchScaleArgs) -> anyhow::Result<ExitCode> {
     }
     check_interrupt()?;
     fleet.broadcast("stop");
-    let done = fleet.wait_all("done", Duration::from_secs(120), |_, _| {})?;
+    let done = fleet.wait_all("done", Duration::from_secs(120), |_, _| false)?;
     drop(fleet);
     drop(servers);
 
@@ -272,6 +277,7 @@ pub fn scale(args: &BenchScaleArgs) -> anyhow::Result<ExitCode> {
         load_worker_rss_per_session_bytes: per_session(worker_rss as f64),
     };
     limits_hit.extend(limits_from_errors(&open_errors));
+    limits_hit.extend(memory.describe());
     let tcp_pressure = limits.tcp_mem_pages.get(1).copied().unwrap_or(u64::MAX) * 4096;
     if machine_at_end.tcp_buffers >= tcp_pressure {
         limits_hit.push(format!(
@@ -294,7 +300,7 @@ pub fn scale(args: &BenchScaleArgs) -> anyhow::Result<ExitCode> {
         load_workers: plans.len(),
         per_worker,
         hold_s: hold.as_secs_f64(),
-        dead_after_s: args.dead_after.as_secs_f64(),
+        dead_after_s: dead_after.as_secs_f64(),
         sessions_reached: reached,
         sessions_failed: failed,
         open_errors,
