@@ -14,6 +14,7 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cause::Cause;
@@ -187,7 +188,8 @@ enum Phase {
 /// One connection's protocol and liveness state.
 #[derive(Debug)]
 pub struct Connection {
-    config: ConnectionConfig,
+    /// Usually the same for every connection of a server: shared, not copied.
+    config: Arc<ConnectionConfig>,
     decoder: LineDecoder,
     /// Input read but held back while replies are over the high-water mark (at most
     /// one read's worth: no more is read until it is parsed).
@@ -216,6 +218,12 @@ pub struct Connection {
 impl Connection {
     /// A fresh connection.
     pub fn new(config: ConnectionConfig) -> Self {
+        Self::with_shared_config(Arc::new(config))
+    }
+
+    /// A fresh connection with settings shared with others (a server's many
+    /// connections need one copy between them).
+    pub fn with_shared_config(config: Arc<ConnectionConfig>) -> Self {
         Self {
             config,
             decoder: LineDecoder::new(MAX_LINE),
@@ -491,7 +499,13 @@ impl Connection {
 
     /// The next thing to do or record.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() && self.events.capacity() > 0 {
+            // Events are rare (HELLO, jobs, close), and a queue keeps its capacity: an
+            // idle connection would hold a few hundred bytes for nothing.
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// Reply bytes waiting to be written.

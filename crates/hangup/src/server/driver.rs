@@ -66,17 +66,15 @@ struct OpenSession {
 /// builds its driver from the stream and address would carry them twice.
 pub(super) struct Driver {
     stream: TcpStream,
-    peer: SocketAddr,
-    id: u64,
     shared: Arc<Shared>,
     conn: Connection,
     job: Option<RunningJob>,
     /// What this connection last added to the shared (running, queued) job counters.
     jobs_counted: (u64, u64),
-    opened: Instant,
-    last_inbound: Instant,
     bytes_in: u64,
     bytes_out: u64,
+    /// The connection's id, peer, opening time and last inbound bytes live here (and
+    /// nowhere else: every byte of this struct is memory per connection).
     live: Arc<LiveConnection>,
     session: Option<OpenSession>,
 }
@@ -87,15 +85,11 @@ impl Driver {
         let now = Instant::now();
         let live = Arc::new(LiveConnection::new(id, peer, stream.as_raw_fd(), now));
         Self {
-            conn: Connection::new(shared.connection_config),
+            conn: Connection::with_shared_config(shared.connection_config.clone()),
             stream,
-            peer,
-            id,
             shared,
             job: None,
             jobs_counted: (0, 0),
-            opened: now,
-            last_inbound: now,
             bytes_in: 0,
             bytes_out: 0,
             live,
@@ -114,14 +108,14 @@ impl Driver {
     ) -> impl std::future::Future<Output = ()> + Send {
         async move {
             if let Err(err) = apply_policy(&self.stream, &self.shared.config.policy) {
-                tracing::warn!(conn = self.id, peer = %self.peer, error = %err, "could not apply the liveness policy");
+                tracing::warn!(conn = self.live.id, peer = %self.live.peer, error = %err, "could not apply the liveness policy");
             }
             tracing::info!(
                 target: "hangup::event",
                 event = "connection_opened",
                 ts_ns = ts_ns(),
-                conn = self.id,
-                peer = %self.peer,
+                conn = self.live.id,
+                peer = %self.live.peer,
             );
             self.shared.metrics.connections_opened.inc();
             self.shared.metrics.connections_open.inc();
@@ -129,7 +123,7 @@ impl Driver {
             self.run(shutdown).await;
             // Out of the table before the socket closes: the admin endpoint reads
             // TCP_INFO from the descriptor of every connection in it.
-            self.shared.live.remove(self.id);
+            self.shared.live.remove(self.live.id);
             self.shared.metrics.connections_open.dec();
             let shared = self.shared.clone();
             drop(self);
@@ -269,7 +263,6 @@ impl Driver {
                 }
                 Ok(n) => {
                     self.bytes_in += n as u64;
-                    self.last_inbound = now;
                     self.live.saw_inbound(now);
                     self.record_seen(now);
                     let status = || self.shared.status_excluding(self.jobs_counted);
@@ -337,8 +330,8 @@ impl Driver {
                         target: "hangup::event",
                         event = "job_started",
                         ts_ns = ts_ns(),
-                        conn = self.id,
-                        peer = %self.peer,
+                        conn = self.live.id,
+                        peer = %self.live.peer,
                         job = id,
                         rounds,
                     );
@@ -355,8 +348,8 @@ impl Driver {
                         target: "hangup::event",
                         event = "job_done",
                         ts_ns = ts_ns(),
-                        conn = self.id,
-                        peer = %self.peer,
+                        conn = self.live.id,
+                        peer = %self.live.peer,
                         job = id,
                         rounds,
                     );
@@ -375,8 +368,8 @@ impl Driver {
                         target: "hangup::event",
                         event = "job_cancelled",
                         ts_ns = ts_ns(),
-                        conn = self.id,
-                        peer = %self.peer,
+                        conn = self.live.id,
+                        peer = %self.live.peer,
                         job = id,
                         cause = %cause,
                         was_running,
@@ -386,8 +379,8 @@ impl Driver {
                     target: "hangup::event",
                     event = "peer_half_closed",
                     ts_ns = ts_ns(),
-                    conn = self.id,
-                    peer = %self.peer,
+                    conn = self.live.id,
+                    peer = %self.live.peer,
                 ),
                 Event::SessionRequested {
                     device,
@@ -418,8 +411,8 @@ impl Driver {
                     target: "hangup::event",
                     event = "session_refused",
                     ts_ns = ts_ns(),
-                    conn = self.id,
-                    peer = %self.peer,
+                    conn = self.live.id,
+                    peer = %self.live.peer,
                     device = %device,
                     reason = "unauthorized",
                 );
@@ -430,7 +423,7 @@ impl Driver {
         }
         let (kick, kick_rx) = oneshot::channel();
         let handle = SessionHandle {
-            conn: self.id,
+            conn: self.live.id,
             kick,
         };
         let (opened, live_sessions) = {
@@ -451,8 +444,8 @@ impl Driver {
                 target: "hangup::event",
                 event = "session_taken_over",
                 ts_ns = ts_ns(),
-                conn = self.id,
-                peer = %self.peer,
+                conn = self.live.id,
+                peer = %self.live.peer,
                 device = %device,
                 session = %opened.id,
                 old_session = %old_id,
@@ -461,14 +454,14 @@ impl Driver {
         }
         self.shared.metrics.sessions_started.inc();
         if let Some(presence) = &self.shared.config.presence {
-            presence.session_started(opened.id.0, &device, self.peer, wall);
+            presence.session_started(opened.id.0, &device, self.live.peer, wall);
         }
         tracing::info!(
             target: "hangup::event",
             event = "session_started",
             ts_ns = ts_ns(),
-            conn = self.id,
-            peer = %self.peer,
+            conn = self.live.id,
+            peer = %self.live.peer,
             device = %device,
             session = %opened.id,
             heartbeat_ms = heartbeat.interval.as_millis() as u64,
@@ -571,17 +564,17 @@ impl Driver {
             target: "hangup::event",
             event = "connection_closed",
             ts_ns = ts_ns(),
-            conn = self.id,
-            peer = %self.peer,
+            conn = self.live.id,
+            peer = %self.live.peer,
             cause = %cause,
-            age_ms = now.duration_since(self.opened).as_millis() as u64,
-            silent_ms = now.duration_since(self.last_inbound).as_millis() as u64,
+            age_ms = now.saturating_duration_since(self.live.opened()).as_millis() as u64,
+            silent_ms = self.live.silent_for(now).as_millis() as u64,
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
         );
         self.shared
             .metrics
-            .observe_close(cause, now.duration_since(self.last_inbound));
+            .observe_close(cause, self.live.silent_for(now));
         self.count_jobs();
     }
 }

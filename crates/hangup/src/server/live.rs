@@ -96,7 +96,13 @@ impl LiveConnection {
         *lock(&self.session) = session;
     }
 
-    fn silent_for(&self, now: Instant) -> Duration {
+    /// When the connection was accepted.
+    pub fn opened(&self) -> Instant {
+        self.opened
+    }
+
+    /// How long the peer has been silent (to the millisecond).
+    pub fn silent_for(&self, now: Instant) -> Duration {
         let last =
             self.opened + Duration::from_millis(self.last_inbound_ms.load(Ordering::Relaxed));
         now.saturating_duration_since(last)

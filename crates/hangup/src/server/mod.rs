@@ -137,7 +137,8 @@ pub(crate) struct SessionHandle {
 
 pub(crate) struct Shared {
     config: ServerConfig,
-    connection_config: ConnectionConfig,
+    /// Shared by every connection rather than copied into each.
+    connection_config: Arc<ConnectionConfig>,
     counters: Counters,
     workers: WorkerPool,
     next_connection_id: AtomicU64,
@@ -214,7 +215,7 @@ impl Server {
             live: LiveTable::default(),
             metrics: Metrics::new(),
             draining: CancellationToken::new(),
-            connection_config: config.connection_config(),
+            connection_config: Arc::new(config.connection_config()),
             workers: WorkerPool::new(config.workers.max(1)),
             counters: Counters::default(),
             next_connection_id: AtomicU64::new(1),
