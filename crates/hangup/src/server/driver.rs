@@ -136,12 +136,19 @@ impl Driver {
 impl Driver {
     async fn run(&mut self, shutdown: CancellationToken) {
         // One sleep for every timer of the core (SPEC §2 timers, a closed set in
-        // `hangup_core::Timer`), re-armed only when the core's next deadline moves.
-        // Heartbeats do not move it: the core re-arms its heartbeat deadline lazily
-        // (inbound bytes only store a time; when the deadline fires early it moves on to
-        // the real one), so a PING costs no timer-wheel operation here. No timer per
-        // event, and no scan of all connections per tick: tokio's wheel holds one entry
-        // per connection.
+        // `hangup_core::Timer`), reset only when the core's next deadline moves. No
+        // timer per event, and no scan of all connections per tick: tokio's wheel holds
+        // one entry per connection, and the core's table has four slots.
+        //
+        // Heartbeats do not move the deadline: the core re-arms its heartbeat timer
+        // lazily (a PING stores a time; when the deadline comes up early it moves on to
+        // 1.5 × H after the last inbound bytes). A PING therefore costs no timer work
+        // here. The price is one wake-up per early expiry, i.e. about one per heartbeat
+        // when PINGs come every H against a 1.5 × H deadline. Moving the deadline on
+        // every read instead and letting tokio absorb it (`Sleep::reset` to a later
+        // instant is a compare-and-swap; the wheel re-files the entry without waking the
+        // task) measured ~2 µs less server CPU per heartbeat (BENCHMARKS.md, bench
+        // scale); both are O(1) per heartbeat.
         let mut sleep: std::pin::Pin<&mut Sleep> = pin!(tokio::time::sleep(Duration::ZERO));
         // Made once: a fresh `cancelled()` per wake-up would join and leave the token's
         // waiter list (a lock shared by every connection) on every heartbeat.
@@ -158,8 +165,7 @@ impl Driver {
                 return;
             }
             let deadline = self.conn.poll_timeout();
-            // Heartbeats re-arm lazily in the core, so the deadline rarely moves: only
-            // touch tokio's timer when it does.
+            // Only touch tokio's timer when the deadline moved (see above).
             if let Some(deadline) = deadline.filter(|d| armed != Some(*d)) {
                 sleep.as_mut().reset(deadline.into());
             }

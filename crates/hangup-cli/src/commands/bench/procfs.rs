@@ -6,7 +6,7 @@ use std::fs;
 use serde::Serialize;
 
 /// Memory and CPU time of one process.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct ProcessSample {
     /// Resident set size (VmRSS), bytes.
     pub rss: u64,
@@ -16,6 +16,8 @@ pub(crate) struct ProcessSample {
     pub utime_s: f64,
     /// System CPU time, seconds.
     pub stime_s: f64,
+    /// User + system CPU time by thread name (tokio workers, the presence writer, …).
+    pub threads: std::collections::BTreeMap<String, f64>,
 }
 
 impl ProcessSample {
@@ -28,26 +30,41 @@ impl ProcessSample {
                 .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
                 .map_or(0, |k| k * 1024)
         };
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name, which is in parentheses and may hold spaces:
-        // state is field 3, utime 14 and stime 15 (1-based).
-        let after_name = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks = clock_ticks();
-        let secs = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-                / ticks
-        };
+        let (_, utime_s, stime_s) = cpu_times(&format!("/proc/{pid}/stat"))?;
+        let mut threads = std::collections::BTreeMap::new();
+        for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+            let path = task.path().join("stat");
+            if let Some((name, user, system)) = cpu_times(&path.to_string_lossy()) {
+                *threads.entry(name).or_default() += user + system;
+            }
+        }
         Some(Self {
             rss: kib("VmRSS:"),
             rss_anon: kib("RssAnon:"),
-            utime_s: secs(11),
-            stime_s: secs(12),
+            utime_s,
+            stime_s,
+            threads,
         })
     }
+}
+
+/// (name, user seconds, system seconds) from a /proc stat file.
+fn cpu_times(path: &str) -> Option<(String, f64, f64)> {
+    let stat = fs::read_to_string(path).ok()?;
+    // The name is in parentheses and may hold spaces; after it, state is field 3,
+    // utime 14 and stime 15 (1-based).
+    let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_owned();
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = clock_ticks();
+    let secs = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / ticks
+    };
+    Some((name, secs(11), secs(12)))
 }
 
 fn clock_ticks() -> f64 {

@@ -51,6 +51,8 @@ struct ServerFigures {
     cpu_per_heartbeat_us: f64,
     /// user CPU / PONGs.
     user_cpu_per_heartbeat_us: f64,
+    /// (user + system CPU) / PONGs, by thread name: where a heartbeat's cost goes.
+    cpu_per_heartbeat_by_thread_us: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -246,6 +248,14 @@ pub fn scale(args: &BenchScaleArgs) -> anyhow::Result<ExitCode> {
         let system =
             sum(&server_after_hold, |s| s.stime_s) - sum(&server_after_ramp, |s| s.stime_s);
         let pongs = rtt.count().max(1) as f64;
+        let mut by_thread: BTreeMap<String, f64> = BTreeMap::new();
+        for (samples, sign) in [(&server_after_hold, 1.0), (&server_after_ramp, -1.0)] {
+            for sample in samples {
+                for (name, secs) in &sample.threads {
+                    *by_thread.entry(name.clone()).or_default() += sign * secs * 1e6 / pongs;
+                }
+            }
+        }
         ServerFigures {
             processes: server_pids.len(),
             rss_before_bytes: sum(&server_before, |s| s.rss as f64) as u64,
@@ -261,6 +271,7 @@ pub fn scale(args: &BenchScaleArgs) -> anyhow::Result<ExitCode> {
             cpu_system_s: system,
             cpu_per_heartbeat_us: (user + system) * 1e6 / pongs,
             user_cpu_per_heartbeat_us: user * 1e6 / pongs,
+            cpu_per_heartbeat_by_thread_us: by_thread,
         }
     });
     let kernel = KernelFigures {
@@ -503,6 +514,13 @@ fn print_table(r: &Report) {
                 s.cpu_per_heartbeat_us, s.user_cpu_per_heartbeat_us
             ),
         );
+        let threads: Vec<String> = s
+            .cpu_per_heartbeat_by_thread_us
+            .iter()
+            .filter(|(_, us)| us.abs() >= 0.01)
+            .map(|(name, us)| format!("{name} {us:.2}"))
+            .collect();
+        row("  by thread (µs)", threads.join(", "));
     }
     let k = &r.kernel;
     row(
