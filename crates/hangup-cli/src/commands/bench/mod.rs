@@ -113,9 +113,19 @@ impl ServerProcess {
             .context("could not start `hangup serve`")?;
         let stderr = child.stderr.take().context("no stderr")?;
         let (tx, events) = mpsc::channel();
+        // Lines that are not events (a usage error, a panic), kept for the error report.
+        let complaints = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let kept = complaints.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { return };
+                if !line.starts_with('{') {
+                    let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+                    if kept.len() < 20 {
+                        kept.push(line);
+                    }
+                    continue;
+                }
                 let name = line
                     .split("\"event\":\"")
                     .nth(1)
@@ -139,7 +149,13 @@ impl ServerProcess {
         };
         let listening = server
             .wait_event(Duration::from_secs(10), |e| e["event"] == "listening")
-            .context("the server did not report `listening`")?;
+            .with_context(|| {
+                let said = complaints.lock().unwrap_or_else(|p| p.into_inner());
+                format!(
+                    "the server did not report `listening`; it said: {}",
+                    said.join("\n")
+                )
+            })?;
         server.addr = listening["addr"]
             .as_str()
             .and_then(|a| a.parse().ok())

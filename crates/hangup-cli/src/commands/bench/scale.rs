@@ -379,7 +379,7 @@ pub(crate) fn start_servers_at(
     wanted: &'static [&'static str],
 ) -> anyhow::Result<Vec<ServerProcess>> {
     let max_connections = max_connections.to_string();
-    let dead_after = humantime::format_duration(dead_after).to_string();
+    let dead_after = format!("{}ms", dead_after.as_millis());
     let mut flags = vec![
         "--reuse-port",
         "--max-connections",
