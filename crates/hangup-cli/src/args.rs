@@ -226,8 +226,8 @@ pub struct BenchScaleArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub hold: Option<Duration>,
 
-    /// Sessions per load-worker process (each holds one descriptor per session and uses
-    /// one 127.0.0.x source address).
+    /// Sessions per load-worker process (each holds one descriptor per session, and
+    /// spreads them over 127.0.x.y source addresses, about 4 000 per address).
     #[arg(long, value_name = "N", default_value_t = 18_000)]
     pub per_worker: usize,
 
@@ -300,9 +300,9 @@ pub struct LoadWorkerArgs {
     #[arg(long)]
     pub target: SocketAddr,
 
-    /// Source address of every connection.
-    #[arg(long)]
-    pub source: IpAddr,
+    /// Source addresses, used in turn (repeatable).
+    #[arg(long, required = true)]
+    pub source: Vec<IpAddr>,
 
     /// Sessions to open.
     #[arg(long)]

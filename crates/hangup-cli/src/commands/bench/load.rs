@@ -2,8 +2,12 @@
 //!
 //! One process may hold at most 20 000 descriptors here, so the sessions are spread
 //! over several *load workers*: hidden `hangup bench load-worker` child processes, each
-//! holding its share of sessions from its own source address (a 127.0.0.x, or an
-//! address inside the mass-death namespace), on one single-threaded tokio runtime.
+//! holding its share of sessions from its own source addresses (127.0.x.y, or
+//! addresses inside the mass-death namespace), on one single-threaded tokio runtime.
+//! Each address carries at most [`SESSIONS_PER_ADDRESS`] sessions: the kernel finds a
+//! free port for a connect by probing the port range of the (source, destination)
+//! pair, and probes get long and expensive (a lookup in the established table each)
+//! as the range fills up.
 //!
 //! ```text
 //!  parent ──spawn──▶ load-worker (source A, sessions 0..k)     stdout: JSON lines
@@ -37,6 +41,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::histogram::Histogram;
 use crate::args::LoadWorkerArgs;
+
+/// Sessions per source address: about 14 % of a default port range (32768–60999).
+pub(crate) const SESSIONS_PER_ADDRESS: usize = 4_000;
 
 /// How long a connect plus `HELLO`, or a `PING`'s `PONG` (at least), may take.
 const STEP_LIMIT: Duration = Duration::from_secs(30);
@@ -139,7 +146,7 @@ async fn run_worker(args: &LoadWorkerArgs) {
     for n in 0..args.connections as u64 {
         let device = format!("{}-{}", args.device_prefix, args.first_device + n);
         let (state, gate) = (state.clone(), gate.clone());
-        let (source, target) = (args.source, args.target);
+        let (source, target) = (args.source[n as usize % args.source.len()], args.target);
         tasks.spawn(async move {
             session(&state, &gate, source, target, &device, heartbeat).await;
         });
@@ -376,7 +383,7 @@ fn error_name(err: &io::Error) -> String {
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerPlan {
     pub target: SocketAddr,
-    pub source: IpAddr,
+    pub sources: Vec<IpAddr>,
     pub connections: usize,
     pub first_device: u64,
     pub device_prefix: String,
@@ -422,8 +429,11 @@ impl Fleet {
             command
                 .args(["bench", "load-worker", "--target"])
                 .arg(plan.target.to_string())
-                .arg("--source")
-                .arg(plan.source.to_string())
+                .args(
+                    plan.sources
+                        .iter()
+                        .flat_map(|s| ["--source".to_string(), s.to_string()]),
+                )
                 .arg("--connections")
                 .arg(plan.connections.to_string())
                 .arg("--first-device")

@@ -33,7 +33,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::histogram::Histogram;
-use super::load::{shares, sum_reasons, Fleet, WorkerPlan};
+use super::load::{shares, sum_reasons, Fleet, WorkerPlan, SESSIONS_PER_ADDRESS};
 use super::procfs::{Limits, MemoryFloor};
 use super::scale::{limits_from_errors, start_servers_at, write_json, SESSIONS_PER_INSTANCE};
 use super::{check_interrupt, machine_description, sleep_checked};
@@ -54,7 +54,7 @@ struct ClientNetwork {
 }
 
 impl ClientNetwork {
-    fn create(workers: usize) -> anyhow::Result<Self> {
+    fn create(addresses: usize) -> anyhow::Result<Self> {
         let pid = std::process::id();
         let octet = 100 + (pid % 150) as u8;
         let network = Self {
@@ -86,8 +86,8 @@ impl ClientNetwork {
             &network.host_dev,
         ])?;
         ip(&["link", "set", &network.host_dev, "up"])?;
-        for worker in 0..workers {
-            let addr = format!("{}/16", network.client_ip(worker));
+        for address in 0..addresses {
+            let addr = format!("{}/16", network.client_ip(address));
             ip(&[
                 "-n",
                 &network.netns,
@@ -113,12 +113,12 @@ impl ClientNetwork {
         Ipv4Addr::new(10, self.octet, 0, 1).into()
     }
 
-    fn client_ip(&self, worker: usize) -> IpAddr {
+    fn client_ip(&self, address: usize) -> IpAddr {
         Ipv4Addr::new(
             10,
             self.octet,
-            1 + (worker / 250) as u8,
-            (worker % 250) as u8 + 1,
+            1 + (address / 250) as u8,
+            (address % 250) as u8 + 1,
         )
         .into()
     }
@@ -242,7 +242,11 @@ pub fn mass_death(args: &BenchMassDeathArgs) -> anyhow::Result<ExitCode> {
         vec!["heartbeat_missed", "timeout"]
     };
 
-    let network = ClientNetwork::create(shares.len())?;
+    let per_worker_addresses: Vec<usize> = shares
+        .iter()
+        .map(|&count| count.div_ceil(SESSIONS_PER_ADDRESS).max(1))
+        .collect();
+    let network = ClientNetwork::create(per_worker_addresses.iter().sum())?;
     let instances = args
         .instances
         .unwrap_or(args.connections.div_ceil(SESSIONS_PER_INSTANCE))
@@ -257,13 +261,18 @@ pub fn mass_death(args: &BenchMassDeathArgs) -> anyhow::Result<ExitCode> {
     )?;
     let target = servers[0].addr;
     let mut first = 0;
+    let mut next_address = 0;
     let plans: Vec<WorkerPlan> = shares
         .iter()
-        .enumerate()
-        .map(|(i, &count)| {
+        .zip(&per_worker_addresses)
+        .map(|(&count, &addresses)| {
+            let sources = (next_address..next_address + addresses)
+                .map(|a| network.client_ip(a))
+                .collect();
+            next_address += addresses;
             let plan = WorkerPlan {
                 target,
-                source: network.client_ip(i),
+                sources,
                 connections: count,
                 first_device: first,
                 device_prefix: format!("death{}", std::process::id()),

@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::load::{merged_rtt, shares, sum_reasons, Fleet, WorkerPlan};
+use super::load::{merged_rtt, shares, sum_reasons, Fleet, WorkerPlan, SESSIONS_PER_ADDRESS};
 use super::procfs::{Limits, MachineSample, MemoryFloor, ProcessSample};
 use super::{check_interrupt, machine_description, sleep_checked, ServerProcess};
 use crate::args::BenchScaleArgs;
@@ -408,7 +408,8 @@ pub(crate) fn start_servers_at(
     Ok(servers)
 }
 
-/// The workers' shares and source addresses: 127.0.x.y from 127.0.0.2 on.
+/// The workers' shares and source addresses: 127.0.x.y from 127.0.0.2 on, at most
+/// [`SESSIONS_PER_ADDRESS`] sessions each.
 fn plan_workers(
     connections: usize,
     per_worker: usize,
@@ -418,20 +419,25 @@ fn plan_workers(
     concurrency: usize,
 ) -> anyhow::Result<Vec<WorkerPlan>> {
     let shares = shares(connections, per_worker);
-    if shares.len() > 250 * 250 {
-        bail!(
-            "{} load workers would need more source addresses than 127.0.0.0/16 has",
-            shares.len()
-        );
+    let addresses = connections.div_ceil(SESSIONS_PER_ADDRESS) + shares.len();
+    if addresses > 250 * 250 {
+        bail!("{connections} sessions would need more source addresses than 127.0.0.0/16 has");
     }
     let mut first = 0;
+    let mut next_address = 0;
     Ok(shares
         .into_iter()
-        .enumerate()
-        .map(|(i, count)| {
+        .map(|count| {
+            let sources = (0..count.div_ceil(SESSIONS_PER_ADDRESS).max(1))
+                .map(|_| {
+                    let i = next_address;
+                    next_address += 1;
+                    IpAddr::from(Ipv4Addr::new(127, 0, (i / 250) as u8, (i % 250) as u8 + 2))
+                })
+                .collect();
             let plan = WorkerPlan {
                 target,
-                source: Ipv4Addr::new(127, 0, (i / 250) as u8, (i % 250) as u8 + 2).into(),
+                sources,
                 connections: count,
                 first_device: first,
                 device_prefix: prefix.to_owned(),
