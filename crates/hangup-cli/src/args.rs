@@ -198,8 +198,9 @@ pub struct BenchTakeoverArgs {
     #[arg(long, value_name = "N", default_value_t = 5_000)]
     pub wave: usize,
 
-    /// Reconnects in flight at once during the storm.
-    #[arg(long, value_name = "N", default_value_t = 16)]
+    /// Reconnects in flight at once during the storm (more in flight: a faster storm,
+    /// and each reconnect waits behind the others).
+    #[arg(long, value_name = "N", default_value_t = 4)]
     pub concurrency: usize,
 
     /// Write the results as JSON to this file.
