@@ -160,3 +160,37 @@ fn a_second_client_with_the_same_device_makes_the_first_exit_with_code_3() {
     assert_eq!(sessions.as_array().unwrap().len(), 1, "{sessions}");
     assert_eq!(sessions[0]["session"], taken["session"], "{sessions}");
 }
+
+#[test]
+fn a_client_with_its_token_opens_a_session_on_a_server_with_a_secret() {
+    let dir = common::TempDir::new("client-secret");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "client-secret\n").unwrap();
+    let secret = secret.to_str().unwrap();
+    let mut server = TestServer::start(&["--auth-secret", secret]);
+    let addr = server.addr().to_string();
+    let output = common::run_hangup(&["token", "badge-4", "--auth-secret", secret]);
+    assert!(output.status.success());
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+
+    let mut client = ClientProcess::start(&[
+        &addr,
+        "--device",
+        "badge-4",
+        "--token",
+        &token,
+        "--heartbeat",
+        "30",
+    ]);
+    session_started(&mut server, "badge-4");
+    client.wait_stdout("WELCOME ");
+    client.type_line("PING ok");
+    client.wait_stdout("PONG ok");
+
+    // Without the token the server says why, and the connection stays usable.
+    let mut refused = ClientProcess::start(&[&addr, "--device", "badge-5", "--heartbeat", "30"]);
+    refused.wait_stdout("ERR unauthorized");
+    refused.type_line("PING still-here");
+    refused.wait_stdout("PONG still-here");
+    assert!(refused.is_running());
+}

@@ -85,6 +85,24 @@ fn rows_record_peer_closed_takeover_and_heartbeat_missed() {
     drop((old, new));
 }
 
+/// A session that keeps talking has its `last_seen` moved forward (at most once per
+/// heartbeat, so the store is not written per PING).
+#[test]
+fn last_seen_follows_a_pinging_session() {
+    let server = TestServer::start(&[]);
+    let dir = server.data_dir().unwrap().to_owned();
+    let (mut client, session) = hello(server.addr(), "talker", "heartbeat=1");
+    let first = wait_presence_row(&dir, &session, |_| true);
+    for n in 0..6 {
+        std::thread::sleep(Duration::from_millis(500));
+        client.assert_alive(&format!("beat-{n}"));
+    }
+    let row = wait_presence_row(&dir, &session, |r| {
+        r.last_seen >= first.connected_at + Duration::from_secs(1)
+    });
+    assert!(row.online && row.ended_at.is_none(), "{row:?}");
+}
+
 #[test]
 fn after_kill_9_a_restart_on_the_same_data_dir_ends_open_sessions_as_shutdown() {
     let data = TempDir::new("crash");

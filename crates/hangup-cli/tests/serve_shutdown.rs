@@ -140,6 +140,16 @@ fn while_draining_healthz_is_503_new_jobs_are_refused_and_pings_answered() {
     let health = server.admin_get("/healthz");
     assert_eq!(health.status, 503, "{health:?}");
     assert_eq!(health.body.trim(), "draining");
+    let connections = server.admin_get("/connections").json();
+    let busy_row = connections
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["peer"] == busy.local_addr().to_string().as_str())
+        .unwrap_or_else(|| panic!("no row for the busy client: {connections:#}"))
+        .clone();
+    assert_eq!(busy_row["state"], "draining", "{busy_row}");
+    assert_eq!(busy_row["jobs_running"], 1, "{busy_row}");
     busy.send("JOB 5");
     let reply = busy.reply();
     assert!(reply.starts_with("ERR shutting-down"), "{reply}");

@@ -220,3 +220,94 @@ fn takeover_racing_the_old_connections_close_leaves_exactly_one_session() {
         assert_eq!(lines, ["GOAWAY shutdown"], "{device}");
     }
 }
+
+/// Twenty connections say HELLO for one device at once: whichever order the server
+/// takes them in, one session is live at the end, every other one was kicked, and the
+/// presence store ended each of those once, as `takeover`.
+#[test]
+fn a_storm_of_hellos_for_one_device_leaves_one_live_session() {
+    let server = TestServer::start(&[]);
+    let data_dir = server.data_dir().unwrap().to_owned();
+    let addr = server.addr();
+    let contenders = 20;
+    let barrier = Arc::new(Barrier::new(contenders));
+    let threads: Vec<_> = (0..contenders)
+        .map(|_| {
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                let mut client = LineClient::connect(addr);
+                barrier.wait();
+                client.send("HELLO contested heartbeat=30");
+                let session = common::welcome_session(&client.reply());
+                (client, session)
+            })
+        })
+        .collect();
+    let mut clients: Vec<(LineClient, String)> = threads
+        .into_iter()
+        .map(|t| t.join().expect("a contender"))
+        .collect();
+
+    let live = poll_until(PATIENCE, Duration::from_millis(20), || {
+        let sessions = server.admin_get("/sessions").json();
+        let rows = sessions.as_array().unwrap().clone();
+        (rows.len() == 1).then(|| rows[0]["session"].as_str().unwrap().to_owned())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not one live session: {}",
+            server.admin_get("/sessions").body
+        )
+    });
+    let mut kicked = 0;
+    for (client, session) in &mut clients {
+        if *session == live {
+            client.assert_alive("winner");
+        } else {
+            assert_eq!(client.reply(), "KICKED takeover", "session {session}");
+            assert!(client.bytes_to_eof().is_ok(), "session {session}: not EOF");
+            kicked += 1;
+        }
+    }
+    assert_eq!(kicked, contenders - 1);
+
+    let rows = poll_until(PATIENCE, Duration::from_millis(20), || {
+        let rows = presence_rows(&data_dir);
+        let ended = rows.iter().filter(|r| r.ended_at.is_some()).count();
+        (rows.len() == contenders && ended == contenders - 1).then_some(rows)
+    })
+    .unwrap_or_else(|| panic!("presence: {:#?}", presence_rows(&data_dir)));
+    for row in rows {
+        if row.session == live {
+            assert_eq!(row.cause, None, "{row:?}");
+        } else {
+            assert_eq!(row.cause, Some(Cause::Takeover), "{row:?}");
+        }
+    }
+    server.assert_no_panic();
+}
+
+/// The evicted client never closes its socket (a device that forgot it): the server
+/// still lets go of its side — no ESTABLISHED or CLOSE_WAIT socket is left to it.
+#[test]
+fn an_old_client_that_lingers_after_kicked_leaves_no_ghost_either() {
+    let server = TestServer::start(&[]);
+    let (mut old, _) = hello(server.addr(), "forgetful", "heartbeat=30");
+    let old_peer = old.local_addr();
+    let (mut new, _) = hello(server.addr(), "forgetful", "heartbeat=30");
+    assert_eq!(old.reply(), "KICKED takeover");
+    assert_eq!(old.read_line(), None, "EOF after KICKED");
+    // `old` stays open: its side is in CLOSE_WAIT, the server's must not linger.
+    let cleared = poll_until(PATIENCE, Duration::from_millis(20), || {
+        server_sockets_left(server.addr(), old_peer)
+            .is_empty()
+            .then_some(())
+    });
+    assert!(
+        cleared.is_some(),
+        "ghost: {:?}",
+        server_sockets_left(server.addr(), old_peer)
+    );
+    new.assert_alive("new");
+    drop(old);
+}
