@@ -189,7 +189,7 @@ fn a_second_signal_exits_at_once() {
 /// drain timer in a loop: a core at 100 % until the connection ended).
 #[test]
 fn waiting_past_the_drain_timeout_for_a_reader_that_stalls_does_not_spin() {
-    let mut server = TestServer::start(&["--drain-timeout", "1s", "--dead-after", "8s"]);
+    let mut server = TestServer::start(&["--drain-timeout", "1s", "--dead-after", "12s"]);
     let mut client = LineClient::connect(server.addr());
     let peer = client.local_addr();
     client
@@ -212,7 +212,7 @@ fn waiting_past_the_drain_timeout_for_a_reader_that_stalls_does_not_spin() {
     server
         .wait_event(|e| e["event"] == "shutdown_started", PATIENCE)
         .expect("shutdown_started");
-    // Past the 1 s drain timeout, while the write-stall timeout (8 s) has not fired.
+    // Past the 1 s drain timeout, while the write-stall timeout (12 s) has not fired.
     std::thread::sleep(Duration::from_millis(1500));
     let (ticks_before, at) = (server.cpu_ticks(), Instant::now());
     std::thread::sleep(Duration::from_secs(3));
