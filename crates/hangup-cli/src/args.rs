@@ -75,7 +75,10 @@ pub struct LivenessArgs {
 /// Every flag can also be set in a TOML file given with `--config`, under the flag's
 /// name without dashes in front (`dead-after = "2s"`, `workers = 4`, `insecure = true`);
 /// flags on the command line win over the file.
+// The file's flags are placed before the command line's, so a flag may come twice: the
+// last one (the command line's) wins instead of clap refusing the repetition.
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub struct ServeArgs {
     /// Read settings from this TOML file (keys: the flags' long names).
     #[arg(long, value_name = "FILE")]

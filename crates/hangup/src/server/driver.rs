@@ -118,6 +118,8 @@ impl Driver<'_> {
         let mut sleep: std::pin::Pin<&mut Sleep> = pin!(tokio::time::sleep(Duration::ZERO));
         let mut armed = None;
         let mut shutdown_seen = false;
+        // An elapsed `Sleep` is ready on every poll: the drain timeout may fire only once.
+        let mut drain_over = false;
         let mut drain_end: std::pin::Pin<&mut Sleep> = pin!(tokio::time::sleep(Duration::ZERO));
         loop {
             self.flush();
@@ -170,7 +172,8 @@ impl Driver<'_> {
                     self.live.set_state(ConnectionState::Draining);
                     self.conn.handle_goaway(now);
                 }
-                () = &mut drain_end, if shutdown_seen => {
+                () = &mut drain_end, if shutdown_seen && !drain_over => {
+                    drain_over = true;
                     self.conn.handle_local_close(Instant::now(), Cause::Shutdown, true);
                 }
             }

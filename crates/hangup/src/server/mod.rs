@@ -277,9 +277,12 @@ impl Server {
                     shared.counters.connections.fetch_add(1, Ordering::Relaxed);
                     let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
                     let shared = shared.clone();
-                    let shutdown = shutdown.clone();
+                    // Connections drain on `draining`, which is cancelled only after
+                    // the accept loop stopped: by the time a client reads GOAWAY,
+                    // /healthz already answers 503 and new connections are refused.
+                    let draining = shared.draining.clone();
                     tracker.spawn(async move {
-                        driver::serve_connection(stream, peer, id, &shared, shutdown).await;
+                        driver::serve_connection(stream, peer, id, &shared, draining).await;
                         shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
                         shared.connection_ended.notify_waiters();
                     });
@@ -303,8 +306,8 @@ impl Server {
                 Err(err) => tracing::debug!(error = %err, "accept failed"),
             }
         }
-        shared.draining.cancel();
         drop(self.listener);
+        shared.draining.cancel();
         tracker.close();
         tracker.wait().await;
         admin_stop.cancel();
