@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod inspect;
+mod lab;
 mod serve;
 
 use std::process::ExitCode;
@@ -19,6 +20,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Client(args) => client::run(args),
         Command::Bench(BenchCommand::Cancel(args)) => bench::cancel(args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Lab(args) => lab::run(args),
     }
 }
 

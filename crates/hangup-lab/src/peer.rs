@@ -1,0 +1,143 @@
+//! The raw-socket peers (`hangup lab peer`), for faults the real client cannot be
+//! made to show: replies left unread in the socket, a server streaming a large reply,
+//! and a reader that stops while far more is queued for it than buffers hold. The lab runs them inside the client namespace, like the client.
+//!
+//! Each prints `ready <local address>` once connected, so the lab knows which
+//! connection of the server's it is.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::LabError;
+
+/// The replies a streaming peer reads before it says `streaming`.
+pub const STREAMING_AFTER_BYTES: u64 = 1 << 20;
+
+/// `STATUS` lines per request burst of [`PeerMode::LargeReplies`]: ~57 KB asking for
+/// ~500 KB of replies.
+pub const BURST_LINES: usize = 8_192;
+
+/// What the peer does once connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerMode {
+    /// Sends `PING unread` and an endless `JOB`, and never reads: the `PONG` and
+    /// `ACCEPTED` stay in its socket, so that its death is an RST.
+    Unread,
+    /// Asks for a large reply and reads it, round after round: one write of
+    /// [`BURST_LINES`] `STATUS` lines (whole lines, so the server never holds a partial
+    /// one), then reads all the replies as fast as it can. The server is streaming
+    /// ~500 KB most of the time, with data in flight.
+    LargeReplies,
+    /// Pipelines `STATUS` lines without end from one thread and reads as fast as it can
+    /// from another: when it stops reading, the server has far more to send than the
+    /// socket buffers hold.
+    Flood,
+}
+
+impl FromStr for PeerMode {
+    type Err = LabError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [PeerMode::Unread, PeerMode::LargeReplies, PeerMode::Flood]
+            .into_iter()
+            .find(|mode| mode.name() == s)
+            .ok_or_else(|| LabError::UnknownName {
+                kind: "peer mode",
+                name: s.to_owned(),
+                expected: "unread, large-replies, flood".into(),
+            })
+    }
+}
+
+impl PeerMode {
+    /// The name `hangup lab peer --mode` takes.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PeerMode::Unread => "unread",
+            PeerMode::LargeReplies => "large-replies",
+            PeerMode::Flood => "flood",
+        }
+    }
+}
+
+/// Runs a peer against `server` until it is killed or the connection ends. Prints
+/// `ready <local address>` once connected and, in the streaming modes, `streaming`
+/// once [`STREAMING_AFTER_BYTES`] of replies were read.
+pub fn run_peer(server: SocketAddr, mode: PeerMode) -> Result<(), LabError> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |err| LabError::io(what, err)
+    };
+    let mut stream = TcpStream::connect(server).map_err(io("connect"))?;
+    stream.set_nodelay(true).map_err(io("TCP_NODELAY"))?;
+    let local = stream.local_addr().map_err(io("local address"))?;
+    let burst = "STATUS\n".repeat(BURST_LINES);
+    match mode {
+        PeerMode::Unread => {
+            stream
+                .write_all(b"PING unread\nJOB 10000000000\n")
+                .map_err(io("send"))?;
+            say(&format!("ready {local}"));
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        PeerMode::LargeReplies => {
+            say(&format!("ready {local}"));
+            let mut buf = vec![0u8; 1 << 16];
+            let mut received: u64 = 0;
+            let mut announced = false;
+            loop {
+                stream.write_all(burst.as_bytes()).map_err(io("send"))?;
+                let mut lines = 0;
+                while lines < BURST_LINES {
+                    let n = read_some(&mut stream, &mut buf)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+                    received += n as u64;
+                    if !announced && received >= STREAMING_AFTER_BYTES {
+                        say("streaming");
+                        announced = true;
+                    }
+                }
+            }
+        }
+        PeerMode::Flood => {
+            say(&format!("ready {local}"));
+            let mut writer = stream.try_clone().map_err(io("clone the socket"))?;
+            std::thread::spawn(move || while writer.write_all(burst.as_bytes()).is_ok() {});
+            let mut buf = vec![0u8; 1 << 16];
+            let mut received: u64 = 0;
+            loop {
+                let n = read_some(&mut stream, &mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let before = received;
+                received += n as u64;
+                if before < STREAMING_AFTER_BYTES && received >= STREAMING_AFTER_BYTES {
+                    say("streaming");
+                }
+            }
+        }
+    }
+}
+
+fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, LabError> {
+    loop {
+        match stream.read(buf) {
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            other => return other.map_err(|err| LabError::io("read", err)),
+        }
+    }
+}
+
+fn say(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
