@@ -34,6 +34,10 @@ pub enum Command {
     /// Fault lab: kill, freeze and unplug real clients and servers in network namespaces
     /// and measure how fast each death is detected (needs root and iproute2).
     Lab(LabArgs),
+    /// Print a device's token: hex HMAC-SHA256(secret, device-id), for `HELLO … token=`.
+    Token(TokenArgs),
+    /// Is a device online, when did it drop, and why: sessions from the presence store.
+    Presence(PresenceArgs),
 }
 
 /// How connections are watched, shared by `serve` and `client` (SPEC §2).
@@ -70,11 +74,50 @@ pub struct LivenessArgs {
 }
 
 /// `hangup serve`.
+///
+/// Every flag can also be set in a TOML file given with `--config`, under the flag's
+/// name without dashes in front (`dead-after = "2s"`, `workers = 4`, `insecure = true`);
+/// flags on the command line win over the file.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file (keys: the flags' long names).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on for the line protocol.
     #[arg(long, default_value = "127.0.0.1:7557")]
     pub listen: SocketAddr,
+
+    /// Share the port with other `hangup serve --reuse-port` instances (SO_REUSEPORT): the
+    /// kernel spreads new connections over them. Give each its own `--admin` port (or
+    /// `off`); they may share `--data-dir`. Sessions and takeover are per instance.
+    #[arg(long)]
+    pub reuse_port: bool,
+
+    /// Admin HTTP endpoint: /metrics (Prometheus), /connections, /sessions, /healthz;
+    /// `off` disables it.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:7558", value_parser = parse_admin)]
+    pub admin: AdminAddr,
+
+    /// Directory of the presence store (SQLite): every session, when it started and
+    /// ended, and why. Created if missing.
+    #[arg(long, value_name = "DIR", default_value = "./hangup-data")]
+    pub data_dir: PathBuf,
+
+    /// File holding the secret for device tokens: `HELLO` then needs
+    /// `token=<hex HMAC-SHA256(secret, device-id)>` (`hangup token` prints it).
+    /// Trailing line breaks in the file are ignored.
+    #[arg(long, value_name = "FILE")]
+    pub auth_secret: Option<PathBuf>,
+
+    /// Allow listening on a non-loopback address without `--auth-secret` (anyone who
+    /// can connect could then take over any device's session).
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// On SIGTERM/SIGINT, how long jobs in flight may still run after `GOAWAY`.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
 
     /// Liveness policy applied to every accepted connection.
     #[command(flatten)]
@@ -118,6 +161,19 @@ pub struct ClientArgs {
     #[arg(long)]
     pub once: bool,
 
+    /// Open a session for this device id on every connect (`HELLO`), with heartbeats.
+    #[arg(long, value_name = "ID")]
+    pub device: Option<String>,
+
+    /// The device's token (`hangup token ID` on the server side prints it).
+    #[arg(long, value_name = "HEX", requires = "device")]
+    pub token: Option<String>,
+
+    /// Heartbeat to propose: the client sends PING after this much of its own silence and
+    /// declares the server dead after 1.5 times the granted heartbeat without inbound data.
+    #[arg(long, value_name = "SECS", default_value_t = 30, requires = "device")]
+    pub heartbeat: u64,
+
     /// Event log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -128,6 +184,30 @@ pub struct ClientArgs {
 pub enum BenchCommand {
     /// Latency from a client's hangup (FIN or RST) to its running job being stopped.
     Cancel(BenchCancelArgs),
+    /// A reconnect storm: every device connects again while its old connection is open;
+    /// eviction latency and ghosts left in the kernel's socket table.
+    Takeover(BenchTakeoverArgs),
+}
+
+/// `hangup bench takeover`.
+#[derive(Debug, Args)]
+pub struct BenchTakeoverArgs {
+    /// Devices that reconnect, in total.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub devices: usize,
+
+    /// Devices per wave: each wave holds this many old sessions plus as many new
+    /// connections (two descriptors a device, under the 20 000 per-process limit).
+    #[arg(long, value_name = "N", default_value_t = 5_000)]
+    pub wave: usize,
+
+    /// Reconnects in flight at once during the storm.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub concurrency: usize,
+
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// `hangup bench cancel`.
@@ -163,6 +243,17 @@ pub enum HangupMode {
     Rst,
     /// Both, one after the other.
     Both,
+}
+
+/// `hangup token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The device id.
+    pub device: String,
+
+    /// The server's secret file (as given to `hangup serve --auth-secret`).
+    #[arg(long, value_name = "FILE")]
+    pub auth_secret: PathBuf,
 }
 
 /// `hangup inspect`.
@@ -271,6 +362,36 @@ pub struct LabPeerArgs {
     pub mode: hangup_lab::PeerMode,
 }
 
+/// `hangup presence`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 when sessions were listed, or none are recorded at all; \
+1 when --device selects no session (the device was never seen, or with --online: it is not \
+online now); 2 on errors, such as a data directory without a presence database."
+)]
+pub struct PresenceArgs {
+    /// Only this device's sessions.
+    #[arg(long, value_name = "ID")]
+    pub device: Option<String>,
+
+    /// Only sessions that are online now: not ended, and their server still running.
+    #[arg(long)]
+    pub online: bool,
+
+    /// Print a JSON array of sessions (times in RFC 3339 with milliseconds) instead of a
+    /// table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The data directory the server records sessions in (`hangup serve --data-dir`).
+    #[arg(long, value_name = "DIR", default_value = "./hangup-data")]
+    pub data_dir: PathBuf,
+
+    /// Show at most N sessions, the newest.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
 /// Event log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -289,6 +410,26 @@ pub enum AutoDuration {
     Off,
     /// Set explicitly.
     Fixed(Duration),
+}
+
+/// The admin endpoint's address, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAddr {
+    /// No admin endpoint.
+    Off,
+    /// Listen here.
+    At(SocketAddr),
+}
+
+/// Parses `off` or a socket address.
+pub fn parse_admin(s: &str) -> Result<AdminAddr, String> {
+    match s {
+        "off" => Ok(AdminAddr::Off),
+        addr => addr
+            .parse()
+            .map(AdminAddr::At)
+            .map_err(|_| format!("expected ADDRESS:PORT or `off`, got `{addr}`")),
+    }
 }
 
 /// Parses `auto`, `off` or a duration.

@@ -21,6 +21,7 @@ use crate::policy::{HalfClosePolicy, LivenessPolicy};
 use crate::protocol::{
     parse_line, Command, ErrorCode, Frame, JobId, LineDecoder, Reply, StatusCounts, MAX_LINE,
 };
+use crate::session::{Heartbeat, SessionId};
 use crate::timer::{Timer, TimerTable};
 
 /// Settings of a connection.
@@ -41,6 +42,10 @@ pub struct ConnectionConfig {
     pub probe_window: Duration,
     /// Stop reading while this many reply bytes wait to be written (back-pressure).
     pub outbox_high_water: usize,
+    /// `PING`s a session may send per second on average (twice that in a burst); more
+    /// get `ERR rate-limited` and the connection is closed. `None`: no limit. Anonymous
+    /// connections are not limited (their replies are bounded by back-pressure).
+    pub session_pings_per_sec: Option<u32>,
 }
 
 impl ConnectionConfig {
@@ -54,6 +59,7 @@ impl ConnectionConfig {
             partial_line_timeout: policy.partial_line_timeout,
             probe_window: Duration::from_millis(200),
             outbox_high_water: 64 * 1024,
+            session_pings_per_sec: Some(10),
         }
     }
 }
@@ -95,6 +101,17 @@ pub enum Event {
     },
     /// The peer sent FIN but is still reading: it only half-closed (an observation).
     PeerHalfClosed,
+    /// The peer sent `HELLO`. Input stops until the driver answers with
+    /// [`Connection::handle_session_opened`] or [`Connection::handle_session_refused`]
+    /// (it checks the token and takes the device over in the registry).
+    SessionRequested {
+        /// The device id (already validated).
+        device: String,
+        /// The token the peer sent, if any.
+        token: Option<String>,
+        /// The heartbeat the session will get.
+        heartbeat: Heartbeat,
+    },
     /// The connection is over. With `flush`, write what [`Connection::poll_transmit`]
     /// still holds (nothing, by then), shut down the write side and drain input briefly
     /// before closing; without, close at once.
@@ -139,6 +156,21 @@ struct RunningJob {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Session {
+    None,
+    /// `HELLO` was sent; the driver has not answered yet.
+    Requested(Heartbeat),
+    Open(SessionId, Heartbeat),
+}
+
+/// A token bucket, in thousandths of a token so that refills need no floats.
+#[derive(Debug, Clone, Copy)]
+struct PingBucket {
+    milli_tokens: u64,
+    refilled: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Open,
     /// `BYE` received: finish the jobs, then reply `BYE` and close.
@@ -173,6 +205,12 @@ pub struct Connection {
     /// All input was read.
     eof: bool,
     probe: Probe,
+    session: Session,
+    /// When the peer last sent bytes (the session's proof of life).
+    last_inbound: Option<Instant>,
+    pings: Option<PingBucket>,
+    /// `GOAWAY` was sent: no new work; close once the jobs in flight are done.
+    draining: bool,
 }
 
 impl Connection {
@@ -193,6 +231,10 @@ impl Connection {
             fin_seen: false,
             eof: false,
             probe: Probe::NotSent,
+            session: Session::None,
+            last_inbound: None,
+            pings: None,
+            draining: false,
         }
     }
 
@@ -201,6 +243,11 @@ impl Connection {
     pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8], status: &dyn Fn() -> StatusCounts) {
         if !self.accepts_input() {
             return;
+        }
+        if !bytes.is_empty() {
+            // Lazy re-arm: the heartbeat deadline is only moved when it fires, so a
+            // heartbeat costs a store here, not a timer operation.
+            self.last_inbound = Some(now);
         }
         let stashed = std::mem::take(&mut self.unparsed);
         let input: std::borrow::Cow<'_, [u8]> = if stashed.is_empty() {
@@ -214,7 +261,7 @@ impl Connection {
         // One line at a time, so that replies stop being produced at the high-water
         // mark: a read of tiny bad lines must not turn into a flood of `ERR` replies.
         while !rest.is_empty() && self.accepts_input() {
-            if !self.under_high_water() {
+            if !self.under_high_water() || self.session_pending() {
                 self.unparsed = rest.to_vec();
                 break;
             }
@@ -239,7 +286,74 @@ impl Connection {
     /// mark) and can now go on: the driver then calls
     /// [`Connection::handle_bytes`] with no new bytes.
     pub fn can_resume_input(&self) -> bool {
-        !self.unparsed.is_empty() && self.under_high_water() && self.accepts_input()
+        !self.unparsed.is_empty()
+            && self.under_high_water()
+            && self.accepts_input()
+            && !self.session_pending()
+    }
+
+    /// The driver opened the session asked for by [`Event::SessionRequested`].
+    pub fn handle_session_opened(&mut self, now: Instant, id: SessionId) {
+        let Session::Requested(heartbeat) = self.session else {
+            return;
+        };
+        self.session = Session::Open(id, heartbeat);
+        self.send(now, &Reply::Welcome(id, heartbeat));
+        self.last_inbound = Some(now);
+        if self.accepts_input() {
+            self.timers
+                .set(Timer::Heartbeat, now + heartbeat.dead_after);
+        }
+        if let Some(rate) = self.config.session_pings_per_sec {
+            self.pings = Some(PingBucket {
+                milli_tokens: 2000 * u64::from(rate),
+                refilled: now,
+            });
+        }
+    }
+
+    /// The driver refused the session asked for by [`Event::SessionRequested`]
+    /// (`ERR <code> <message>`); the connection goes on without one.
+    pub fn handle_session_refused(&mut self, now: Instant, code: ErrorCode, message: &str) {
+        if let Session::Requested(_) = self.session {
+            self.session = Session::None;
+            self.send(now, &Reply::Err(code, message.into()));
+        }
+    }
+
+    /// Another connection took over this one's session: `KICKED takeover`, cancel the
+    /// jobs, close (cause `takeover`).
+    pub fn handle_kicked(&mut self, now: Instant) {
+        if !matches!(self.phase, Phase::Open | Phase::ByeRequested) {
+            return;
+        }
+        self.send(now, &Reply::KickedTakeover);
+        self.close(now, Cause::Takeover, true);
+    }
+
+    /// The server is shutting down: `GOAWAY shutdown`, refuse new work, and close
+    /// (cause `shutdown`) once the jobs in flight are done. The driver bounds the wait
+    /// with [`Connection::handle_local_close`] at its drain timeout.
+    pub fn handle_goaway(&mut self, now: Instant) {
+        if self.draining || !matches!(self.phase, Phase::Open | Phase::ByeRequested) {
+            return;
+        }
+        self.draining = true;
+        self.send(now, &Reply::GoawayShutdown);
+        self.maybe_finish(now);
+    }
+
+    /// The session open on this connection, if any.
+    pub fn session(&self) -> Option<SessionId> {
+        match self.session {
+            Session::Open(id, _) => Some(id),
+            Session::None | Session::Requested(_) => None,
+        }
+    }
+
+    /// When the peer last sent bytes, if it ever did.
+    pub fn last_inbound(&self) -> Option<Instant> {
+        self.last_inbound
     }
 
     /// The peer's FIN was seen through readiness; input may still be queued unread.
@@ -352,6 +466,25 @@ impl Connection {
                         self.events.push_back(Event::PeerHalfClosed);
                     }
                 }
+                Timer::Heartbeat => {
+                    let (Session::Open(_, heartbeat), Some(last)) =
+                        (self.session, self.last_inbound)
+                    else {
+                        continue;
+                    };
+                    let due = last + heartbeat.dead_after;
+                    if !self.interest().read {
+                        // Not reading (back-pressure, BYE, the peer's FIN): its
+                        // heartbeats cannot reach us, so silence proves nothing. The
+                        // write-stall timer and the socket watch guard this time.
+                        self.timers
+                            .set(Timer::Heartbeat, now.max(due) + heartbeat.dead_after);
+                    } else if due <= now {
+                        self.close(now, Cause::HeartbeatMissed, false);
+                    } else {
+                        self.timers.set(Timer::Heartbeat, due);
+                    }
+                }
             }
         }
     }
@@ -384,7 +517,8 @@ impl Connection {
                 && !self.eof
                 && self.accepts_input()
                 && self.under_high_water()
-                && self.unparsed.is_empty(),
+                && self.unparsed.is_empty()
+                && !self.session_pending(),
             write: alive && pending,
             hangup: alive,
         }
@@ -402,6 +536,29 @@ impl Connection {
 
     fn accepts_input(&self) -> bool {
         self.phase == Phase::Open
+    }
+
+    fn session_pending(&self) -> bool {
+        matches!(self.session, Session::Requested(_))
+    }
+
+    /// Takes one `PING` from the session's bucket; `false` if it is empty.
+    fn ping_allowed(&mut self, now: Instant) -> bool {
+        let (Some(bucket), Some(rate)) = (self.pings.as_mut(), self.config.session_pings_per_sec)
+        else {
+            return true;
+        };
+        let rate = u64::from(rate);
+        let elapsed_ms = now.duration_since(bucket.refilled).as_millis() as u64;
+        bucket.milli_tokens = (bucket.milli_tokens + elapsed_ms * rate).min(2000 * rate);
+        bucket.refilled = now;
+        match bucket.milli_tokens.checked_sub(1000) {
+            Some(left) => {
+                bucket.milli_tokens = left;
+                true
+            }
+            None => false,
+        }
     }
 
     fn under_high_water(&self) -> bool {
@@ -438,7 +595,20 @@ impl Connection {
             }
         };
         match command {
-            Command::Ping(data) => self.send(now, &Reply::Pong(data)),
+            Command::Ping(data) => {
+                if self.ping_allowed(now) {
+                    self.send(now, &Reply::Pong(data));
+                } else {
+                    let rate = self.config.session_pings_per_sec.unwrap_or_default();
+                    let message = format!("more than {rate} PING a second; closing");
+                    self.send(now, &Reply::Err(ErrorCode::RateLimited, message));
+                    self.close(now, Cause::ProtocolError, true);
+                }
+            }
+            Command::Job { .. } | Command::Hello { .. } if self.draining => {
+                let message = "the server is shutting down; reconnect later";
+                self.send(now, &Reply::Err(ErrorCode::ShuttingDown, message.into()));
+            }
             Command::Job { rounds, seed } => {
                 let limit = self.config.max_queued_jobs;
                 if self.queued.len() >= limit {
@@ -466,10 +636,24 @@ impl Connection {
                 self.timers.clear(Timer::PartialLine);
                 self.maybe_finish(now);
             }
-            Command::Hello { .. } => {
-                let message =
-                    "sessions (HELLO) are not enabled on this server; send commands without HELLO";
-                self.send(now, &Reply::Err(ErrorCode::BadRequest, message.into()));
+            Command::Hello {
+                device,
+                token,
+                heartbeat,
+            } => {
+                if self.session != Session::None {
+                    let message =
+                        "a session is already open on this connection (HELLO was sent twice)";
+                    self.send(now, &Reply::Err(ErrorCode::BadRequest, message.into()));
+                    return;
+                }
+                let heartbeat = Heartbeat::grant(heartbeat);
+                self.session = Session::Requested(heartbeat);
+                self.events.push_back(Event::SessionRequested {
+                    device,
+                    token,
+                    heartbeat,
+                });
             }
         }
     }
@@ -553,6 +737,12 @@ impl Connection {
                 flush: true,
             };
         }
+        if self.phase == Phase::Open && self.draining && !self.has_work() {
+            self.phase = Phase::Closing {
+                cause: Cause::Shutdown,
+                flush: true,
+            };
+        }
         if let Phase::Closing { cause, flush } = self.phase {
             let flushed = !flush || self.sent >= self.outbox.len();
             if self.running.is_none() && flushed {
@@ -577,6 +767,7 @@ impl Connection {
         }
         self.timers.clear(Timer::PartialLine);
         self.timers.clear(Timer::HalfCloseProbe);
+        self.timers.clear(Timer::Heartbeat);
         if let Some(job) = self.running.as_mut() {
             if job.cancel_cause.is_none() {
                 job.cancel_cause = Some(cause);

@@ -6,6 +6,7 @@
 //!  D ───────▶│ policy: keepalive, user timeout, write/partial timeouts  │
 //!  bytes ───▶│ protocol: bounded line decoder, commands, replies        │──▶ replies, job starts,
 //!  FIN/RST ─▶│ connection: jobs, half-close policy, timers, causes      │    cancellations, Close
+//!  HELLO ───▶│ session: registry + takeover, heartbeats, device tokens  │
 //!  now ─────▶│ job: the SHA-256 chain, cancellable between slices       │
 //!            └──────────────────────────────────────────────────────────┘
 //!                 driven by the tokio layer in the `hangup` crate
@@ -27,14 +28,17 @@
 //! ```
 #![warn(missing_docs)]
 
+mod auth;
 mod cause;
 mod connection;
 mod duration;
 mod job;
 mod policy;
 mod protocol;
+mod session;
 mod timer;
 
+pub use auth::{device_token, verify_token};
 pub use cause::{Cause, UnknownCause};
 pub use connection::{Connection, ConnectionConfig, Event, Interest};
 pub use duration::{format_duration, parse_duration, DurationError};
@@ -46,5 +50,9 @@ pub use policy::{
 pub use protocol::{
     parse_line, valid_device_id, Command, ErrorCode, Frame, JobId, LineDecoder, ParseError, Reply,
     StatusCounts, DEFAULT_SEED, MAX_LINE,
+};
+pub use session::{
+    Heartbeat, HeartbeatAction, HeartbeatClock, Opened, SessionId, SessionRegistry,
+    DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT,
 };
 pub use timer::{Timer, TimerTable};

@@ -8,6 +8,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::session::{Heartbeat, SessionId};
+
 /// The longest line, in bytes, not counting the line ending.
 pub const MAX_LINE: usize = 4096;
 
@@ -374,6 +376,12 @@ pub enum Reply {
     Status(StatusCounts),
     /// `BYE`.
     Bye,
+    /// `WELCOME <session-id> heartbeat=<secs> dead-after=<secs> [clamped-from=<secs>]`.
+    Welcome(SessionId, Heartbeat),
+    /// `KICKED takeover`: another connection took over this device's session.
+    KickedTakeover,
+    /// `GOAWAY shutdown`: the server is shutting down; jobs in flight still finish.
+    GoawayShutdown,
     /// `#`: a liveness probe; the client ignores it.
     Probe,
     /// `ERR <code> <message>`.
@@ -394,8 +402,37 @@ impl fmt::Display for Reply {
                 s.connections, s.sessions, s.jobs_running, s.jobs_queued
             ),
             Reply::Bye => f.write_str("BYE"),
+            Reply::Welcome(id, heartbeat) => {
+                write!(
+                    f,
+                    "WELCOME {id} heartbeat={} dead-after={}",
+                    Secs(heartbeat.interval),
+                    Secs(heartbeat.dead_after)
+                )?;
+                match heartbeat.clamped_from {
+                    Some(asked) => write!(f, " clamped-from={}", Secs(asked)),
+                    None => Ok(()),
+                }
+            }
+            Reply::KickedTakeover => f.write_str("KICKED takeover"),
+            Reply::GoawayShutdown => f.write_str("GOAWAY shutdown"),
             Reply::Probe => f.write_str("#"),
             Reply::Err(code, message) => write!(f, "ERR {} {message}", code.as_str()),
+        }
+    }
+}
+
+/// Seconds as the protocol writes them: `30`, `1.5`.
+struct Secs(Duration);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (secs, millis) = (self.0.as_secs(), self.0.subsec_millis());
+        if millis == 0 {
+            write!(f, "{secs}")
+        } else {
+            let fraction = format!("{millis:03}");
+            write!(f, "{secs}.{}", fraction.trim_end_matches('0'))
         }
     }
 }
@@ -461,6 +498,28 @@ mod tests {
         let mut got = Vec::new();
         d.finish(|f| got.push(matches!(f, Frame::Line(b"JOB 5"))));
         assert_eq!(got, vec![true]);
+    }
+
+    #[test]
+    fn encodes_session_replies() {
+        let line = |reply: Reply| reply.to_string();
+        let heartbeat = Heartbeat::grant(Some(Duration::from_secs(1)));
+        assert_eq!(
+            line(Reply::Welcome(SessionId(0x2a), heartbeat)),
+            "WELCOME 000000000000002a heartbeat=1 dead-after=1.5"
+        );
+        let clamped = Heartbeat::grant(Some(Duration::from_secs(0)));
+        assert_eq!(
+            line(Reply::Welcome(SessionId(1), clamped)),
+            "WELCOME 0000000000000001 heartbeat=1 dead-after=1.5 clamped-from=0"
+        );
+        let default = Heartbeat::grant(None);
+        assert_eq!(
+            line(Reply::Welcome(SessionId(1), default)),
+            "WELCOME 0000000000000001 heartbeat=30 dead-after=45"
+        );
+        assert_eq!(line(Reply::KickedTakeover), "KICKED takeover");
+        assert_eq!(line(Reply::GoawayShutdown), "GOAWAY shutdown");
     }
 
     #[test]

@@ -12,10 +12,19 @@ pub enum Timer {
     WriteStall,
     /// No RST came back within the probe window: the peer only half-closed.
     HalfCloseProbe,
+    /// The session's peer may have been silent for its heartbeat's dead-after (1.5 × H).
+    /// Re-armed lazily: inbound bytes only record the time, and when this fires early
+    /// it moves to the real deadline, so heartbeats cost no timer work.
+    Heartbeat,
 }
 
 impl Timer {
-    const ALL: [Timer; 3] = [Timer::PartialLine, Timer::WriteStall, Timer::HalfCloseProbe];
+    const ALL: [Timer; 4] = [
+        Timer::PartialLine,
+        Timer::WriteStall,
+        Timer::HalfCloseProbe,
+        Timer::Heartbeat,
+    ];
 
     const fn index(self) -> usize {
         self as usize
@@ -23,7 +32,7 @@ impl Timer {
 }
 
 /// One optional deadline per [`Timer`]; setting one is O(1), finding the next is a scan
-/// of a fixed three slots.
+/// of a fixed four slots.
 #[derive(Debug, Clone, Default)]
 pub struct TimerTable {
     deadlines: [Option<Instant>; Timer::ALL.len()],

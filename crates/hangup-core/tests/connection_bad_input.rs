@@ -54,8 +54,8 @@ fn each_malformed_line_gets_its_error_and_the_connection_continues() {
         (b"STATUS please\n", "bad-request"),
         (b"BYE now\n", "bad-request"),
         (b"HELLO\n", "bad-request"),
-        // Sessions are not part of a bare Connection.
-        (b"HELLO dev-1\n", "bad-request"),
+        (b"HELLO dev/1\n", "bad-request"),
+        (b"HELLO dev-1 heartbeat=-1\n", "bad-request"),
     ];
     for &(bad, code) in cases {
         assert_err_then_usable(bad, code);

@@ -60,6 +60,7 @@
 
 pub mod client;
 pub mod events;
+pub mod presence;
 pub mod server;
 mod socket;
 pub mod sys;

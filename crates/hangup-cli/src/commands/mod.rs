@@ -2,9 +2,14 @@
 
 mod bench;
 mod client;
+mod config;
 mod inspect;
 mod lab;
+mod presence;
 mod serve;
+mod token;
+
+pub use config::expand as expand_config;
 
 use std::process::ExitCode;
 
@@ -19,8 +24,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args),
         Command::Client(args) => client::run(args),
         Command::Bench(BenchCommand::Cancel(args)) => bench::cancel(args),
+        Command::Bench(BenchCommand::Takeover(args)) => bench::takeover(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Lab(args) => lab::run(args),
+        Command::Token(args) => token::run(&args),
+        Command::Presence(args) => presence::run(&args),
     }
 }
 
@@ -40,6 +48,27 @@ pub(crate) fn resolve_policy(args: &LivenessArgs) -> anyhow::Result<LivenessPoli
         AutoDuration::Fixed(d) => Some(d),
     };
     Ok(policy)
+}
+
+/// Reads an `--auth-secret` file: its bytes without trailing line breaks.
+pub(crate) fn read_secret(path: &std::path::Path) -> anyhow::Result<hangup::server::AuthSecret> {
+    let mut bytes = std::fs::read(path).with_context(|| {
+        format!(
+            "could not read the secret file {} (--auth-secret)",
+            path.display()
+        )
+    })?;
+    while bytes.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        anyhow::bail!(
+            "the secret file {} (--auth-secret) is empty; put a long random secret in it, e.g. `head -c 32 /dev/urandom | base64 > {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(hangup::server::AuthSecret::new(bytes))
 }
 
 /// A multi-threaded tokio runtime.

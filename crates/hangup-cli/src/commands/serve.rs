@@ -2,13 +2,16 @@
 
 use std::process::ExitCode;
 
+use std::net::SocketAddr;
+
 use anyhow::Context;
+use hangup::presence::PresenceStore;
 use hangup::server::{Server, ServerConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use super::{resolve_policy, runtime};
-use crate::args::ServeArgs;
+use super::{read_secret, resolve_policy, runtime};
+use crate::args::{AdminAddr, ServeArgs};
 use crate::logging;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -28,15 +31,71 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(workers) = args.workers {
         config.workers = workers;
     }
-    runtime()?.block_on(async move {
-        let server = Server::bind(config)
-            .await
-            .with_context(|| format!("could not listen on {} (--listen)", args.listen))?;
+    config.drain_timeout = args.drain_timeout;
+    config.reuse_port = args.reuse_port;
+    config.admin = match args.admin {
+        AdminAddr::Off => None,
+        AdminAddr::At(addr) => Some(addr),
+    };
+    config.auth_secret = args.auth_secret.as_deref().map(read_secret).transpose()?;
+    if config.auth_secret.is_none() && !args.insecure {
+        refuse_exposed("--listen", args.listen)?;
+        if let Some(admin) = config.admin {
+            refuse_exposed("--admin", admin)?;
+        }
+    }
+    let (store, recovery) = PresenceStore::open(&args.data_dir).with_context(|| {
+        format!(
+            "could not open the presence store in {} (--data-dir)",
+            args.data_dir.display()
+        )
+    })?;
+    if recovery.closed_sessions > 0 {
+        tracing::info!(
+            target: "hangup::event",
+            event = "presence_recovered",
+            ts_ns = hangup::events::ts_ns(),
+            closed_sessions = recovery.closed_sessions,
+            cause = "shutdown",
+        );
+    }
+    config.presence = Some(store.recorder());
+    let listen = args.listen;
+    let served = runtime()?.block_on(async move {
+        let server = Server::bind(config).await.with_context(|| {
+            format!("could not listen on {listen} (--listen) or the --admin address")
+        })?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        server.run(shutdown).await.context("server failed")?;
-        Ok(ExitCode::SUCCESS)
-    })
+        server.run(shutdown).await.context("server failed")
+    });
+    // Every session ended (cause `shutdown`) is on disk before we say we are done.
+    let recorder = store.recorder();
+    let closed = store.close().context("could not flush the presence store");
+    let stats = recorder.stats();
+    served?;
+    closed?;
+    tracing::info!(
+        target: "hangup::event",
+        event = "shutdown_complete",
+        ts_ns = hangup::events::ts_ns(),
+        presence_rows_written = stats.rows_written,
+        presence_max_pending = stats.max_pending,
+        presence_max_batch_us = stats.max_batch_micros,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Without a secret, anyone who can reach the port could take over any device's
+/// session: only loopback, unless the user says `--insecure`.
+fn refuse_exposed(flag: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {addr} ({flag}) without --auth-secret: anyone who can connect could take over any device's session. \
+         Give --auth-secret FILE (clients then need `hangup token` tokens), listen on loopback, or pass --insecure"
+    )
 }
 
 /// First SIGINT/SIGTERM: stop accepting and close connections; second: exit at once.

@@ -1,7 +1,7 @@
 //! Shared harness for the `hangup` binary's real-socket tests (loopback only).
 //!
-//! [`TestServer`] runs `hangup serve --listen 127.0.0.1:0 --log-format json …` as a
-//! child process, parses its JSON events from stderr on a thread and lets tests wait
+//! [`TestServer`] runs `hangup serve --listen 127.0.0.1:0 --admin 127.0.0.1:0
+//! --data-dir <fresh temp dir> --log-format json …` as a child process, parses its JSON events from stderr on a thread and lets tests wait
 //! for them with a generous bound; Drop kills that child (by its pid, through
 //! `Child::kill`) and reaps it. [`LineClient`] is a blocking line-protocol client with
 //! read timeouts, so that no test can hang forever. [`chain_hex`] computes a job's
@@ -11,6 +11,7 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -31,10 +32,40 @@ pub fn hangup_bin() -> &'static str {
     env!("CARGO_BIN_EXE_hangup")
 }
 
+/// A directory under the system's temp dir, unique to this process and call, removed
+/// on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("hangup-test-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A running `hangup serve` child and its event stream.
 pub struct TestServer {
     child: Child,
     addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    /// The presence store's directory, unless the test passed its own `--data-dir`.
+    data_dir: Option<TempDir>,
     events: Receiver<Value>,
     /// Every event received so far, in order.
     history: Vec<Value>,
@@ -61,8 +92,16 @@ impl TestServer {
         adjust: impl FnOnce(&mut Command),
     ) -> Self {
         let mut command = Command::new(hangup_bin());
+        command.args(["serve", "--listen", listen, "--log-format", "json"]);
+        // Every server its own admin port and presence store, so tests run in parallel.
+        if !extra.contains(&"--admin") {
+            command.args(["--admin", "127.0.0.1:0"]);
+        }
+        let data_dir = (!extra.contains(&"--data-dir")).then(|| TempDir::new("data"));
+        if let Some(dir) = &data_dir {
+            command.arg("--data-dir").arg(dir.path());
+        }
         command
-            .args(["serve", "--listen", listen, "--log-format", "json"])
             .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -88,6 +127,8 @@ impl TestServer {
         let mut server = Self {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
+            admin: None,
+            data_dir,
             events,
             history: Vec::new(),
             stderr,
@@ -99,7 +140,18 @@ impl TestServer {
             .as_str()
             .and_then(|a| a.parse().ok())
             .expect("listening event carries addr");
+        server.admin = listening["admin"].as_str().and_then(|a| a.parse().ok());
         server
+    }
+
+    /// The admin endpoint's address, unless it was turned off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The presence store's directory, if the harness made it.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_ref().map(TempDir::path)
     }
 
     /// The address the server listens on.

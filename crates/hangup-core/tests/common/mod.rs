@@ -14,8 +14,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use hangup_core::{
-    run_chain, Cause, Connection, ConnectionConfig, Event, HalfClosePolicy, Interest, JobId,
-    LivenessPolicy, StatusCounts,
+    run_chain, Cause, Connection, ConnectionConfig, ErrorCode, Event, HalfClosePolicy, Interest,
+    JobId, LivenessPolicy, SessionId, StatusCounts,
 };
 use sha2::{Digest, Sha256};
 
@@ -71,6 +71,17 @@ pub struct RunningJob {
     pub cancelled: Option<Cause>,
 }
 
+/// How the driver answers `SessionRequested`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sessions {
+    /// Opens every session, with ids counting up from 1.
+    Open,
+    /// Refuses every session with this code.
+    Refuse(ErrorCode),
+    /// Leaves the request pending until the test calls [`Driver::open_session`].
+    Manual,
+}
+
 /// The fake driver.
 #[derive(Debug)]
 pub struct Driver {
@@ -87,6 +98,10 @@ pub struct Driver {
     closed: Option<Event>,
     /// Largest `poll_transmit().len()` seen after any step.
     pub max_pending: usize,
+    pub sessions: Sessions,
+    /// A `SessionRequested` not answered yet.
+    session_requested: bool,
+    next_session: u64,
 }
 
 impl Driver {
@@ -103,6 +118,9 @@ impl Driver {
             running: None,
             closed: None,
             max_pending: 0,
+            sessions: Sessions::Open,
+            session_requested: false,
+            next_session: 1,
         }
     }
 
@@ -174,6 +192,32 @@ impl Driver {
         let now = self.now();
         self.conn.handle_local_close(now, cause, flush);
         self.settle();
+    }
+
+    /// Another connection took this one's session over.
+    pub fn kick(&mut self) {
+        let now = self.now();
+        self.conn.handle_kicked(now);
+        self.settle();
+    }
+
+    /// The server starts shutting down.
+    pub fn goaway(&mut self) {
+        let now = self.now();
+        self.conn.handle_goaway(now);
+        self.settle();
+    }
+
+    /// Answers a pending `SessionRequested` by opening the session.
+    pub fn open_session(&mut self) -> SessionId {
+        assert!(self.session_requested, "no session was requested");
+        self.session_requested = false;
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        let now = self.now();
+        self.conn.handle_session_opened(now, id);
+        self.settle();
+        id
     }
 
     /// Changes how the peer reads, then lets it read.
@@ -311,6 +355,22 @@ impl Driver {
     fn drain_events(&mut self) {
         loop {
             self.record_events();
+            if self.session_requested && self.sessions != Sessions::Manual {
+                self.session_requested = false;
+                let now = self.now();
+                match self.sessions {
+                    Sessions::Refuse(code) => {
+                        self.conn
+                            .handle_session_refused(now, code, "refused by the test")
+                    }
+                    _ => {
+                        let id = SessionId(self.next_session);
+                        self.next_session += 1;
+                        self.conn.handle_session_opened(now, id);
+                    }
+                }
+                continue;
+            }
             // The worker picks a job up only after the driver has seen every event
             // of this step, so a CANCEL read together with its JOB reaches it first.
             if self.jobs == Jobs::Manual || self.running.is_none() {
@@ -364,6 +424,13 @@ impl Driver {
                 }
                 Event::Close { .. } => self.closed = Some(event.clone()),
                 Event::PeerHalfClosed => {}
+                Event::SessionRequested { .. } => {
+                    assert!(
+                        !self.session_requested,
+                        "a second SessionRequested before the answer"
+                    );
+                    self.session_requested = true;
+                }
             }
             self.events.push_back(event);
         }
@@ -410,7 +477,12 @@ impl Driver {
         self.eof();
         self.error(Cause::PeerReset);
         self.local_close(Cause::Shutdown, true);
+        self.kick();
+        self.goaway();
         let now = self.now();
+        self.conn.handle_session_opened(now, SessionId(99));
+        self.conn
+            .handle_session_refused(now, ErrorCode::Unauthorized, "late");
         self.conn.handle_job_finished(now, 1, None);
         self.conn.handle_sent(now, 0);
         self.settle();

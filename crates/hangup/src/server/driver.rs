@@ -4,11 +4,13 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::pin;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use hangup_core::{Cause, Connection, Event, JobId};
+use hangup_core::{verify_token, Cause, Connection, ErrorCode, Event, Heartbeat, JobId, SessionId};
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -16,8 +18,9 @@ use tokio::sync::oneshot;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
+use super::live::{lock, ConnectionState, LiveConnection, LiveSession};
 use super::workers::JobOutcome;
-use super::Shared;
+use super::{SessionHandle, Shared};
 use crate::events::ts_ns;
 use crate::socket::apply_policy;
 
@@ -34,6 +37,19 @@ struct RunningJob {
     id: JobId,
     cancel: CancellationToken,
     outcome: oneshot::Receiver<JobOutcome>,
+    /// When its cancellation was asked for.
+    cancelled_at: Option<Instant>,
+}
+
+/// The session this connection carries.
+struct OpenSession {
+    device: Box<str>,
+    id: SessionId,
+    heartbeat: Duration,
+    /// Fires with the evicting `HELLO`'s instant when another connection takes over.
+    kick: Option<oneshot::Receiver<Instant>>,
+    /// When the presence store was last told the peer is alive.
+    seen_recorded: Instant,
 }
 
 struct Driver<'a> {
@@ -49,6 +65,8 @@ struct Driver<'a> {
     last_inbound: Instant,
     bytes_in: u64,
     bytes_out: u64,
+    live: Arc<LiveConnection>,
+    session: Option<OpenSession>,
 }
 
 pub(super) async fn serve_connection(
@@ -69,6 +87,10 @@ pub(super) async fn serve_connection(
         conn = id,
         peer = %peer,
     );
+    shared.metrics.connections_opened.inc();
+    shared.metrics.connections_open.inc();
+    let live = Arc::new(LiveConnection::new(id, peer, stream.as_raw_fd(), now));
+    shared.live.insert(live.clone());
     let mut driver = Driver {
         stream,
         peer,
@@ -81,14 +103,22 @@ pub(super) async fn serve_connection(
         last_inbound: now,
         bytes_in: 0,
         bytes_out: 0,
+        live,
+        session: None,
     };
     driver.run(shutdown).await;
+    // Out of the table before the socket closes: the admin endpoint reads TCP_INFO from
+    // the descriptor of every connection in it.
+    shared.live.remove(id);
+    shared.metrics.connections_open.dec();
 }
 
 impl Driver<'_> {
     async fn run(&mut self, shutdown: CancellationToken) {
         let mut sleep: std::pin::Pin<&mut Sleep> = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut armed = None;
         let mut shutdown_seen = false;
+        let mut drain_end: std::pin::Pin<&mut Sleep> = pin!(tokio::time::sleep(Duration::ZERO));
         loop {
             self.flush();
             if let Some((cause, flush)) = self.process_events() {
@@ -96,13 +126,28 @@ impl Driver<'_> {
                 return;
             }
             let deadline = self.conn.poll_timeout();
-            if let Some(deadline) = deadline {
+            // Heartbeats re-arm lazily in the core, so the deadline rarely moves: only
+            // touch tokio's timer when it does.
+            if let Some(deadline) = deadline.filter(|d| armed != Some(*d)) {
                 sleep.as_mut().reset(deadline.into());
             }
+            armed = deadline;
             let interest = self.socket_interest();
+            let kick = self.session.as_mut().and_then(|s| s.kick.as_mut());
+            let has_kick = kick.is_some();
             let (stream, job) = (&self.stream, &mut self.job);
             let has_job = job.is_some();
             tokio::select! {
+                kicked = kicked(kick), if has_kick => {
+                    if let Some(session) = self.session.as_mut() {
+                        session.kick = None;
+                    }
+                    if let Ok(hello_at) = kicked {
+                        let now = Instant::now();
+                        self.conn.handle_kicked(now);
+                        self.shared.metrics.eviction.observe(now.saturating_duration_since(hello_at).as_secs_f64());
+                    }
+                }
                 ready = stream.ready(interest.unwrap_or(Interest::ERROR)), if interest.is_some() => {
                     match ready {
                         Ok(ready) => self.on_ready(ready),
@@ -111,12 +156,21 @@ impl Driver<'_> {
                 }
                 outcome = job_outcome(job), if has_job => {
                     if let Some(job) = self.job.take() {
+                        if let Some(asked) = job.cancelled_at {
+                            self.shared.metrics.job_stop.observe(asked.elapsed().as_secs_f64());
+                        }
                         self.conn.handle_job_finished(Instant::now(), job.id, outcome);
                     }
                 }
                 () = &mut sleep, if deadline.is_some() => self.conn.handle_timeout(Instant::now()),
                 () = shutdown.cancelled(), if !shutdown_seen => {
                     shutdown_seen = true;
+                    let now = Instant::now();
+                    drain_end.as_mut().reset((now + self.shared.config.drain_timeout).into());
+                    self.live.set_state(ConnectionState::Draining);
+                    self.conn.handle_goaway(now);
+                }
+                () = &mut drain_end, if shutdown_seen => {
                     self.conn.handle_local_close(Instant::now(), Cause::Shutdown, true);
                 }
             }
@@ -176,6 +230,8 @@ impl Driver<'_> {
                 Ok(n) => {
                     self.bytes_in += n as u64;
                     self.last_inbound = now;
+                    self.live.saw_inbound(now);
+                    self.record_seen(now);
                     let status = || self.shared.status_excluding(self.jobs_counted);
                     self.conn.handle_bytes(now, &buf[..n], &status);
                 }
@@ -236,7 +292,9 @@ impl Driver<'_> {
                         id,
                         cancel,
                         outcome,
+                        cancelled_at: None,
                     });
+                    self.shared.metrics.jobs_started.inc();
                     tracing::info!(
                         target: "hangup::event",
                         event = "job_started",
@@ -248,33 +306,44 @@ impl Driver<'_> {
                     );
                 }
                 Event::CancelJob { id, .. } => {
-                    if let Some(job) = self.job.as_ref().filter(|job| job.id == id) {
+                    if let Some(job) = self.job.as_mut().filter(|job| job.id == id) {
                         job.cancel.cancel();
+                        job.cancelled_at = Some(Instant::now());
                     }
                 }
-                Event::JobDone { id, rounds } => tracing::info!(
-                    target: "hangup::event",
-                    event = "job_done",
-                    ts_ns = ts_ns(),
-                    conn = self.id,
-                    peer = %self.peer,
-                    job = id,
-                    rounds,
-                ),
+                Event::JobDone { id, rounds } => {
+                    self.shared.metrics.jobs_done.inc();
+                    tracing::info!(
+                        target: "hangup::event",
+                        event = "job_done",
+                        ts_ns = ts_ns(),
+                        conn = self.id,
+                        peer = %self.peer,
+                        job = id,
+                        rounds,
+                    );
+                }
                 Event::JobCancelled {
                     id,
                     cause,
                     was_running,
-                } => tracing::info!(
-                    target: "hangup::event",
-                    event = "job_cancelled",
-                    ts_ns = ts_ns(),
-                    conn = self.id,
-                    peer = %self.peer,
-                    job = id,
-                    cause = %cause,
-                    was_running,
-                ),
+                } => {
+                    self.shared
+                        .metrics
+                        .jobs_cancelled
+                        .get_or_create(&cause.into())
+                        .inc();
+                    tracing::info!(
+                        target: "hangup::event",
+                        event = "job_cancelled",
+                        ts_ns = ts_ns(),
+                        conn = self.id,
+                        peer = %self.peer,
+                        job = id,
+                        cause = %cause,
+                        was_running,
+                    );
+                }
                 Event::PeerHalfClosed => tracing::info!(
                     target: "hangup::event",
                     event = "peer_half_closed",
@@ -282,6 +351,11 @@ impl Driver<'_> {
                     conn = self.id,
                     peer = %self.peer,
                 ),
+                Event::SessionRequested {
+                    device,
+                    token,
+                    heartbeat,
+                } => self.open_session(device, token.as_deref(), heartbeat),
                 Event::Close { cause, flush } => close = Some((cause, flush)),
             }
         }
@@ -289,10 +363,131 @@ impl Driver<'_> {
         close
     }
 
+    /// `HELLO`: checks the token, takes the device over in the registry (kicking the
+    /// connection that held it) and opens the session.
+    fn open_session(&mut self, device: String, token: Option<&str>, heartbeat: Heartbeat) {
+        let now = Instant::now();
+        if let Some(secret) = &self.shared.config.auth_secret {
+            let refusal = match token {
+                None => Some("this server needs token=<hex HMAC-SHA256(secret, device-id)>; `hangup token <device-id>` prints it"),
+                Some(token) if !verify_token(secret.as_bytes(), &device, token) => {
+                    Some("the token does not match this device id")
+                }
+                Some(_) => None,
+            };
+            if let Some(message) = refusal {
+                tracing::info!(
+                    target: "hangup::event",
+                    event = "session_refused",
+                    ts_ns = ts_ns(),
+                    conn = self.id,
+                    peer = %self.peer,
+                    device = %device,
+                    reason = "unauthorized",
+                );
+                return self
+                    .conn
+                    .handle_session_refused(now, ErrorCode::Unauthorized, message);
+            }
+        }
+        let (kick, kick_rx) = oneshot::channel();
+        let handle = SessionHandle {
+            conn: self.id,
+            kick,
+        };
+        let (opened, live_sessions) = {
+            let mut registry = lock(&self.shared.sessions);
+            let opened = registry.open(&device, handle);
+            (opened, registry.len())
+        };
+        self.shared.metrics.sessions_open.set(live_sessions as i64);
+        self.conn.handle_session_opened(now, opened.id);
+        let wall = SystemTime::now();
+        if let Some((old_id, old)) = opened.evicted {
+            // The old connection may already be closing on its own; then nobody waits
+            // on the receiver, and that is fine: it ends either way.
+            let _ = old.kick.send(now);
+            self.end_session_record(old_id, wall, Cause::Takeover);
+            self.shared.metrics.takeovers.inc();
+            tracing::info!(
+                target: "hangup::event",
+                event = "session_taken_over",
+                ts_ns = ts_ns(),
+                conn = self.id,
+                peer = %self.peer,
+                device = %device,
+                session = %opened.id,
+                old_session = %old_id,
+                old_conn = old.conn,
+            );
+        }
+        self.shared.metrics.sessions_started.inc();
+        if let Some(presence) = &self.shared.config.presence {
+            presence.session_started(opened.id.0, &device, self.peer, wall);
+        }
+        tracing::info!(
+            target: "hangup::event",
+            event = "session_started",
+            ts_ns = ts_ns(),
+            conn = self.id,
+            peer = %self.peer,
+            device = %device,
+            session = %opened.id,
+            heartbeat_ms = heartbeat.interval.as_millis() as u64,
+        );
+        self.live.set_session(Some(LiveSession {
+            device: device.as_str().into(),
+            id: opened.id,
+            heartbeat: heartbeat.interval,
+            started_at: wall,
+        }));
+        self.session = Some(OpenSession {
+            device: device.into(),
+            id: opened.id,
+            heartbeat: heartbeat.interval,
+            kick: Some(kick_rx),
+            seen_recorded: now,
+        });
+    }
+
+    /// The session's end, in the metrics, the presence store and the event log.
+    fn end_session_record(&self, id: SessionId, at: SystemTime, cause: Cause) {
+        self.shared
+            .metrics
+            .sessions_ended
+            .get_or_create(&cause.into())
+            .inc();
+        if let Some(presence) = &self.shared.config.presence {
+            presence.session_ended(id.0, at, cause);
+        }
+        tracing::info!(
+            target: "hangup::event",
+            event = "session_ended",
+            ts_ns = ts_ns(),
+            session = %id,
+            cause = %cause,
+        );
+    }
+
+    /// Tells the presence store the peer is alive, at most once per heartbeat.
+    fn record_seen(&mut self, now: Instant) {
+        let (Some(session), Some(presence)) = (&mut self.session, &self.shared.config.presence)
+        else {
+            return;
+        };
+        if now.saturating_duration_since(session.seen_recorded) >= session.heartbeat {
+            session.seen_recorded = now;
+            presence.seen(session.id.0, SystemTime::now());
+        }
+    }
+
     /// Keeps the server-wide job counters in step with this connection.
     fn count_jobs(&mut self) {
         let (running, queued) = self.conn.job_counts();
         let now = (running as u64, queued as u64);
+        if now != self.jobs_counted {
+            self.live.set_jobs(now.0, now.1);
+        }
         let counters = &self.shared.counters;
         for (counter, before, after) in [
             (&counters.jobs_running, self.jobs_counted.0, now.0),
@@ -309,10 +504,27 @@ impl Driver<'_> {
 
     async fn close(&mut self, cause: Cause, flush: bool) {
         let now = Instant::now();
+        self.live.set_state(ConnectionState::Closing);
+        if let Some(session) = self.session.take() {
+            let (current, live_sessions) = {
+                let mut registry = lock(&self.shared.sessions);
+                let current = registry.close(&session.device, session.id);
+                (current, registry.len())
+            };
+            // Taken over: the connection that evicted us has recorded the end.
+            if current {
+                self.shared.metrics.sessions_open.set(live_sessions as i64);
+                self.end_session_record(session.id, SystemTime::now(), cause);
+            }
+            self.live.set_session(None);
+        }
         if flush {
             let _ = SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write);
             drain_briefly(&self.stream).await;
-        } else if matches!(cause, Cause::Stalled | Cause::Timeout | Cause::Unreachable) {
+        } else if matches!(
+            cause,
+            Cause::Stalled | Cause::Timeout | Cause::Unreachable | Cause::HeartbeatMissed
+        ) {
             // Nothing we still hold will ever be read: reset rather than leave an orphan
             // socket retransmitting into the void.
             let _ = SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
@@ -329,7 +541,20 @@ impl Driver<'_> {
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
         );
+        self.shared
+            .metrics
+            .observe_close(cause, now.duration_since(self.last_inbound));
         self.count_jobs();
+    }
+}
+
+/// The kick of a session taken over; never resolves without a session.
+async fn kicked(
+    kick: Option<&mut oneshot::Receiver<Instant>>,
+) -> Result<Instant, oneshot::error::RecvError> {
+    match kick {
+        Some(kick) => kick.await,
+        None => std::future::pending().await,
     }
 }
 

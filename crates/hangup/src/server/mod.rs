@@ -4,33 +4,72 @@
 //!  accept loop ──▶ one task per connection (driver.rs)
 //!                    ├─ socket readiness: bytes, FIN (EPOLLRDHUP), RST (EPOLLERR)
 //!                    ├─ hangup_core::Connection: replies, job starts/cancels, timers
+//!                    ├─ HELLO ──▶ session registry: takeover kicks the old connection
 //!                    └─ running job ──▶ worker pool (workers.rs), cancelled by token
+//!  admin endpoint (admin.rs) ◀── live table (live.rs), metrics (metrics.rs)
 //! ```
 
+mod admin;
 mod driver;
+mod live;
+mod metrics;
 mod workers;
+
+pub use live::{ConnectionSnapshot, ConnectionState, SessionSnapshot, TcpFigures};
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use hangup_core::{ConnectionConfig, HalfClosePolicy, LivenessPolicy, StatusCounts};
+use hangup_core::{
+    ConnectionConfig, HalfClosePolicy, LivenessPolicy, SessionRegistry, StatusCounts,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::events::ts_ns;
+use crate::presence::PresenceRecorder;
+use live::LiveTable;
+use metrics::Metrics;
 use workers::WorkerPool;
+
+/// The secret device tokens are derived from (`--auth-secret`); never printed.
+#[derive(Clone)]
+pub struct AuthSecret(Arc<[u8]>);
+
+impl AuthSecret {
+    /// A secret from its bytes (a file's content, trailing newline included or not:
+    /// the caller decides).
+    pub fn new(bytes: impl Into<Arc<[u8]>>) -> Self {
+        Self(bytes.into())
+    }
+
+    /// The secret's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AuthSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthSecret(..)")
+    }
+}
 
 /// Everything `hangup serve` can be told.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// Set SO_REUSEPORT on the listening socket, so that several servers (one per core,
+    /// or as many as the descriptor limit requires) share the port; the kernel spreads
+    /// new connections over them. Sessions and takeover are per server.
+    pub reuse_port: bool,
     /// The liveness policy for every accepted connection.
     pub policy: LivenessPolicy,
     /// What to do on FIN while jobs are pending.
@@ -41,6 +80,14 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Largest accepted `JOB <rounds>`.
     pub max_rounds: u64,
+    /// Where the admin endpoint listens; `None`: no admin endpoint.
+    pub admin: Option<SocketAddr>,
+    /// With a secret, `HELLO` needs `token=` hex HMAC-SHA256(secret, device-id).
+    pub auth_secret: Option<AuthSecret>,
+    /// On shutdown, how long jobs in flight may still run after `GOAWAY`.
+    pub drain_timeout: Duration,
+    /// Where sessions are recorded; `None`: nowhere.
+    pub presence: Option<PresenceRecorder>,
 }
 
 impl ServerConfig {
@@ -48,11 +95,16 @@ impl ServerConfig {
     pub fn new(listen: SocketAddr, dead_after: Duration) -> Self {
         Self {
             listen,
+            reuse_port: false,
             policy: LivenessPolicy::from_dead_after(dead_after),
             half_close: HalfClosePolicy::Probe,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_connections: 10_000,
             max_rounds: 10_000_000_000,
+            admin: None,
+            auth_secret: None,
+            drain_timeout: Duration::from_secs(10),
+            presence: None,
         }
     }
 
@@ -75,6 +127,14 @@ pub(crate) struct Counters {
     jobs_queued: AtomicU64,
 }
 
+/// What the registry keeps per session: how to reach the connection that owns it.
+#[derive(Debug)]
+pub(crate) struct SessionHandle {
+    conn: u64,
+    /// Takes the instant the evicting `HELLO` was handled (for the eviction latency).
+    kick: oneshot::Sender<Instant>,
+}
+
 pub(crate) struct Shared {
     config: ServerConfig,
     connection_config: ConnectionConfig,
@@ -83,6 +143,11 @@ pub(crate) struct Shared {
     next_connection_id: AtomicU64,
     /// Signalled whenever a connection ends (frees a slot, and a descriptor).
     connection_ended: Notify,
+    sessions: Mutex<SessionRegistry<SessionHandle>>,
+    live: LiveTable,
+    metrics: Metrics,
+    /// Cancelled when shutdown begins.
+    draining: CancellationToken,
 }
 
 impl Shared {
@@ -92,7 +157,7 @@ impl Shared {
         let counters = &self.counters;
         StatusCounts {
             connections: counters.connections.load(Ordering::Relaxed),
-            sessions: 0,
+            sessions: live::lock(&self.sessions).len() as u64,
             jobs_running: counters
                 .jobs_running
                 .load(Ordering::Relaxed)
@@ -120,6 +185,7 @@ impl Shared {
 /// ```
 pub struct Server {
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -135,8 +201,19 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Binds the listening socket.
     pub async fn bind(config: ServerConfig) -> io::Result<Self> {
-        let listener = listen(config.listen)?;
+        let listener = listen(config.listen, config.reuse_port)?;
+        let admin = match config.admin {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        // Session ids count up from a random point (top bit clear, low 32 bits zero), so
+        // that they stay unique across restarts in the presence store.
+        let first_session = (fastrand::u64(..) & 0x7fff_ffff_0000_0000) | 1;
         let shared = Arc::new(Shared {
+            sessions: Mutex::new(SessionRegistry::new(first_session)),
+            live: LiveTable::default(),
+            metrics: Metrics::new(),
+            draining: CancellationToken::new(),
             connection_config: config.connection_config(),
             workers: WorkerPool::new(config.workers.max(1)),
             counters: Counters::default(),
@@ -144,7 +221,11 @@ impl Server {
             connection_ended: Notify::new(),
             config,
         });
-        Ok(Self { listener, shared })
+        Ok(Self {
+            listener,
+            admin,
+            shared,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -152,16 +233,29 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` is cancelled; then closes every connection (cause
-    /// `shutdown`) and returns once they are gone.
+    /// The admin endpoint's address, if it has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` is cancelled; then stops accepting, sends `GOAWAY
+    /// shutdown` to every connection, lets jobs in flight finish within the drain
+    /// timeout, closes every connection gracefully (cause `shutdown`) and returns once
+    /// they are gone.
     pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
         let addr = self.local_addr()?;
+        let admin_addr = self.admin_addr();
         let shared = self.shared;
+        let admin_stop = CancellationToken::new();
+        let admin_task = self
+            .admin
+            .map(|admin| tokio::spawn(admin::serve(admin, shared.clone(), admin_stop.clone())));
         tracing::info!(
             target: "hangup::event",
             event = "listening",
             ts_ns = ts_ns(),
             addr = %addr,
+            admin = admin_addr.map(|a| a.to_string()).unwrap_or_default(),
             dead_after_ms = shared.config.policy.dead_after.as_millis() as u64,
             workers = shared.config.workers,
             on_half_close = %shared.config.half_close,
@@ -176,6 +270,7 @@ impl Server {
                 Ok((stream, peer)) => {
                     let open = shared.counters.connections.load(Ordering::Relaxed);
                     if open as usize >= shared.config.max_connections {
+                        shared.metrics.connections_refused.inc();
                         tracker.spawn(refuse_busy(stream, peer, shared.config.max_connections));
                         continue;
                     }
@@ -208,21 +303,29 @@ impl Server {
                 Err(err) => tracing::debug!(error = %err, "accept failed"),
             }
         }
+        shared.draining.cancel();
         drop(self.listener);
         tracker.close();
         tracker.wait().await;
+        admin_stop.cancel();
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
         Ok(())
     }
 }
 
 /// A listening socket with a backlog deep enough for reconnect storms (the kernel caps
 /// it at net.core.somaxconn); tokio's `bind` would leave it at 1024.
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }

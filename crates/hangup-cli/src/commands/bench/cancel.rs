@@ -11,88 +11,20 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::mpsc;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hangup::events::ts_ns;
 use serde::Serialize;
-use serde_json::Value;
 
+use super::{machine_description, percentile, ServerProcess};
 use crate::args::{BenchCancelArgs, HangupMode};
 
 /// A job long enough never to finish during a measurement (minutes of CPU).
 const ENDLESS_JOB: &str = "JOB 10000000000\n";
 /// How long one hangup may take to be reported before it counts as missed.
 const PER_HANGUP_LIMIT: Duration = Duration::from_secs(5);
-
-/// The server under test, killed when dropped.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-    events: mpsc::Receiver<Value>,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ServerProcess {
-    fn start(args: &BenchCancelArgs) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the hangup executable")?;
-        let mut child = Command::new(exe)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--on-half-close", args.on_half_close.as_str()])
-            .args(["--max-connections", &(args.idle + 100).to_string()])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("could not start `hangup serve`")?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        let (tx, events) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(event).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        let mut server = Self {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            events,
-        };
-        let listening = server
-            .wait_event(Duration::from_secs(10), |e| e["event"] == "listening")
-            .context("the server did not report `listening`")?;
-        server.addr = listening["addr"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .context("`listening` event without an address")?;
-        Ok(server)
-    }
-
-    fn wait_event(&self, limit: Duration, wanted: impl Fn(&Value) -> bool) -> Option<Value> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            match self.events.recv_timeout(left) {
-                Ok(event) if wanted(&event) => return Some(event),
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-}
 
 /// Latencies of one hangup mode, in microseconds.
 #[derive(Debug, Serialize)]
@@ -123,7 +55,15 @@ pub fn cancel(args: BenchCancelArgs) -> anyhow::Result<ExitCode> {
     if args.iterations == 0 {
         bail!("--iterations must be at least 1");
     }
-    let server = ServerProcess::start(&args)?;
+    let server = ServerProcess::start(
+        &[
+            "--on-half-close",
+            args.on_half_close.as_str(),
+            "--max-connections",
+            &(args.idle + 100).to_string(),
+        ],
+        &["job_started", "job_cancelled"],
+    )?;
     eprintln!(
         "bench cancel: server at {} ({} idle connections to open)",
         server.addr, args.idle
@@ -244,13 +184,7 @@ fn measure(
         }
     }
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((p / 100.0) * latencies.len() as f64).ceil() as usize;
-        latencies[rank.clamp(1, latencies.len()) - 1]
-    };
+    let pct = |p: f64| percentile(&latencies, p);
     Ok(ModeResult {
         mode: name,
         expected_cause: expected,
@@ -295,22 +229,4 @@ fn print_table(report: &Report) {
 fn write_json(path: &Path, report: &Report) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(report)?;
     std::fs::write(path, json + "\n").with_context(|| format!("could not write {}", path.display()))
-}
-
-/// CPU model, core count and kernel, for the record.
-pub(crate) fn machine_description() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|k| k.trim().to_owned())
-        .unwrap_or_default();
-    format!("{cpu}, {cores} cores, Linux {kernel}")
 }

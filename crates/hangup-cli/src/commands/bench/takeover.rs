@@ -1,0 +1,396 @@
+//! `hangup bench takeover`: a reconnect storm against a real `hangup serve`.
+//!
+//! Devices are taken in waves (two descriptors each must fit under the per-process
+//! limit). In a wave, every device first opens a session (`HELLO dev-N`) and keeps it;
+//! then the storm: every device connects again and says `HELLO` on the new connection,
+//! `--concurrency` at a time, while the old one is still open. For each device it
+//! measures, on this machine's monotonic clock:
+//!
+//! - *eviction*: from the new `HELLO` written to `KICKED takeover` read on the old
+//!   connection (what the old device sees; includes the server's queue of HELLOs);
+//! - *handover*: from the new `HELLO` written to `WELCOME` read on the new one.
+//!
+//! After each wave it counts ghosts in the kernel's socket table (sock_diag): server
+//! sockets on the port still ESTABLISHED or CLOSE_WAIT beyond the live sessions. At the
+//! end it stops the server (SIGTERM) and checks the presence store: one row per session,
+//! every evicted one ended with cause `takeover`, and the writer's largest backlog.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hangup::presence::{query, PresenceFilter};
+use hangup_core::Cause;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use super::{machine_description, percentile, ServerProcess};
+use crate::args::BenchTakeoverArgs;
+
+/// The most descriptors this process may hold (hard RLIMIT_NOFILE here), less a margin.
+const FD_BUDGET: usize = 19_000;
+/// How long one step (connect, a reply) may take before the bench gives up.
+const STEP_LIMIT: Duration = Duration::from_secs(10);
+/// How long the kernel's socket table may take to settle after a wave.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// One device's open session.
+struct Session {
+    reader: BufReader<OwnedReadHalf>,
+    /// Kept open: dropping it would half-close the connection.
+    _writer: OwnedWriteHalf,
+}
+
+/// What one reconnect measured, in microseconds.
+struct Reconnect {
+    eviction_us: f64,
+    handover_us: f64,
+    /// The old connection got KICKED and then EOF (not an RST).
+    clean_close: bool,
+    new: Session,
+}
+
+#[derive(Debug, Serialize)]
+struct Distribution {
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    max_us: f64,
+}
+
+impl Distribution {
+    fn of(mut samples: Vec<f64>) -> Self {
+        samples.sort_by(f64::total_cmp);
+        Self {
+            p50_us: percentile(&samples, 50.0),
+            p90_us: percentile(&samples, 90.0),
+            p99_us: percentile(&samples, 99.0),
+            max_us: samples.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    bench: &'static str,
+    devices: usize,
+    wave: usize,
+    concurrency: usize,
+    machine: String,
+    reconnects: usize,
+    storm_seconds: f64,
+    reconnects_per_second: f64,
+    eviction: Distribution,
+    handover: Distribution,
+    /// Old connections that did not end with KICKED then EOF.
+    unclean_old_closes: usize,
+    /// Largest count, over the waves, of server sockets ESTABLISHED or CLOSE_WAIT
+    /// beyond the live sessions, once the table settled.
+    ghosts_left: usize,
+    /// Longest time the socket table took to settle after a wave.
+    settle_ms_max: u64,
+    presence_rows: usize,
+    presence_takeover_rows: usize,
+    presence_max_pending: u64,
+    presence_max_batch_ms: f64,
+}
+
+pub fn takeover(args: &BenchTakeoverArgs) -> anyhow::Result<ExitCode> {
+    if args.devices == 0 || args.wave == 0 || args.concurrency == 0 {
+        bail!("--devices, --wave and --concurrency must be at least 1");
+    }
+    if 2 * args.wave + 100 > FD_BUDGET {
+        bail!(
+            "--wave {} needs {} descriptors in this process (two per device); at most {} fit under the 20 000 descriptor limit",
+            args.wave,
+            2 * args.wave + 100,
+            (FD_BUDGET - 100) / 2
+        );
+    }
+    let wave = args.wave.min(args.devices);
+    let mut server = ServerProcess::start(
+        &["--max-connections", &(2 * wave + 100).to_string()],
+        &["shutdown_complete"],
+    )?;
+    let addr = server.addr;
+    eprintln!(
+        "bench takeover: server at {addr}; {} devices in waves of {wave}, {} reconnects in flight",
+        args.devices, args.concurrency
+    );
+    let runtime = super::super::runtime()?;
+    let waves = runtime.block_on(run_waves(addr, args, wave))?;
+    server
+        .terminate(STEP_LIMIT)
+        .context("the server did not shut down cleanly")?;
+    let complete = server
+        .wait_event(STEP_LIMIT, |e| e["event"] == "shutdown_complete")
+        .context("no shutdown_complete event")?;
+
+    let rows = query(
+        server.data_dir(),
+        &PresenceFilter {
+            device: None,
+            online_only: false,
+            limit: None,
+        },
+    )
+    .context("could not read the presence store")?;
+    let takeover_rows = rows
+        .iter()
+        .filter(|row| row.cause == Some(Cause::Takeover))
+        .count();
+    let report = Report {
+        bench: "takeover",
+        devices: args.devices,
+        wave,
+        concurrency: args.concurrency,
+        machine: machine_description(),
+        reconnects: waves.evictions.len(),
+        storm_seconds: waves.storm_time.as_secs_f64(),
+        reconnects_per_second: waves.evictions.len() as f64 / waves.storm_time.as_secs_f64(),
+        eviction: Distribution::of(waves.evictions),
+        handover: Distribution::of(waves.handovers),
+        unclean_old_closes: waves.unclean,
+        ghosts_left: waves.ghosts_max,
+        settle_ms_max: waves.settle_max.as_millis() as u64,
+        presence_rows: rows.len(),
+        presence_takeover_rows: takeover_rows,
+        presence_max_pending: complete["presence_max_pending"].as_u64().unwrap_or(0),
+        presence_max_batch_ms: complete["presence_max_batch_us"].as_u64().unwrap_or(0) as f64
+            / 1000.0,
+    };
+    print_table(&report);
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    let expected_rows = 2 * args.devices;
+    let ok = report.ghosts_left == 0
+        && report.unclean_old_closes == 0
+        && report.presence_rows == expected_rows
+        && report.presence_takeover_rows == args.devices;
+    if !ok {
+        eprintln!(
+            "bench takeover: FAILED: ghosts {}, unclean closes {}, presence rows {}/{expected_rows}, takeover rows {}/{}",
+            report.ghosts_left,
+            report.unclean_old_closes,
+            report.presence_rows,
+            report.presence_takeover_rows,
+            args.devices
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+struct Waves {
+    evictions: Vec<f64>,
+    handovers: Vec<f64>,
+    unclean: usize,
+    storm_time: Duration,
+    ghosts_max: usize,
+    settle_max: Duration,
+}
+
+async fn run_waves(
+    addr: SocketAddr,
+    args: &BenchTakeoverArgs,
+    wave: usize,
+) -> anyhow::Result<Waves> {
+    let mut waves = Waves {
+        evictions: Vec::with_capacity(args.devices),
+        handovers: Vec::with_capacity(args.devices),
+        unclean: 0,
+        storm_time: Duration::ZERO,
+        ghosts_max: 0,
+        settle_max: Duration::ZERO,
+    };
+    let gate = Arc::new(Semaphore::new(args.concurrency));
+    let mut first = 0;
+    while first < args.devices {
+        let count = wave.min(args.devices - first);
+        let devices: Vec<String> = (first..first + count).map(|i| format!("dev-{i}")).collect();
+        // The old sessions, opened at a modest pace (this is not what is measured).
+        let opener = Arc::new(Semaphore::new(64));
+        let mut opening = Vec::with_capacity(count);
+        for device in &devices {
+            let device = device.clone();
+            let opener = opener.clone();
+            opening.push(tokio::spawn(async move {
+                let _permit = opener.acquire().await;
+                open_session(addr, &device)
+                    .await
+                    .map(|(session, _)| session)
+            }));
+        }
+        let mut olds = Vec::with_capacity(count);
+        for task in opening {
+            olds.push(task.await.context("opener task")??);
+        }
+        // The storm.
+        let storm = Instant::now();
+        let mut storming = Vec::with_capacity(count);
+        for (device, old) in devices.into_iter().zip(olds) {
+            let gate = gate.clone();
+            storming.push(tokio::spawn(async move {
+                let _permit = gate.acquire().await;
+                reconnect(addr, &device, old).await
+            }));
+        }
+        let mut news = Vec::with_capacity(count);
+        for task in storming {
+            let reconnect = task.await.context("storm task")??;
+            waves.evictions.push(reconnect.eviction_us);
+            waves.handovers.push(reconnect.handover_us);
+            waves.unclean += usize::from(!reconnect.clean_close);
+            news.push(reconnect.new);
+        }
+        waves.storm_time += storm.elapsed();
+        // Ghosts: with every old connection kicked and closed, the server must hold
+        // exactly the new ones.
+        let (ghosts, settle) = count_ghosts(addr.port(), count).await?;
+        waves.ghosts_max = waves.ghosts_max.max(ghosts);
+        waves.settle_max = waves.settle_max.max(settle);
+        drop(news);
+        first += count;
+        eprintln!(
+            "bench takeover: {first}/{} devices reconnected; ghosts after the wave: {ghosts} (settled in {settle:.0?})",
+            args.devices
+        );
+        // Let the server see the new connections go before the next wave opens more.
+        count_ghosts(addr.port(), 0).await?;
+    }
+    Ok(waves)
+}
+
+/// Connects and opens a session; returns it and when `HELLO` was written.
+async fn open_session(addr: SocketAddr, device: &str) -> anyhow::Result<(Session, Instant)> {
+    let stream = tokio::time::timeout(STEP_LIMIT, TcpStream::connect(addr))
+        .await
+        .context("connect timed out")?
+        .context("connect")?;
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let hello_at = Instant::now();
+    write
+        .write_all(format!("HELLO {device} heartbeat=3600\n").as_bytes())
+        .await?;
+    let line = read_line(&mut reader).await?;
+    if !line.starts_with("WELCOME ") {
+        bail!("{device}: expected WELCOME, got {line:?}");
+    }
+    Ok((
+        Session {
+            reader,
+            _writer: write,
+        },
+        hello_at,
+    ))
+}
+
+/// The device connects again; waits for its old connection's KICKED and EOF.
+async fn reconnect(addr: SocketAddr, device: &str, mut old: Session) -> anyhow::Result<Reconnect> {
+    let (new, hello_at) = open_session(addr, device).await?;
+    let handover = hello_at.elapsed();
+    let kicked = read_line(&mut old.reader).await?;
+    let eviction = hello_at.elapsed();
+    if kicked != "KICKED takeover" {
+        bail!("{device}: the old connection got {kicked:?} instead of KICKED takeover");
+    }
+    let clean_close = matches!(read_line(&mut old.reader).await, Ok(line) if line.is_empty());
+    Ok(Reconnect {
+        eviction_us: eviction.as_secs_f64() * 1e6,
+        handover_us: handover.as_secs_f64() * 1e6,
+        clean_close,
+        new,
+    })
+}
+
+/// One line without its ending; empty at EOF.
+async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> anyhow::Result<String> {
+    let mut line = String::new();
+    tokio::time::timeout(STEP_LIMIT, reader.read_line(&mut line))
+        .await
+        .context("no reply in time")?
+        .context("read")?;
+    Ok(line.trim_end().to_owned())
+}
+
+/// Server sockets on `port` that are ESTABLISHED or CLOSE_WAIT beyond `live`, from the
+/// kernel's table, polled until it settles (or [`SETTLE_LIMIT`]); and how long that took.
+async fn count_ghosts(port: u16, live: usize) -> anyhow::Result<(usize, Duration)> {
+    let started = Instant::now();
+    loop {
+        let snapshot = tokio::task::spawn_blocking(hangup_inspect::collect)
+            .await
+            .context("sock_diag task")?
+            .context("could not read the kernel's socket table")?;
+        let held = snapshot
+            .sockets
+            .iter()
+            .filter(|s| s.local.port() == port && s.peer.port() != 0)
+            .filter(|s| {
+                matches!(
+                    s.state,
+                    hangup_inspect::TcpState::Established | hangup_inspect::TcpState::CloseWait
+                )
+            })
+            .count();
+        let ghosts = held.saturating_sub(live);
+        if ghosts == 0 || started.elapsed() >= SETTLE_LIMIT {
+            return Ok((ghosts, started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "hangup bench takeover: {} devices, waves of {}, {} reconnects in flight",
+        r.devices, r.wave, r.concurrency
+    );
+    println!("machine: {}", r.machine);
+    println!(
+        "reconnects: {} in {:.1} s ({:.0}/s)",
+        r.reconnects, r.storm_seconds, r.reconnects_per_second
+    );
+    println!(
+        "{:<30} {:>10} {:>10} {:>10} {:>10}",
+        "", "p50 µs", "p90 µs", "p99 µs", "max µs"
+    );
+    for (name, d) in [
+        ("eviction (HELLO -> KICKED)", &r.eviction),
+        ("handover (HELLO -> WELCOME)", &r.handover),
+    ] {
+        println!(
+            "{name:<30} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            d.p50_us, d.p90_us, d.p99_us, d.max_us
+        );
+    }
+    println!(
+        "ghosts left: {} (kernel socket table; settled within {} ms)",
+        r.ghosts_left, r.settle_ms_max
+    );
+    println!(
+        "old connections not ended by KICKED + EOF: {}",
+        r.unclean_old_closes
+    );
+    println!(
+        "presence: {} rows, {} ended by takeover; writer backlog max {} sessions, slowest batch {:.1} ms",
+        r.presence_rows, r.presence_takeover_rows, r.presence_max_pending, r.presence_max_batch_ms
+    );
+}
+
+fn write_json(path: &Path, report: &Report) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, json + "\n").with_context(|| format!("could not write {}", path.display()))
+}

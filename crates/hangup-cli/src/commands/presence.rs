@@ -1,0 +1,186 @@
+//! `hangup presence`: is a device online, when did it drop, and why — read from the
+//! presence store the server writes (SPEC §4). All the storage is in
+//! `hangup::presence`; this resolves the flags and prints.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use hangup::presence::{query, PresenceError, PresenceFilter, SessionRow};
+use hangup_inspect::human_duration;
+
+use crate::args::PresenceArgs;
+
+/// Marks an open session whose server is no longer running, in the table.
+const SERVER_GONE: &str = "(server gone)";
+
+/// Prints the sessions; see the exit status in `hangup presence --help`.
+pub fn run(args: &PresenceArgs) -> anyhow::Result<ExitCode> {
+    if args.limit == Some(0) {
+        bail!("--limit 0: the limit must be at least 1 (or leave it out for every session)");
+    }
+    let filter = PresenceFilter {
+        device: args.device.clone(),
+        online_only: args.online,
+        limit: args.limit,
+    };
+    let rows = read(&args.data_dir, &filter)?;
+
+    let mut out = io::stdout().lock();
+    let printed = if args.json {
+        serde_json::to_writer_pretty(&mut out, &rows)
+            .map_err(io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        print_table(&mut out, &rows, SystemTime::now())
+    };
+    match printed {
+        Ok(()) => {}
+        // `hangup presence | head` closing the pipe is a normal way to stop.
+        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {}
+        Err(error) => return Err(error).context("could not write the sessions"),
+    }
+
+    if !rows.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(device) = &args.device else {
+        if !args.json {
+            let what = if args.online {
+                "no session is online"
+            } else {
+                "no session recorded"
+            };
+            eprintln!("{what} in {}", args.data_dir.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    // Say which of "never seen" and "seen, but offline" it is: the second is the
+    // question people ask most ("when did it drop, and why").
+    let last = read(
+        &args.data_dir,
+        &PresenceFilter {
+            device: Some(device.clone()),
+            online_only: false,
+            limit: Some(1),
+        },
+    )?;
+    match last.first() {
+        Some(last) => eprintln!("device {device} is not online: {}", describe_end(last)),
+        None => eprintln!(
+            "device {device} was never seen (no session in {})",
+            args.data_dir.display()
+        ),
+    }
+    Ok(ExitCode::from(1))
+}
+
+/// Queries the store, turning a missing database into advice.
+fn read(data_dir: &Path, filter: &PresenceFilter) -> anyhow::Result<Vec<SessionRow>> {
+    match query(data_dir, filter) {
+        Ok(rows) => Ok(rows),
+        Err(PresenceError::NotFound { path }) => bail!(
+            "no presence database at {}: sessions are recorded there by \
+             `hangup serve --data-dir {}`; pass --data-dir DIR to read another directory",
+            path.display(),
+            data_dir.display()
+        ),
+        Err(error) => Err(error).context("could not read the presence store"),
+    }
+}
+
+/// How a session that is not online ended, for one line of prose.
+fn describe_end(row: &SessionRow) -> String {
+    match (row.ended_at, row.cause) {
+        (Some(ended_at), Some(cause)) => format!(
+            "its last session ended at {} (cause {cause})",
+            humantime::format_rfc3339_seconds(ended_at)
+        ),
+        _ => format!(
+            "its last session was last seen at {}, and the server that recorded it is no \
+             longer running",
+            humantime::format_rfc3339_seconds(row.last_seen)
+        ),
+    }
+}
+
+/// The table, newest session first. Times are UTC, to the second.
+fn print_table(out: &mut dyn Write, rows: &[SessionRow], now: SystemTime) -> io::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let headers = [
+        "DEVICE",
+        "SESSION",
+        "PEER",
+        "STATE",
+        "CONNECTED_AT",
+        "LAST_SEEN",
+        "ENDED_AT",
+        "CAUSE",
+        "DURATION",
+    ];
+    let time = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let cells: Vec<[String; 9]> = rows
+        .iter()
+        .map(|row| {
+            let state = if row.online { "online" } else { "offline" };
+            let (ended_at, cause) = match (row.ended_at, row.cause) {
+                (Some(ended_at), Some(cause)) => (time(ended_at), cause.to_string()),
+                _ if row.online => ("-".to_owned(), "-".to_owned()),
+                _ => ("-".to_owned(), SERVER_GONE.to_owned()),
+            };
+            // Online: so far. Ended: until the end. Server gone: until last heard from.
+            let until = match row.ended_at {
+                Some(ended_at) => ended_at,
+                None if row.online => now,
+                None => row.last_seen,
+            };
+            let duration = until
+                .duration_since(row.connected_at)
+                .unwrap_or(Duration::ZERO);
+            [
+                row.device.clone(),
+                row.session.clone(),
+                row.peer.clone(),
+                state.to_owned(),
+                time(row.connected_at),
+                time(row.last_seen),
+                ended_at,
+                cause,
+                human_duration(duration),
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(str::len);
+    for row in &cells {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |out: &mut dyn Write, cells: &[&str]| -> io::Result<()> {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        writeln!(out, "{}", text.trim_end())
+    };
+    line(out, &headers)?;
+    for row in &cells {
+        line(out, &row.each_ref().map(String::as_str))?;
+    }
+    if cells.iter().any(|row| row[7] == SERVER_GONE) {
+        writeln!(
+            out,
+            "\n{SERVER_GONE}: the server that recorded the session is no longer running; \
+             its next start on this data directory closes it with cause shutdown."
+        )?;
+    }
+    Ok(())
+}
