@@ -12,7 +12,7 @@
 //!   │  Topology (netns.rs)      hlab-<pid>-<n>c ══veth══ hlab-<pid>-<n>s          │
 //!   │  LabProcess (process.rs)  hangup client / peer      hangup serve            │
 //!   │  fault (run.rs)           SIGKILL · SIGSTOP · SIGTERM · SHUT_WR ·           │
-//!   │                           link down/up (SIOCSIFFLAGS) · host reboot         │
+//!   │                           link cut/restored · host reboot                   │
 //!   │  measure                  event ts_ns − fault ts_ns  ──▶ Cell (cell.rs)     │
 //!   └───────────────────────────────────────────────────────────────────────────────┘
 //!  Report (report.rs): table, JSON        chart.rs: SVG, log scale, budget D line

@@ -1,5 +1,6 @@
 //! Two network namespaces joined by a veth pair, with Drop guards, and the faults
-//! that act on the link: down, up, and a "reboot" of one side.
+//! that act on the link: one side cut off (cable pulled, host dead), back again, and
+//! a "reboot" of one side.
 //!
 //! ```text
 //!   netns <prefix>c                              netns <prefix>s
@@ -13,9 +14,8 @@
 //! `--cleanup` can find what a killed run left and never touches anything else.
 //! Deleting a namespace removes the veth end inside it, and with it the pair.
 
-use std::ffi::CString;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -226,19 +226,50 @@ impl Topology {
         Ok(())
     }
 
-    /// Sets `side`'s end of the link down (nothing leaves or arrives there any more)
-    /// or up; returns the Unix time in ns just before the change.
+    /// Cuts `side` off: its address is deleted, so nothing leaves it any more and
+    /// whatever reaches it is dropped without an answer (no RST, no ICMP: forwarding is
+    /// off). Returns the Unix time in ns just before.
     ///
-    /// Done with `SIOCSIFFLAGS` from a thread inside the namespace rather than by
-    /// running `ip`, so that the fault's timestamp is exact to the microsecond.
-    pub(crate) fn set_link(&self, side: Side, up: bool) -> Result<u64, LabError> {
-        let dev = self.dev(side).to_owned();
-        in_netns(self.netns(side), move || set_link_flags(&dev, up))
+    /// Deleting the address rather than setting the veth end down keeps the other
+    /// side's view faithful: with the peer's end down, a veth drops what the other side
+    /// sends *and reports it* (NET_XMIT_DROP), which TCP takes for local congestion and
+    /// answers differently (keepalive probes retried every 0.5 s without counting).
+    /// Here, as with a real unplugged host, the other side's segments leave normally
+    /// and vanish.
+    pub(crate) fn cut(&self, side: Side) -> Result<u64, LabError> {
+        let at = ts_ns();
+        let address = format!("{}/24", side.ip());
+        ip(&[
+            "-n",
+            self.netns(side),
+            "addr",
+            "del",
+            &address,
+            "dev",
+            self.dev(side),
+        ])?;
+        Ok(at)
+    }
+
+    /// Undoes [`Topology::cut`]: the address (and its route) is back.
+    pub(crate) fn reconnect(&self, side: Side) -> Result<u64, LabError> {
+        let at = ts_ns();
+        let address = format!("{}/24", side.ip());
+        ip(&[
+            "-n",
+            self.netns(side),
+            "addr",
+            "add",
+            &address,
+            "dev",
+            self.dev(side),
+        ])?;
+        Ok(at)
     }
 
     /// `side`'s host reboots: its namespace and every socket in it are gone, and a
     /// fresh one with the same name and address comes up on a new veth pair. Kill the
-    /// processes in it first (with the link down, so that no FIN left).
+    /// processes in it first (with the side cut off, so that no FIN left).
     ///
     /// Sockets the killed processes left behind (FIN_WAIT orphans) keep the old
     /// namespace alive, unnamed and without a link, until the kernel gives up on them:
@@ -254,80 +285,6 @@ impl Topology {
         drop(slot.take());
         *slot = Some(Netns::create(name)?);
         self.connect()
-    }
-}
-
-/// Runs `work` on a thread that joined the named namespace.
-fn in_netns<T: Send>(
-    netns: &str,
-    work: impl FnOnce() -> std::io::Result<T> + Send,
-) -> Result<T, LabError> {
-    let path = Path::new(NETNS_DIR).join(netns);
-    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| LabError::io("netns path", std::io::ErrorKind::InvalidInput.into()))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: plain syscalls on a valid C string and the descriptor they return;
-                // setns only affects this (short-lived) thread.
-                unsafe {
-                    let fd = libc::open(c_path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(LabError::io(
-                            format!("open {}", path.display()),
-                            std::io::Error::last_os_error(),
-                        ));
-                    }
-                    let joined = libc::setns(fd, libc::CLONE_NEWNET);
-                    let error = std::io::Error::last_os_error();
-                    libc::close(fd);
-                    if joined != 0 {
-                        return Err(LabError::io(format!("setns {netns}"), error));
-                    }
-                }
-                work().map_err(|err| LabError::io(format!("in netns {netns}"), err))
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-/// Sets or clears IFF_UP on `dev` in this thread's namespace; Unix ns just before.
-fn set_link_flags(dev: &str, up: bool) -> std::io::Result<u64> {
-    let name = dev.as_bytes();
-    if name.len() >= libc::IFNAMSIZ {
-        return Err(std::io::ErrorKind::InvalidInput.into());
-    }
-    // SAFETY: a datagram socket used only for interface ioctls; `request` is a zeroed
-    // ifreq with a NUL-terminated name, as SIOCGIFFLAGS/SIOCSIFFLAGS expect.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut request: libc::ifreq = std::mem::zeroed();
-        for (slot, byte) in request.ifr_name.iter_mut().zip(name) {
-            *slot = *byte as libc::c_char;
-        }
-        let result = (|| {
-            if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut request) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let flags = request.ifr_ifru.ifru_flags;
-            let up_flag = libc::IFF_UP as libc::c_short;
-            request.ifr_ifru.ifru_flags = if up {
-                flags | up_flag
-            } else {
-                flags & !up_flag
-            };
-            let at = ts_ns();
-            if libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &request) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(at)
-        })();
-        libc::close(fd);
-        result
     }
 }
 

@@ -15,9 +15,9 @@ use crate::error::LabError;
 /// The replies a streaming peer reads before it says `streaming`.
 pub const STREAMING_AFTER_BYTES: u64 = 1 << 20;
 
-/// `STATUS` lines per request burst of [`PeerMode::LargeReplies`]: ~57 KB asking for
-/// ~500 KB of replies.
-pub const BURST_LINES: usize = 8_192;
+/// `STATUS` lines per request burst of [`PeerMode::LargeReplies`]: ~29 KB asking for
+/// ~250 KB of replies.
+pub const BURST_LINES: usize = 4_096;
 
 /// What the peer does once connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,10 +25,11 @@ pub enum PeerMode {
     /// Sends `PING unread` and an endless `JOB`, and never reads: the `PONG` and
     /// `ACCEPTED` stay in its socket, so that its death is an RST.
     Unread,
-    /// Asks for a large reply and reads it, round after round: one write of
-    /// [`BURST_LINES`] `STATUS` lines (whole lines, so the server never holds a partial
-    /// one), then reads all the replies as fast as it can. The server is streaming
-    /// ~500 KB most of the time, with data in flight.
+    /// Asks for large replies and reads them as fast as it can: writes of
+    /// [`BURST_LINES`] `STATUS` lines, one burst ahead of the replies. The server
+    /// always has replies to stream, and never a partial line (the bursts are whole
+    /// lines and fit its receive window), so a dead peer leaves it with unacknowledged
+    /// data and nothing else to go by.
     LargeReplies,
     /// Pipelines `STATUS` lines without end from one thread and reads as fast as it can
     /// from another: when it stops reading, the server has far more to send than the
@@ -88,21 +89,25 @@ pub fn run_peer(server: SocketAddr, mode: PeerMode) -> Result<(), LabError> {
             say(&format!("ready {local}"));
             let mut buf = vec![0u8; 1 << 16];
             let mut received: u64 = 0;
-            let mut announced = false;
+            let mut replies = 0;
+            let mut bursts_sent = 0;
             loop {
-                stream.write_all(burst.as_bytes()).map_err(io("send"))?;
-                let mut lines = 0;
-                while lines < BURST_LINES {
-                    let n = read_some(&mut stream, &mut buf)?;
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
-                    received += n as u64;
-                    if !announced && received >= STREAMING_AFTER_BYTES {
-                        say("streaming");
-                        announced = true;
-                    }
+                // One burst ahead: the next goes out when the last is half answered, so
+                // the server never runs out of work, and at most 1.5 bursts (~43 KB) of
+                // whole lines wait on its side, inside its receive window.
+                while replies + BURST_LINES / 2 >= bursts_sent * BURST_LINES {
+                    stream.write_all(burst.as_bytes()).map_err(io("send"))?;
+                    bursts_sent += 1;
+                }
+                let n = read_some(&mut stream, &mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                replies += buf[..n].iter().filter(|&&b| b == b'\n').count();
+                let before = received;
+                received += n as u64;
+                if before < STREAMING_AFTER_BYTES && received >= STREAMING_AFTER_BYTES {
+                    say("streaming");
                 }
             }
         }

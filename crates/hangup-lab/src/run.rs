@@ -373,7 +373,7 @@ impl CellRun<'_> {
             }
         }
         if caps.admin {
-            args.extend(["--admin".to_owned(), "127.0.0.1:0".to_owned()]);
+            args.extend(["--admin".to_owned(), "off".to_owned()]);
         }
         if caps.insecure {
             args.push("--insecure".to_owned());
@@ -586,7 +586,7 @@ impl CellRun<'_> {
         self.welcomed(&mut client)?;
         self.warm_up(&mut client, "before-crash")?;
         self.started()?;
-        let fault = topology.set_link(Side::Client, false)?;
+        let fault = topology.cut(Side::Client)?;
         client.kill()?;
         self.detect(&mut server, Side::Server, Some(&peer), fault, fault)
     }
@@ -597,7 +597,7 @@ impl CellRun<'_> {
         let (mut peer_process, peer) = self.peer(&topology, PeerMode::LargeReplies)?;
         peer_process.expect_stdout("`streaming`", soon(), |l| l == "streaming")?;
         self.started()?;
-        let fault = topology.set_link(Side::Client, false)?;
+        let fault = topology.cut(Side::Client)?;
         peer_process.kill()?;
         self.detect(&mut server, Side::Server, Some(&peer), fault, fault)
     }
@@ -610,9 +610,9 @@ impl CellRun<'_> {
         self.welcomed(&mut client)?;
         self.warm_up(&mut client, "before-flap")?;
         self.started()?;
-        let fault = topology.set_link(Side::Client, false)?;
+        let fault = topology.cut(Side::Client)?;
         interrupt::sleep(self.dead_after() / 2)?;
-        topology.set_link(Side::Client, true)?;
+        topology.reconnect(Side::Client)?;
         // Whatever would wrongly fire does so within D of the last segment before the
         // fault; watch well past that.
         let watch = self.dead_after() * 2 + self.dead_after() / 2;
@@ -671,7 +671,7 @@ impl CellRun<'_> {
         self.welcomed(&mut client)?;
         self.warm_up(&mut client, "before-reboot")?;
         self.started()?;
-        let fault = topology.set_link(Side::Client, false)?;
+        let fault = topology.cut(Side::Client)?;
         client.kill()?;
         topology.reboot(Side::Client)?;
         self.note(format!(
@@ -690,7 +690,7 @@ impl CellRun<'_> {
         self.welcomed(&mut first)?;
         self.warm_up(&mut first, "before-crash")?;
         self.started()?;
-        let fault = topology.set_link(Side::Client, false)?;
+        let fault = topology.cut(Side::Client)?;
         first.kill()?;
         topology.reboot(Side::Client)?;
         let mut second = self.client(&topology, &device)?;
@@ -742,7 +742,7 @@ impl CellRun<'_> {
         self.welcomed(&mut client)?;
         self.warm_up(&mut client, "before-crash")?;
         self.started()?;
-        let fault = topology.set_link(Side::Server, false)?;
+        let fault = topology.cut(Side::Server)?;
         server.kill()?;
         self.detect(&mut client, Side::Client, None, fault, fault)
     }
@@ -754,7 +754,7 @@ impl CellRun<'_> {
         self.welcomed(&mut client)?;
         self.warm_up(&mut client, "before-reboot")?;
         self.started()?;
-        let fault = topology.set_link(Side::Server, false)?;
+        let fault = topology.cut(Side::Server)?;
         server.kill()?;
         topology.reboot(Side::Server)?;
         // The old one is reaped; the new one runs in the new namespace.
