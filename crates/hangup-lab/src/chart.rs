@@ -148,7 +148,7 @@ fn draw(report: &Report, path: &Path) -> Result<(), String> {
         .legend(|(x, y)| Cross::new((x + 9, y), 5, BLACK.stroke_width(2)));
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK.mix(0.4))
         .label_font(("sans-serif", 13))
