@@ -32,8 +32,8 @@ pub enum PeerMode {
     /// data and nothing else to go by.
     LargeReplies,
     /// Pipelines `STATUS` lines without end from one thread and reads as fast as it can
-    /// from another: when it stops reading, the server has far more to send than the
-    /// socket buffers hold.
+    /// from another, with a small receive buffer: when it stops reading, the server has
+    /// far more to send than the socket buffers hold.
     Flood,
 }
 
@@ -71,7 +71,7 @@ pub fn run_peer(server: SocketAddr, mode: PeerMode) -> Result<(), LabError> {
         let what = what.to_owned();
         move |err| LabError::io(what, err)
     };
-    let mut stream = TcpStream::connect(server).map_err(io("connect"))?;
+    let mut stream = connect(server, mode).map_err(io("connect"))?;
     stream.set_nodelay(true).map_err(io("TCP_NODELAY"))?;
     let local = stream.local_addr().map_err(io("local address"))?;
     let burst = "STATUS\n".repeat(BURST_LINES);
@@ -130,6 +130,24 @@ pub fn run_peer(server: SocketAddr, mode: PeerMode) -> Result<(), LabError> {
             }
         }
     }
+}
+
+/// The flood peer's receive buffer: small and fixed (no autotuning), so that when it
+/// stops reading, the server's write timer starts within milliseconds rather than after
+/// megabytes of buffers have filled.
+const FLOOD_RCVBUF: usize = 32 * 1024;
+
+fn connect(server: SocketAddr, mode: PeerMode) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(server),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if mode == PeerMode::Flood {
+        socket.set_recv_buffer_size(FLOOD_RCVBUF)?;
+    }
+    socket.connect(&server.into())?;
+    Ok(socket.into())
 }
 
 fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, LabError> {
