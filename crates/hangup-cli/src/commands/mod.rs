@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod config;
 mod inspect;
+mod lab;
 mod presence;
 mod serve;
 mod token;
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Cancel(args)) => bench::cancel(args),
         Command::Bench(BenchCommand::Takeover(args)) => bench::takeover(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Lab(args) => lab::run(args),
         Command::Token(args) => token::run(&args),
         Command::Presence(args) => presence::run(&args),
     }

@@ -253,7 +253,9 @@ impl Driver<'_> {
             let status = || self.shared.status_excluding(self.jobs_counted);
             self.conn.handle_bytes(Instant::now(), &[], &status);
             self.write_pending();
-            if !self.conn.interest().write {
+            // The socket is full: go on when it is writable again. (When it took
+            // everything, keep parsing: nothing else would wake this connection up.)
+            if self.conn.interest().write {
                 break;
             }
         }
