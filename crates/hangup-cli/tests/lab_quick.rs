@@ -68,9 +68,10 @@ const EXPECTED: [(&str, &[&str], Within); 13] = [
     ("client-cable-flap", &[], Within::Cap),
     ("client-reboot", &["peer_reset"], Within::Budget),
     ("client-reconnect", &["takeover"], Within::Instant),
-    // `protocol_error`: the server's partial-line timer keeps running while the server
-    // itself holds input back, and races the write timer (LAB.md, finding 3). Drop it
-    // from here once the core pauses that timer under back-pressure.
+    // `protocol_error`: a flooding peer stopped by SIGSTOP may also have stopped in the
+    // middle of a line, and that half line's timer (D since it arrived) can end it before
+    // the write timer (D since the last write progress) does. The core no longer runs
+    // that timer while it holds input back itself (LAB.md, finding 3).
     (
         "client-stalled",
         &["stalled", "protocol_error"],
