@@ -31,6 +31,9 @@ pub enum Command {
     Bench(BenchCommand),
     /// List TCP sockets through sock_diag and flag ghosts, leaks and dying peers.
     Inspect(InspectArgs),
+    /// Fault lab: kill, freeze and unplug real clients and servers in network namespaces
+    /// and measure how fast each death is detected (needs root and iproute2).
+    Lab(LabArgs),
     /// Print a device's token: hex HMAC-SHA256(secret, device-id), for `HELLO … token=`.
     Token(TokenArgs),
     /// Is a device online, when did it drop, and why: sessions from the presence store.
@@ -75,7 +78,10 @@ pub struct LivenessArgs {
 /// Every flag can also be set in a TOML file given with `--config`, under the flag's
 /// name without dashes in front (`dead-after = "2s"`, `workers = 4`, `insecure = true`);
 /// flags on the command line win over the file.
+// The file's flags are placed before the command line's, so a flag may come twice: the
+// last one (the command line's) wins instead of clap refusing the repetition.
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub struct ServeArgs {
     /// Read settings from this TOML file (keys: the flags' long names).
     #[arg(long, value_name = "FILE")]
@@ -337,8 +343,9 @@ pub struct BenchTakeoverArgs {
     #[arg(long, value_name = "N", default_value_t = 5_000)]
     pub wave: usize,
 
-    /// Reconnects in flight at once during the storm.
-    #[arg(long, value_name = "N", default_value_t = 16)]
+    /// Reconnects in flight at once during the storm (more in flight: a faster storm,
+    /// and each reconnect waits behind the others).
+    #[arg(long, value_name = "N", default_value_t = 4)]
     pub concurrency: usize,
 
     /// Write the results as JSON to this file.
@@ -423,6 +430,79 @@ pub struct InspectArgs {
     /// `half-open-suspect`.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub silent_after: Duration,
+}
+
+/// `hangup lab`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct LabArgs {
+    /// Internal helpers the lab runs inside its namespaces.
+    #[command(subcommand)]
+    pub command: Option<LabCommand>,
+
+    /// The `full` set-up only, for CI (about a minute with D = 2 s).
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Run only this scenario (repeatable): client-exit, client-exit-unread,
+    /// client-half-close, client-crash-idle, client-crash-sending, client-cable-flap,
+    /// client-reboot, client-reconnect, client-stalled, server-exit, server-crash,
+    /// server-reboot, server-shutdown.
+    #[arg(long, value_name = "NAME", value_parser = parse_scenario)]
+    pub scenario: Vec<hangup_lab::Scenario>,
+
+    /// Run only this set-up (repeatable): os-defaults, keepalive-os, keepalive-tuned,
+    /// keepalive+user-timeout, full.
+    #[arg(long, value_name = "NAME", value_parser = parse_setup, conflicts_with = "quick")]
+    pub setup: Vec<hangup_lab::Setup>,
+
+    /// The liveness budget D given to servers and clients.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub dead_after: Duration,
+
+    /// How long a cell waits for a detection before it reports "not detected"
+    /// [default: 3·D + 5 s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub cap: Option<Duration>,
+
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Write a chart (detection time per scenario and set-up, log scale) as SVG.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+
+    /// Remove what a killed lab run left behind (namespaces `hlab-*`, their processes,
+    /// temporary directories) and exit. Runs still alive are left alone.
+    #[arg(long, conflicts_with_all = ["quick", "scenario", "setup", "json", "svg"])]
+    pub cleanup: bool,
+
+    /// Fail on purpose once the first cell's processes run (tests the cleanup).
+    #[arg(long, hide = true)]
+    pub fail_after_start: bool,
+}
+
+/// `hangup lab` subcommands (internal).
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// A raw-socket peer for the lab's scenarios (runs inside a lab namespace).
+    #[command(hide = true)]
+    Peer(LabPeerArgs),
+}
+
+/// `hangup lab peer`.
+#[derive(Debug, Args)]
+pub struct LabPeerArgs {
+    /// The server to connect to.
+    #[arg(long, value_name = "ADDR")]
+    pub connect: SocketAddr,
+
+    /// `unread`: send PING and an endless JOB, never read; `large-replies`: rounds of
+    /// 8192 pipelined STATUS, each reply read in full; `flood`: pipeline STATUS without
+    /// end while reading as fast as possible.
+    #[arg(long, value_name = "unread|large-replies|flood", value_parser = parse_peer_mode)]
+    pub mode: hangup_lab::PeerMode,
 }
 
 /// `hangup presence`.
@@ -511,6 +591,21 @@ pub fn parse_on_off(s: &str) -> Result<bool, String> {
         "off" => Ok(false),
         other => Err(format!("expected `on` or `off`, got `{other}`")),
     }
+}
+
+/// Parses a lab scenario name.
+pub fn parse_scenario(s: &str) -> Result<hangup_lab::Scenario, String> {
+    s.parse().map_err(|e: hangup_lab::LabError| e.to_string())
+}
+
+/// Parses a lab set-up name.
+pub fn parse_setup(s: &str) -> Result<hangup_lab::Setup, String> {
+    s.parse().map_err(|e: hangup_lab::LabError| e.to_string())
+}
+
+/// Parses a lab peer mode.
+pub fn parse_peer_mode(s: &str) -> Result<hangup_lab::PeerMode, String> {
+    s.parse().map_err(|e: hangup_lab::LabError| e.to_string())
 }
 
 /// Parses a duration such as `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{privileged, run_hangup};
+use common::{privileged, run_hangup_within};
 use serde_json::Value;
 
 #[test]
@@ -22,7 +22,7 @@ fn bench_mass_death_detects_every_death_with_its_cause() {
     ));
     let _ = std::fs::remove_file(&json_path);
     // 1.5 × H = 1.5 s is below D = 2 s: the heartbeat must catch every death.
-    let (status, _stdout, stderr) = run_hangup(
+    let (status, _stdout, stderr) = run_hangup_within(
         &[
             "bench",
             "mass-death",

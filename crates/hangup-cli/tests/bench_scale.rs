@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::run_hangup;
+use common::run_hangup_within;
 use serde_json::Value;
 
 #[test]
@@ -15,7 +15,7 @@ fn bench_scale_holds_every_session_and_reports_json() {
     let json_path =
         std::env::temp_dir().join(format!("hangup-bench-scale-{}.json", std::process::id()));
     let _ = std::fs::remove_file(&json_path);
-    let (status, stdout, stderr) = run_hangup(
+    let (status, stdout, stderr) = run_hangup_within(
         &[
             "bench",
             "scale",

@@ -453,6 +453,9 @@ impl Connection {
                 self.timers.set(Timer::WriteStall, now + timeout);
             }
         }
+        // Replies drained below the high-water mark: a pending partial line's clock runs
+        // again.
+        self.rearm_partial_line(now, true);
         self.maybe_finish(now);
     }
 
@@ -806,22 +809,31 @@ impl Connection {
             }
         }
         reply.encode(&mut self.outbox);
+        if !self.under_high_water() {
+            // We stop reading here: the peer's unfinished line waits on us, not on it.
+            self.timers.clear(Timer::PartialLine);
+        }
     }
 
     /// `same_partial`: the unfinished line before this input is still the one pending,
     /// so its deadline stands.
+    ///
+    /// Paused while input is held back (replies over the high-water mark): the peer
+    /// cannot finish its line while we do not read, and a peer that stopped reading our
+    /// replies is the write-stall timer's to judge (`stalled`, not `protocol_error`).
+    /// When reading resumes, the line gets a fresh budget.
     fn rearm_partial_line(&mut self, now: Instant, same_partial: bool) {
+        let Some(timeout) = self.config.partial_line_timeout else {
+            return;
+        };
         if !self.accepts_input() {
             return;
         }
-        match (
-            same_partial,
-            self.decoder.has_partial(),
-            self.config.partial_line_timeout,
-        ) {
-            (false, true, Some(timeout)) => self.timers.set(Timer::PartialLine, now + timeout),
-            (_, false, _) => self.timers.clear(Timer::PartialLine),
-            _ => {}
+        let held_back = !self.under_high_water() || !self.unparsed.is_empty();
+        if !self.decoder.has_partial() || held_back {
+            self.timers.clear(Timer::PartialLine);
+        } else if !same_partial || self.timers.get(Timer::PartialLine).is_none() {
+            self.timers.set(Timer::PartialLine, now + timeout);
         }
     }
 }

@@ -132,6 +132,67 @@ fn a_partial_line_timeout_during_a_job_cancels_it() {
     );
 }
 
+/// A connection whose reply high-water mark is 60 bytes, so that one `DONE` (72)
+/// crosses it, with a peer that read `ACCEPTED 1` and a half line pending since 0 s,
+/// and then stopped reading.
+fn half_line_then_stalled() -> Driver {
+    let mut config = config(HalfClosePolicy::Probe);
+    config.outbox_high_water = 60;
+    let mut d = Driver::new(config, Jobs::Manual);
+    d.bytes("JOB 1\nPIN");
+    assert_eq!(d.take_lines(), ["ACCEPTED 1"]);
+    d.set_peer(Peer::Stalled);
+    d
+}
+
+/// Found by the fault lab (LAB.md, finding 3): the partial-line timer ran while we
+/// ourselves had stopped reading (replies over the high-water mark), and closed a peer
+/// as `protocol_error` for a line it could not finish. A peer that stopped reading our
+/// replies is the write-stall timer's case.
+#[test]
+fn a_partial_line_waits_while_we_hold_input_back() {
+    let mut d = half_line_then_stalled();
+    assert_eq!(d.next_timeout(), Some(D), "the half line's deadline");
+    d.advance(ms(500));
+    // The DONE takes the replies over the mark: reading stops, the line's clock too.
+    // Only the write-stall timer (D after the DONE) is left.
+    d.complete_job();
+    assert!(!d.conn.interest().read);
+    assert_eq!(d.next_timeout(), Some(ms(500) + D));
+    d.advance(D);
+    assert_eq!(
+        d.closed(),
+        Some(&Event::Close {
+            cause: Cause::Stalled,
+            flush: false
+        })
+    );
+    assert!(!d.take_lines().iter().any(|l| l.starts_with("ERR timeout")));
+}
+
+#[test]
+fn a_partial_line_gets_a_fresh_budget_when_reading_resumes() {
+    let mut d = half_line_then_stalled();
+    d.advance(ms(500));
+    d.complete_job();
+    d.advance(ms(1000));
+    // The peer reads everything at 1.5 s: the half line now has D from here.
+    d.set_peer(Peer::Reads);
+    assert!(d.conn.interest().read);
+    assert_eq!(d.next_timeout(), Some(ms(1500) + D));
+    d.take_lines();
+    assert_eq!(d.jump(), ms(1500) + D);
+    let lines = d.take_lines();
+    assert!(lines[0].starts_with("ERR timeout "), "{lines:?}");
+    assert_eq!(
+        d.closed(),
+        Some(&Event::Close {
+            cause: Cause::ProtocolError,
+            flush: true
+        })
+    );
+}
+
 #[test]
 fn no_partial_line_timer_when_it_is_off() {
     let mut config = config(HalfClosePolicy::Probe);

@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod config;
 mod inspect;
+mod lab;
 mod presence;
 mod serve;
 mod token;
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::MassDeath(args)) => bench::mass_death(&args),
         Command::Bench(BenchCommand::LoadWorker(args)) => bench::load_worker(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Lab(args) => lab::run(args),
         Command::Token(args) => token::run(&args),
         Command::Presence(args) => presence::run(&args),
     }

@@ -12,7 +12,7 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -101,13 +101,26 @@ impl TestServer {
         if let Some(dir) = &data_dir {
             command.arg("--data-dir").arg(dir.path());
         }
+        command.args(extra);
+        adjust(&mut command);
+        Self::spawn(command, data_dir)
+    }
+
+    /// Starts `hangup serve --log-format json <args>` with exactly these arguments (no
+    /// `--listen`, `--admin` or `--data-dir` added: e.g. for a `--config` file that sets
+    /// them).
+    pub fn start_exact(args: &[&str]) -> Self {
+        let mut command = Command::new(hangup_bin());
+        command.args(["serve", "--log-format", "json"]).args(args);
+        Self::spawn(command, None)
+    }
+
+    fn spawn(mut command: Command, data_dir: Option<TempDir>) -> Self {
         command
-            .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        adjust(&mut command);
         let mut child = command.spawn().expect("spawn hangup serve");
         let stderr_pipe = child.stderr.take().expect("piped stderr");
         let (tx, events) = mpsc::channel();
@@ -245,6 +258,40 @@ impl TestServer {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` (SIGTERM, SIGSTOP, SIGCONT …) to the server, our child.
+    pub fn signal(&self, signal: libc::c_int) {
+        send_signal(self.pid(), signal);
+    }
+
+    /// The server's exit status, once it exits by itself within `within`; panics with
+    /// its log otherwise.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let child = &mut self.child;
+        let status = poll_until(within, Duration::from_millis(10), || {
+            child.try_wait().unwrap()
+        });
+        status.unwrap_or_else(|| {
+            panic!(
+                "the server did not exit within {within:?}; stderr:\n{}",
+                self.stderr_text()
+            )
+        })
+    }
+
+    /// Fails the test if the server's log shows a panic.
+    pub fn assert_no_panic(&self) {
+        let stderr = self.stderr_text();
+        assert!(
+            !stderr.contains("panicked"),
+            "the server panicked:\n{stderr}"
+        );
+    }
+
+    /// `GET path` on the admin endpoint.
+    pub fn admin_get(&self, path: &str) -> HttpResponse {
+        http_get(self.admin_addr().expect("the admin endpoint is on"), path)
+    }
+
     /// The server's resident set size in KiB, from /proc/<pid>/status.
     pub fn rss_kib(&self) -> u64 {
         proc_status_kib(self.pid(), "VmRSS:")
@@ -267,6 +314,271 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Sends `signal` to process `pid`, a child this test started.
+pub fn send_signal(pid: u32, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill(2) has no memory preconditions; the pid is our own child's.
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {signal}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Runs `hangup <args>` to its end and returns its output; a run still going after
+/// [`PATIENCE`] (e.g. a server that should have refused to start) is killed and fails.
+pub fn run_hangup(args: &[&str]) -> Output {
+    let mut child = Command::new(hangup_bin())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hangup");
+    // Read the pipes on threads, so that a chatty child cannot block on a full pipe.
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    let exited = poll_until(PATIENCE, Duration::from_millis(10), || {
+        child.try_wait().unwrap()
+    });
+    let Some(status) = exited else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "`hangup {}` did not exit within {PATIENCE:?}; stderr:\n{}",
+            args.join(" "),
+            stderr.lock().unwrap()
+        );
+    };
+    // The pipes close when the process is gone; let the readers reach EOF.
+    thread::sleep(Duration::from_millis(50));
+    let stdout = stdout.lock().unwrap().clone().into_bytes();
+    let stderr = stderr.lock().unwrap().clone().into_bytes();
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A pipe read to its end on a thread, as text collected so far.
+pub fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+/// A running `hangup client … --log-format json` whose stdin stays open until dropped
+/// or closed, with its stdout and stderr collected. Drop kills it (SIGKILL, by its
+/// pid through `Child::kill`) and reaps it.
+pub struct ClientProcess {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl ClientProcess {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(hangup_bin())
+            .arg("client")
+            .args(args)
+            .args(["--log-format", "json"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hangup client");
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The JSON events the client logged so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.stderr()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|e| e.get("event").is_some())
+            .collect()
+    }
+
+    /// The first event matching `pred` logged within `within`.
+    pub fn wait_event(&self, within: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        poll_until(within, Duration::from_millis(5), || {
+            self.events().into_iter().find(|e| pred(e))
+        })
+    }
+
+    /// Waits until stderr contains `needle` `times` times.
+    pub fn wait_stderr(&self, needle: &str, times: usize) {
+        let seen = poll_until(PATIENCE, Duration::from_millis(10), || {
+            (self.stderr().matches(needle).count() >= times).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "client stderr never said `{needle}` {times}×:\n{}",
+            self.stderr()
+        );
+    }
+
+    pub fn wait_stdout(&self, needle: &str) {
+        let seen = poll_until(PATIENCE, Duration::from_millis(10), || {
+            self.stdout().contains(needle).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "client stdout never showed `{needle}`:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+    }
+
+    pub fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Whether the client is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The exit status, once the client exits by itself within [`PATIENCE`].
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let status = poll_until(PATIENCE, Duration::from_millis(10), || {
+            self.child.try_wait().unwrap()
+        });
+        status.unwrap_or_else(|| {
+            panic!(
+                "the client did not exit within {PATIENCE:?}; stderr:\n{}",
+                self.stderr()
+            )
+        })
+    }
+}
+
+impl Drop for ClientProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP response: status code, headers (names lowercased) and body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The body parsed as JSON; panics naming the body when it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|err| panic!("not JSON ({err}):\n{}", self.body))
+    }
+
+    /// The first header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal blocking HTTP/1.1 `GET` (no client crate): `Connection: close`, read to
+/// EOF, chunked bodies decoded.
+pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.set_write_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .unwrap_or_else(|err| panic!("GET {path}: reading the response failed: {err}"));
+    let text = String::from_utf8(raw).expect("a UTF-8 response");
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("GET {path}: no end of headers in {text:?}"));
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("GET {path}: bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        decode_chunked(body)
+    } else {
+        body.to_owned()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn decode_chunked(mut rest: &str) -> String {
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16)
+            .expect("a hex chunk size");
+        if size == 0 {
+            return body;
+        }
+        body.push_str(&after[..size]);
+        rest = after[size..]
+            .strip_prefix("\r\n")
+            .expect("CRLF after a chunk");
     }
 }
 
@@ -440,9 +752,12 @@ pub fn poll_until<T>(
     }
 }
 
-/// Runs `hangup ARGS` to completion within `limit` (killed beyond it); returns its exit
-/// status and its stdout and stderr.
-pub fn run_hangup(args: &[&str], limit: Duration) -> (std::process::ExitStatus, String, String) {
+/// Like [`run_hangup`] with a bound of `limit` instead of [`PATIENCE`], for runs that
+/// take longer (the benches); returns its exit status, stdout and stderr.
+pub fn run_hangup_within(
+    args: &[&str],
+    limit: Duration,
+) -> (std::process::ExitStatus, String, String) {
     let mut child = Command::new(hangup_bin())
         .args(args)
         .env_remove("RUST_LOG")
@@ -451,21 +766,26 @@ pub fn run_hangup(args: &[&str], limit: Duration) -> (std::process::ExitStatus, 
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn hangup");
-    let finished = poll_until(limit, Duration::from_millis(50), || {
+    // Read the pipes on threads, so that a chatty child cannot block on a full pipe.
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    let exited = poll_until(limit, Duration::from_millis(50), || {
         child.try_wait().unwrap()
     });
-    if finished.is_none() {
+    let Some(status) = exited else {
         let _ = child.kill();
-    }
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        finished.is_some(),
-        "hangup {} did not finish within {limit:?}; stderr:\n{stderr}",
-        args.join(" ")
-    );
-    (output.status, stdout, stderr)
+        let _ = child.wait();
+        panic!(
+            "`hangup {}` did not exit within {limit:?}; stderr:\n{}",
+            args.join(" "),
+            stderr.lock().unwrap()
+        );
+    };
+    // The pipes close when the process is gone; let the readers reach EOF.
+    thread::sleep(Duration::from_millis(50));
+    let stdout = stdout.lock().unwrap().clone();
+    let stderr = stderr.lock().unwrap().clone();
+    (status, stdout, stderr)
 }
 
 /// True when the test may create network namespaces. Without root it prints why it
@@ -480,4 +800,54 @@ pub fn privileged(test: &str) -> bool {
     }
     eprintln!("skipping {test}: needs root to create network namespaces");
     false
+}
+
+/// The session id of a `WELCOME <session> heartbeat=… dead-after=…` line; panics on
+/// any other line.
+pub fn welcome_session(line: &str) -> String {
+    let mut words = line.split_whitespace();
+    assert_eq!(
+        words.next(),
+        Some("WELCOME"),
+        "expected WELCOME, got {line:?}"
+    );
+    let session = words.next().expect("WELCOME carries a session id");
+    assert_eq!(session.len(), 16, "a session id is 16 hex digits: {line:?}");
+    session.to_owned()
+}
+
+/// Opens a session for `device` on a fresh connection (`HELLO <device> <extra>`) and
+/// returns the client with the session id from `WELCOME`.
+pub fn hello(addr: SocketAddr, device: &str, extra: &str) -> (LineClient, String) {
+    let mut client = LineClient::connect(addr);
+    client.send(format!("HELLO {device} {extra}").trim_end());
+    let welcome = client.reply();
+    let session = welcome_session(&welcome);
+    (client, session)
+}
+
+/// Every session of the presence store in `data_dir`, newest first.
+pub fn presence_rows(data_dir: &Path) -> Vec<hangup::presence::SessionRow> {
+    hangup::presence::query(data_dir, &hangup::presence::PresenceFilter::default())
+        .expect("query the presence store")
+}
+
+/// The presence row of `session` once it satisfies `pred` (writes are asynchronous:
+/// polled up to [`PATIENCE`]); panics with the rows seen otherwise.
+pub fn wait_presence_row(
+    data_dir: &Path,
+    session: &str,
+    pred: impl Fn(&hangup::presence::SessionRow) -> bool,
+) -> hangup::presence::SessionRow {
+    let found = poll_until(PATIENCE, Duration::from_millis(20), || {
+        presence_rows(data_dir)
+            .into_iter()
+            .find(|row| row.session == session && pred(row))
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "session {session} never reached the expected state in the presence store; rows: {:#?}",
+            presence_rows(data_dir)
+        )
+    })
 }

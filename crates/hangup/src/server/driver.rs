@@ -158,6 +158,8 @@ impl Driver {
         // than pinned here, so that idle connections do not carry it (a `Sleep` is
         // 112 bytes).
         let mut drain_end: Option<std::pin::Pin<Box<Sleep>>> = None;
+        // An elapsed `Sleep` is ready on every poll: the drain timeout may fire only once.
+        let mut drain_over = false;
         loop {
             self.flush();
             if let Some((cause, flush)) = self.process_events() {
@@ -207,7 +209,8 @@ impl Driver {
                     self.live.set_state(ConnectionState::Draining);
                     self.conn.handle_goaway(now);
                 }
-                () = drained(drain_end.as_mut()), if drain_end.is_some() => {
+                () = drained(drain_end.as_mut()), if drain_end.is_some() && !drain_over => {
+                    drain_over = true;
                     self.conn.handle_local_close(Instant::now(), Cause::Shutdown, true);
                 }
             }
@@ -289,7 +292,9 @@ impl Driver {
             let status = || self.shared.status_excluding(self.jobs_counted);
             self.conn.handle_bytes(Instant::now(), &[], &status);
             self.write_pending();
-            if !self.conn.interest().write {
+            // The socket is full: go on when it is writable again. (When it took
+            // everything, keep parsing: nothing else would wake this connection up.)
+            if self.conn.interest().write {
                 break;
             }
         }

@@ -277,8 +277,11 @@ impl Server {
                     }
                     shared.counters.connections.fetch_add(1, Ordering::Relaxed);
                     let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
+                    // Connections drain on `draining`, which is cancelled only after
+                    // the accept loop stopped: by the time a client reads GOAWAY,
+                    // /healthz already answers 503 and new connections are refused.
                     let driver = driver::Driver::new(stream, peer, id, shared.clone());
-                    tracker.spawn(driver.serve(shutdown.clone()));
+                    tracker.spawn(driver.serve(shared.draining.clone()));
                 }
                 Err(err) if is_resource_exhaustion(&err) => {
                     // Out of descriptors or memory: the pending connection stays in the
@@ -299,8 +302,8 @@ impl Server {
                 Err(err) => tracing::debug!(error = %err, "accept failed"),
             }
         }
-        shared.draining.cancel();
         drop(self.listener);
+        shared.draining.cancel();
         tracker.close();
         tracker.wait().await;
         admin_stop.cancel();

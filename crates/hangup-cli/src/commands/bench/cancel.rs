@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use anyhow::{bail, Context};
 use hangup::events::ts_ns;
 use serde::Serialize;
 
-use super::{machine_description, percentile, ServerProcess};
+use super::{machine_description, percentile, write_json, ServerProcess};
 use crate::args::{BenchCancelArgs, HangupMode};
 
 /// A job long enough never to finish during a measurement (minutes of CPU).
@@ -224,9 +223,4 @@ fn print_table(report: &Report) {
             wrong
         );
     }
-}
-
-fn write_json(path: &Path, report: &Report) -> anyhow::Result<()> {
-    let json = serde_json::to_string_pretty(report)?;
-    std::fs::write(path, json + "\n").with_context(|| format!("could not write {}", path.display()))
 }

@@ -35,8 +35,8 @@ use serde::Serialize;
 use super::histogram::Histogram;
 use super::load::{shares, sum_reasons, Fleet, WorkerPlan, SESSIONS_PER_ADDRESS};
 use super::procfs::{Limits, MemoryFloor};
-use super::scale::{limits_from_errors, start_servers_at, write_json, SESSIONS_PER_INSTANCE};
-use super::{check_interrupt, machine_description, sleep_checked};
+use super::scale::{limits_from_errors, start_servers_at, SESSIONS_PER_INSTANCE};
+use super::{check_interrupt, machine_description, sleep_checked, write_json};
 use crate::args::BenchMassDeathArgs;
 
 /// How long after the link went down the bench waits for detections at most, in D.

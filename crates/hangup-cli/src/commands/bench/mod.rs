@@ -212,6 +212,15 @@ impl ServerProcess {
     }
 }
 
+/// Writes a report as pretty JSON.
+pub(crate) fn write_json(
+    path: &std::path::Path,
+    report: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, json + "\n").with_context(|| format!("could not write {}", path.display()))
+}
+
 /// The `p`-th percentile (nearest rank) of sorted `values`; NaN when empty.
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use serde::Serialize;
 
 use super::load::{merged_rtt, shares, sum_reasons, Fleet, WorkerPlan, SESSIONS_PER_ADDRESS};
 use super::procfs::{Limits, MachineSample, MemoryFloor, ProcessSample};
-use super::{check_interrupt, machine_description, sleep_checked, ServerProcess};
+use super::{check_interrupt, machine_description, sleep_checked, write_json, ServerProcess};
 use crate::args::BenchScaleArgs;
 
 /// Sessions per server instance when the count of instances is left to the bench: under
@@ -564,9 +563,4 @@ fn print_table(r: &Report) {
     for limit in &r.limits_changed {
         row("limits changed", limit.clone());
     }
-}
-
-pub(crate) fn write_json(path: &Path, report: &impl Serialize) -> anyhow::Result<()> {
-    let json = serde_json::to_string_pretty(report)?;
-    std::fs::write(path, json + "\n").with_context(|| format!("could not write {}", path.display()))
 }

@@ -16,7 +16,6 @@
 //! every evicted one ended with cause `takeover`, and the writer's largest backlog.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +29,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use super::{machine_description, percentile, ServerProcess};
+use super::{machine_description, percentile, write_json, ServerProcess};
 use crate::args::BenchTakeoverArgs;
 
 /// The most descriptors this process may hold (hard RLIMIT_NOFILE here), less a margin.
@@ -388,9 +387,4 @@ fn print_table(r: &Report) {
         "presence: {} rows, {} ended by takeover; writer backlog max {} sessions, slowest batch {:.1} ms",
         r.presence_rows, r.presence_takeover_rows, r.presence_max_pending, r.presence_max_batch_ms
     );
-}
-
-fn write_json(path: &Path, report: &Report) -> anyhow::Result<()> {
-    let json = serde_json::to_string_pretty(report)?;
-    std::fs::write(path, json + "\n").with_context(|| format!("could not write {}", path.display()))
 }

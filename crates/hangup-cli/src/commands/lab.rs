@@ -1,0 +1,130 @@
+//! `hangup lab`: the fault lab of SPEC §7 (the work is in the `hangup-lab` crate), and
+//! `hangup lab peer`, the raw-socket peer it runs inside its namespaces.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use hangup_lab::{format_duration, LabConfig, LabError, Setup};
+
+use crate::args::{LabArgs, LabCommand};
+
+pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
+    if let Some(LabCommand::Peer(peer)) = args.command {
+        hangup_lab::run_peer(peer.connect, peer.mode)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.cleanup {
+        return cleanup();
+    }
+    if args.dead_after < Duration::from_secs(1) {
+        bail!(
+            "--dead-after {}: the lab needs at least 1s (the server's minimum)",
+            format_duration(args.dead_after)
+        );
+    }
+    hangup_lab::preflight()?;
+    hangup_lab::install_interrupt_handler().context("could not install the Ctrl-C handler")?;
+    let hangup = std::env::current_exe().context("cannot find the hangup executable")?;
+    let mut config = LabConfig::new(hangup, args.dead_after);
+    if let Some(cap) = args.cap {
+        config.cap = cap;
+    }
+    if args.quick {
+        config.setups = vec![Setup::Full];
+    } else if !args.setup.is_empty() {
+        config.setups = args.setup;
+    }
+    if !args.scenario.is_empty() {
+        config.scenarios = args.scenario;
+    }
+    config.progress = true;
+    config.command = std::iter::once("hangup".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    config.fail_after_start = args.fail_after_start;
+    eprintln!(
+        "hangup lab: {} scenarios × {} set-ups, D = {}, cap {} per cell (namespaces {}-*)",
+        config.scenarios.len(),
+        config.setups.len(),
+        format_duration(config.dead_after),
+        format_duration(config.cap),
+        hangup_lab::run_prefix(),
+    );
+    let report = match hangup_lab::run(&config) {
+        Ok(report) => report,
+        Err(LabError::Interrupted) => {
+            eprintln!("hangup lab: interrupted; everything it created was removed");
+            return Ok(ExitCode::from(130));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    println!("{}", report.table());
+    for remark in report.remarks() {
+        println!("- {remark}");
+    }
+    println!(
+        "\n{}; {}; took {}",
+        report.machine,
+        match report.heartbeat {
+            Some(h) => format!("full: sessions with heartbeat {}", format_duration(h)),
+            None => "full: no sessions in this build".to_owned(),
+        },
+        format_duration(report.took),
+    );
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+        eprintln!("hangup lab: JSON written to {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        hangup_lab::write_svg(&report, path)?;
+        eprintln!("hangup lab: chart written to {}", path.display());
+    }
+    let full: Vec<_> = report
+        .cells
+        .iter()
+        .filter(|c| c.setup == Setup::Full)
+        .collect();
+    if full.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let missed = full.iter().filter(|c| !c.meets_expectation).count();
+    if report.full_policy_holds() {
+        println!(
+            "full policy: every cell that ran met SPEC §7 ({} of {} ran)",
+            full.len() - missed,
+            full.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "full policy: {missed} of {} cells missed SPEC §7",
+            full.len()
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn cleanup() -> anyhow::Result<ExitCode> {
+    let cleanup = hangup_lab::cleanup_leftovers()?;
+    for name in &cleanup.namespaces {
+        println!("removed namespace {name}");
+    }
+    for pid in &cleanup.processes {
+        println!("killed leftover lab process {pid}");
+    }
+    for dir in &cleanup.directories {
+        println!("removed {}", dir.display());
+    }
+    for name in &cleanup.kept_live {
+        println!("kept namespace {name}: its lab is still running");
+    }
+    if cleanup.namespaces.is_empty()
+        && cleanup.processes.is_empty()
+        && cleanup.directories.is_empty()
+    {
+        println!("nothing to clean up");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,166 @@
+//! The raw-socket peers (`hangup lab peer`), for faults the real client cannot be
+//! made to show: replies left unread in the socket, a server streaming a large reply,
+//! and a reader that stops while far more is queued for it than buffers hold. The lab runs them inside the client namespace, like the client.
+//!
+//! Each prints `ready <local address>` once connected, so the lab knows which
+//! connection of the server's it is.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::LabError;
+
+/// The replies a streaming peer reads before it says `streaming`.
+pub const STREAMING_AFTER_BYTES: u64 = 1 << 20;
+
+/// `STATUS` lines per request burst of [`PeerMode::LargeReplies`]: ~29 KB asking for
+/// ~250 KB of replies.
+pub const BURST_LINES: usize = 4_096;
+
+/// What the peer does once connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerMode {
+    /// Sends `PING unread` and an endless `JOB`, and never reads: the `PONG` and
+    /// `ACCEPTED` stay in its socket, so that its death is an RST.
+    Unread,
+    /// Asks for large replies and reads them as fast as it can: writes of
+    /// [`BURST_LINES`] `STATUS` lines, one burst ahead of the replies. The server
+    /// always has replies to stream, and never a partial line (the bursts are whole
+    /// lines and fit its receive window), so a dead peer leaves it with unacknowledged
+    /// data and nothing else to go by.
+    LargeReplies,
+    /// Pipelines `STATUS` lines without end from one thread and reads as fast as it can
+    /// from another, with a small receive buffer: when it stops reading, the server has
+    /// far more to send than the socket buffers hold.
+    Flood,
+}
+
+impl FromStr for PeerMode {
+    type Err = LabError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [PeerMode::Unread, PeerMode::LargeReplies, PeerMode::Flood]
+            .into_iter()
+            .find(|mode| mode.name() == s)
+            .ok_or_else(|| LabError::UnknownName {
+                kind: "peer mode",
+                name: s.to_owned(),
+                expected: "unread, large-replies, flood".into(),
+            })
+    }
+}
+
+impl PeerMode {
+    /// The name `hangup lab peer --mode` takes.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PeerMode::Unread => "unread",
+            PeerMode::LargeReplies => "large-replies",
+            PeerMode::Flood => "flood",
+        }
+    }
+}
+
+/// Runs a peer against `server` until it is killed or the connection ends. Prints
+/// `ready <local address>` once connected and, in the streaming modes, `streaming`
+/// once [`STREAMING_AFTER_BYTES`] of replies were read.
+pub fn run_peer(server: SocketAddr, mode: PeerMode) -> Result<(), LabError> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |err| LabError::io(what, err)
+    };
+    let mut stream = connect(server, mode).map_err(io("connect"))?;
+    stream.set_nodelay(true).map_err(io("TCP_NODELAY"))?;
+    let local = stream.local_addr().map_err(io("local address"))?;
+    let burst = "STATUS\n".repeat(BURST_LINES);
+    match mode {
+        PeerMode::Unread => {
+            stream
+                .write_all(b"PING unread\nJOB 10000000000\n")
+                .map_err(io("send"))?;
+            say(&format!("ready {local}"));
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        PeerMode::LargeReplies => {
+            say(&format!("ready {local}"));
+            let mut buf = vec![0u8; 1 << 16];
+            let mut received: u64 = 0;
+            let mut replies = 0;
+            let mut bursts_sent = 0;
+            loop {
+                // One burst ahead: the next goes out when the last is half answered, so
+                // the server never runs out of work, and at most 1.5 bursts (~43 KB) of
+                // whole lines wait on its side, inside its receive window.
+                while replies + BURST_LINES / 2 >= bursts_sent * BURST_LINES {
+                    stream.write_all(burst.as_bytes()).map_err(io("send"))?;
+                    bursts_sent += 1;
+                }
+                let n = read_some(&mut stream, &mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                replies += buf[..n].iter().filter(|&&b| b == b'\n').count();
+                let before = received;
+                received += n as u64;
+                if before < STREAMING_AFTER_BYTES && received >= STREAMING_AFTER_BYTES {
+                    say("streaming");
+                }
+            }
+        }
+        PeerMode::Flood => {
+            say(&format!("ready {local}"));
+            let mut writer = stream.try_clone().map_err(io("clone the socket"))?;
+            std::thread::spawn(move || while writer.write_all(burst.as_bytes()).is_ok() {});
+            let mut buf = vec![0u8; 1 << 16];
+            let mut received: u64 = 0;
+            loop {
+                let n = read_some(&mut stream, &mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let before = received;
+                received += n as u64;
+                if before < STREAMING_AFTER_BYTES && received >= STREAMING_AFTER_BYTES {
+                    say("streaming");
+                }
+            }
+        }
+    }
+}
+
+/// The flood peer's receive buffer: small and fixed (no autotuning), so that when it
+/// stops reading, the server's write timer starts within milliseconds rather than after
+/// megabytes of buffers have filled.
+const FLOOD_RCVBUF: usize = 32 * 1024;
+
+fn connect(server: SocketAddr, mode: PeerMode) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(server),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if mode == PeerMode::Flood {
+        socket.set_recv_buffer_size(FLOOD_RCVBUF)?;
+    }
+    socket.connect(&server.into())?;
+    Ok(socket.into())
+}
+
+fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, LabError> {
+    loop {
+        match stream.read(buf) {
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            other => return other.map_err(|err| LabError::io("read", err)),
+        }
+    }
+}
+
+fn say(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}

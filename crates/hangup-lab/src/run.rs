@@ -1,0 +1,814 @@
+//! Running the matrix: for each cell, fresh namespaces, a fresh server and client,
+//! the fault, and the wait for the watching side's `connection_closed`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+
+use crate::cell::{judge, Cell, Check, Outcome};
+use crate::error::LabError;
+use crate::events::{self, elapsed, name, ts, ts_ns};
+use crate::interrupt;
+use crate::netns::{self, run_prefix, server_addr, Side, Topology, SERVER_IP, SERVER_PORT};
+use crate::peer::PeerMode;
+use crate::process::LabProcess;
+use crate::report::{format_duration, Machine, Report};
+use crate::scenario::Scenario;
+use crate::setup::{heartbeat_for, Setup};
+
+/// A job that never ends on its own (10^10 SHA-256 rounds).
+const ENDLESS_JOB: &str = "JOB 10000000000";
+/// How long a process may take to start and connect before the cell counts as failed.
+const STARTUP: Duration = Duration::from_secs(10);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// The `hangup` executable to run in the namespaces.
+    pub hangup: PathBuf,
+    /// The liveness budget D given to both sides.
+    pub dead_after: Duration,
+    /// How long a cell waits for a detection before it reports "not detected".
+    pub cap: Duration,
+    /// The rows.
+    pub scenarios: Vec<Scenario>,
+    /// The columns.
+    pub setups: Vec<Setup>,
+    /// Draw a progress bar on stderr (when it is a terminal) and a line per cell.
+    pub progress: bool,
+    /// The command line, recorded in the report.
+    pub command: String,
+    /// For the cleanup test: fail the run once the first cell's processes run.
+    #[doc(hidden)]
+    pub fail_after_start: bool,
+}
+
+impl LabConfig {
+    /// The full matrix with dead-after `dead_after` and the default cap, 3·D + 5 s.
+    pub fn new(hangup: PathBuf, dead_after: Duration) -> Self {
+        Self {
+            hangup,
+            dead_after,
+            cap: default_cap(dead_after),
+            scenarios: Scenario::ALL.to_vec(),
+            setups: Setup::ALL.to_vec(),
+            progress: false,
+            command: String::new(),
+            fail_after_start: false,
+        }
+    }
+}
+
+/// The default cap for D: 3·D + 5 s.
+pub fn default_cap(dead_after: Duration) -> Duration {
+    dead_after * 3 + Duration::from_secs(5)
+}
+
+/// What the `hangup` binary under test supports (sessions arrive with SPEC §4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `hangup client --device/--heartbeat`: sessions with heartbeats.
+    pub sessions: bool,
+    /// `hangup serve --drain-timeout`: GOAWAY and a graceful drain on SIGTERM.
+    pub drain: bool,
+    /// `hangup serve --data-dir`.
+    pub data_dir: bool,
+    /// `hangup serve --admin`.
+    pub admin: bool,
+    /// `hangup serve --insecure` (needed to listen off loopback without a secret).
+    pub insecure: bool,
+}
+
+impl Capabilities {
+    /// Asks the binary's `--help`.
+    pub fn probe(hangup: &std::path::Path) -> Result<Self, LabError> {
+        let help = |command: &str| -> Result<String, LabError> {
+            let output = std::process::Command::new(hangup)
+                .args([command, "--help"])
+                .output()
+                .map_err(|source| LabError::Spawn {
+                    what: format!("{} {command} --help", hangup.display()),
+                    source,
+                })?;
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        };
+        let serve = help("serve")?;
+        let client = help("client")?;
+        Ok(Self {
+            sessions: client.contains("--device") && client.contains("--heartbeat"),
+            drain: serve.contains("--drain-timeout"),
+            data_dir: serve.contains("--data-dir"),
+            admin: serve.contains("--admin"),
+            insecure: serve.contains("--insecure"),
+        })
+    }
+}
+
+/// Everything the cells share.
+#[derive(Debug)]
+struct Lab<'a> {
+    config: &'a LabConfig,
+    capabilities: Capabilities,
+    heartbeat: Duration,
+    rounds_per_second: u64,
+    run_prefix: String,
+}
+
+/// Runs the configured matrix and returns the report. Everything a cell creates is
+/// removed when the cell ends, whether it succeeded, failed or was interrupted.
+pub fn run(config: &LabConfig) -> Result<Report, LabError> {
+    netns::preflight()?;
+    let capabilities = Capabilities::probe(&config.hangup)?;
+    let lab = Lab {
+        config,
+        capabilities,
+        heartbeat: heartbeat_for(config.dead_after),
+        rounds_per_second: rounds_per_second(),
+        run_prefix: run_prefix(),
+    };
+    let started = Instant::now();
+    let started_unix = ts_ns();
+    let plan: Vec<(Scenario, Setup)> = config
+        .scenarios
+        .iter()
+        .flat_map(|&scenario| config.setups.iter().map(move |&setup| (scenario, setup)))
+        .collect();
+    let bar = progress_bar(config.progress, plan.len());
+    let mut cells = Vec::with_capacity(plan.len());
+    for (index, &(scenario, setup)) in plan.iter().enumerate() {
+        interrupt::check()?;
+        bar.set_message(format!("{scenario} × {setup}"));
+        let cell = lab.run_cell(index, scenario, setup);
+        let cell = match cell {
+            Ok(cell) => cell,
+            Err(err) => {
+                bar.abandon();
+                return Err(err);
+            }
+        };
+        if config.progress {
+            let line = crate::report::cell_line(&cell);
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+        }
+        bar.inc(1);
+        cells.push(cell);
+    }
+    bar.finish_and_clear();
+    Ok(Report {
+        command: config.command.clone(),
+        machine: Machine::describe(),
+        dead_after: config.dead_after,
+        cap: config.cap,
+        heartbeat: capabilities.sessions.then_some(lab.heartbeat),
+        capabilities,
+        started_unix_ns: started_unix,
+        took: started.elapsed(),
+        scenarios: config.scenarios.clone(),
+        setups: config.setups.clone(),
+        cells,
+    })
+}
+
+fn progress_bar(enabled: bool, cells: usize) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(cells as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+    {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// SHA-256 rounds per second on this machine, so that jobs last a chosen time.
+fn rounds_per_second() -> u64 {
+    let mut chain = hangup_core::HashChain::new(b"calibrate", u64::MAX);
+    let rounds = 200_000;
+    let started = Instant::now();
+    chain.advance(rounds);
+    let took = started.elapsed().as_secs_f64().max(1e-6);
+    ((rounds as f64 / took) as u64).max(1)
+}
+
+impl Lab<'_> {
+    fn run_cell(&self, index: usize, scenario: Scenario, setup: Setup) -> Result<Cell, LabError> {
+        let mut cell = CellRun {
+            lab: self,
+            setup,
+            prefix: format!("{}-{index}", self.run_prefix),
+            checks: Vec::new(),
+            notes: Vec::new(),
+            data_dir: None,
+            first: index == 0,
+        };
+        let heartbeat = (setup.sessions() && self.capabilities.sessions).then_some(self.heartbeat);
+        let limit =
+            scenario
+                .expectation()
+                .bound
+                .limit(self.config.dead_after, heartbeat, self.config.cap);
+        let outcome = match cell.skip_reason(scenario) {
+            Some(reason) => Outcome::Skipped { reason },
+            None => match cell.run(scenario) {
+                Ok(outcome) => outcome,
+                Err(err) if err.is_fatal() => return Err(err),
+                Err(err) => Outcome::Error {
+                    message: err.to_string(),
+                },
+            },
+        };
+        let meets_expectation = judge(scenario, &outcome, &cell.checks, limit);
+        Ok(Cell {
+            scenario,
+            setup,
+            outcome,
+            checks: cell.checks,
+            notes: cell.notes,
+            limit,
+            meets_expectation,
+        })
+    }
+}
+
+/// A temporary directory removed on drop.
+#[derive(Debug)]
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One cell being run.
+struct CellRun<'a> {
+    lab: &'a Lab<'a>,
+    setup: Setup,
+    prefix: String,
+    checks: Vec<Check>,
+    notes: Vec<String>,
+    data_dir: Option<TempDir>,
+    first: bool,
+}
+
+/// The instant `after` past the Unix time `fault_ns`.
+fn deadline_after(fault_ns: u64, after: Duration) -> Instant {
+    let since_fault = elapsed(fault_ns, ts_ns());
+    Instant::now() + after.saturating_sub(since_fault)
+}
+
+fn soon() -> Instant {
+    Instant::now() + STARTUP
+}
+
+fn is(event: &Value, wanted: &str, peer: &str) -> bool {
+    name(event) == wanted && events::peer(event) == peer
+}
+
+impl CellRun<'_> {
+    fn dead_after(&self) -> Duration {
+        self.lab.config.dead_after
+    }
+
+    fn sessions(&self) -> bool {
+        self.setup.sessions() && self.lab.capabilities.sessions
+    }
+
+    fn skip_reason(&self, scenario: Scenario) -> Option<String> {
+        let caps = self.lab.capabilities;
+        match scenario {
+            Scenario::ServerShutdown if !caps.drain => {
+                Some("this hangup has no graceful drain (GOAWAY, --drain-timeout) yet".into())
+            }
+            Scenario::ClientReconnect if self.setup.sessions() && !caps.sessions => {
+                Some("this hangup has no sessions (HELLO, --device) yet".into())
+            }
+            _ => None,
+        }
+    }
+
+    fn run(&mut self, scenario: Scenario) -> Result<Outcome, LabError> {
+        match scenario {
+            Scenario::ClientExit => self.client_exit(),
+            Scenario::ClientExitUnread => self.client_exit_unread(),
+            Scenario::ClientHalfClose => self.client_half_close(),
+            Scenario::ClientCrashIdle => self.client_crash_idle(),
+            Scenario::ClientCrashSending => self.client_crash_sending(),
+            Scenario::ClientCableFlap => self.client_cable_flap(),
+            Scenario::ClientReboot => self.client_reboot(),
+            Scenario::ClientReconnect => self.client_reconnect(),
+            Scenario::ClientStalled => self.client_stalled(),
+            Scenario::ServerExit => self.server_exit(),
+            Scenario::ServerCrash => self.server_crash(),
+            Scenario::ServerReboot => self.server_reboot(),
+            Scenario::ServerShutdown => self.server_shutdown(),
+        }
+    }
+
+    // ------------------------------------------------------------ building blocks
+
+    fn check(&mut self, name: &str, passed: bool) {
+        self.checks.push(Check {
+            name: name.to_owned(),
+            passed,
+        });
+    }
+
+    fn note(&mut self, note: String) {
+        self.notes.push(note);
+    }
+
+    /// Called once the processes run, just before the fault.
+    fn started(&self) -> Result<(), LabError> {
+        if self.first && self.lab.config.fail_after_start {
+            return Err(LabError::Injected);
+        }
+        interrupt::check()
+    }
+
+    fn topology(&self) -> Result<Topology, LabError> {
+        Topology::create(&self.prefix)
+    }
+
+    fn liveness_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--dead-after".to_owned(),
+            format!("{}ms", self.dead_after().as_millis()),
+        ];
+        args.extend(self.setup.liveness_flags().map(str::to_owned));
+        args
+    }
+
+    /// Starts `hangup serve` in the server namespace and waits for `listening`.
+    fn server(&mut self, topology: &Topology) -> Result<LabProcess, LabError> {
+        let caps = self.lab.capabilities;
+        let mut args = vec![
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            format!("{SERVER_IP}:{SERVER_PORT}"),
+            "--log-format".to_owned(),
+            "json".to_owned(),
+        ];
+        args.extend(self.liveness_args());
+        if caps.data_dir {
+            // One per cell, kept across a server "reboot" like a disk would be.
+            if self.data_dir.is_none() {
+                let dir = std::env::temp_dir().join(format!("{}-data", self.prefix));
+                std::fs::create_dir_all(&dir)
+                    .map_err(|err| LabError::io(format!("create {}", dir.display()), err))?;
+                self.data_dir = Some(TempDir(dir));
+            }
+            if let Some(dir) = &self.data_dir {
+                args.push("--data-dir".to_owned());
+                args.push(dir.0.display().to_string());
+            }
+        }
+        if caps.admin {
+            args.extend(["--admin".to_owned(), "off".to_owned()]);
+        }
+        if caps.insecure {
+            args.push("--insecure".to_owned());
+        }
+        let mut server = LabProcess::spawn(
+            "server",
+            topology.netns(Side::Server),
+            &self.lab.config.hangup,
+            &args,
+            &self.lab.run_prefix,
+        )?;
+        server.expect_event("`listening`", soon(), |e| name(e) == "listening")?;
+        Ok(server)
+    }
+
+    /// Starts `hangup client` in the client namespace (with a session in `full`) and
+    /// waits until it is connected.
+    fn client(&self, topology: &Topology, device: &str) -> Result<LabProcess, LabError> {
+        let mut args = vec![
+            "client".to_owned(),
+            server_addr().to_string(),
+            "--log-format".to_owned(),
+            "json".to_owned(),
+        ];
+        args.extend(self.liveness_args());
+        if self.sessions() {
+            args.extend([
+                "--device".to_owned(),
+                device.to_owned(),
+                "--heartbeat".to_owned(),
+                self.lab.heartbeat.as_secs().to_string(),
+            ]);
+        }
+        let mut client = LabProcess::spawn(
+            "client",
+            topology.netns(Side::Client),
+            &self.lab.config.hangup,
+            &args,
+            &self.lab.run_prefix,
+        )?;
+        client.expect_event("`connection_opened`", soon(), |e| {
+            name(e) == "connection_opened"
+        })?;
+        Ok(client)
+    }
+
+    /// Starts a raw-socket peer in the client namespace; returns it and its address.
+    fn peer(&self, topology: &Topology, mode: PeerMode) -> Result<(LabProcess, String), LabError> {
+        let args = vec![
+            "lab".to_owned(),
+            "peer".to_owned(),
+            "--connect".to_owned(),
+            server_addr().to_string(),
+            "--mode".to_owned(),
+            mode.name().to_owned(),
+        ];
+        let mut peer = LabProcess::spawn(
+            "peer",
+            topology.netns(Side::Client),
+            &self.lab.config.hangup,
+            &args,
+            &self.lab.run_prefix,
+        )?;
+        let (_, ready) = peer.expect_stdout("`ready`", soon(), |l| l.starts_with("ready "))?;
+        let address = ready.trim_start_matches("ready ").to_owned();
+        Ok((peer, address))
+    }
+
+    /// The client address of the next connection the server accepted (not in `known`).
+    fn accepted(&self, server: &mut LabProcess, known: &[&str]) -> Result<(String, u64), LabError> {
+        let opened = server.expect_event("the client's connection", soon(), |e| {
+            name(e) == "connection_opened" && !known.contains(&events::peer(e))
+        })?;
+        Ok((events::peer(&opened).to_owned(), ts(&opened)))
+    }
+
+    /// PING/PONG through the client: the connection works, and the last inbound
+    /// segment on both sides is now (the worst case for the timers that follow).
+    fn warm_up(&self, client: &mut LabProcess, tag: &str) -> Result<u64, LabError> {
+        client.send_line(&format!("PING {tag}"))?;
+        let pong = format!("PONG {tag}");
+        let (at, _) = client.expect_stdout(&pong, soon(), |l| l == pong)?;
+        Ok(at)
+    }
+
+    /// Sessions (full set-up): wait for WELCOME, so that the session exists.
+    fn welcomed(&self, client: &mut LabProcess) -> Result<(), LabError> {
+        if self.sessions() {
+            client.expect_stdout("WELCOME", soon(), |l| l.starts_with("WELCOME "))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for `watcher`'s `connection_closed` (of `peer`, if given) after the fault;
+    /// `since_ns` is where the detection time is measured from (usually the fault).
+    fn detect(
+        &self,
+        watcher: &mut LabProcess,
+        side: Side,
+        peer: Option<&str>,
+        fault_ns: u64,
+        since_ns: u64,
+    ) -> Result<Outcome, LabError> {
+        let cap = self.lab.config.cap;
+        let closed = watcher.wait_event(deadline_after(since_ns, cap), |e| {
+            name(e) == "connection_closed"
+                && ts(e) >= fault_ns
+                && peer.is_none_or(|p| events::peer(e) == p)
+        })?;
+        Ok(match closed {
+            Some(event) => Outcome::Detected {
+                side,
+                cause: events::cause(&event).unwrap_or("unknown").to_owned(),
+                after: elapsed(since_ns, ts(&event)),
+            },
+            None => Outcome::NotDetected { within: cap },
+        })
+    }
+
+    fn job_rounds(&self, lasting: Duration) -> u64 {
+        ((self.lab.rounds_per_second as f64 * lasting.as_secs_f64()) as u64).max(1)
+    }
+
+    fn device(&self) -> String {
+        format!("lab-{}", self.prefix)
+    }
+
+    // ------------------------------------------------------------ scenarios
+
+    fn client_exit(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let mut client = self.client(&topology, &self.device())?;
+        let (peer, _) = self.accepted(&mut server, &[])?;
+        self.welcomed(&mut client)?;
+        client.send_line(ENDLESS_JOB)?;
+        server.expect_event("`job_started`", soon(), |e| is(e, "job_started", &peer))?;
+        // Killed with ACCEPTED unread, its kernel would send RST, not FIN.
+        client.expect_stdout("ACCEPTED", soon(), |l| l.starts_with("ACCEPTED "))?;
+        self.started()?;
+        let fault = client.kill()?;
+        let outcome = self.detect(&mut server, Side::Server, Some(&peer), fault, fault)?;
+        let cancelled = server.events_matching(|e| is(e, "job_cancelled", &peer));
+        self.check("job cancelled", !cancelled.is_empty());
+        Ok(outcome)
+    }
+
+    fn client_exit_unread(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let (mut peer_process, peer) = self.peer(&topology, PeerMode::Unread)?;
+        server.expect_event("`job_started`", soon(), |e| is(e, "job_started", &peer))?;
+        // PONG and ACCEPTED were written before the job started; give them time to
+        // land in the peer's receive queue.
+        interrupt::sleep(Duration::from_millis(50))?;
+        self.started()?;
+        let fault = peer_process.kill()?;
+        let outcome = self.detect(&mut server, Side::Server, Some(&peer), fault, fault)?;
+        let cancelled = server.events_matching(|e| is(e, "job_cancelled", &peer));
+        self.check("job cancelled", !cancelled.is_empty());
+        Ok(outcome)
+    }
+
+    fn client_half_close(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let mut client = self.client(&topology, &self.device())?;
+        let (peer, _) = self.accepted(&mut server, &[])?;
+        self.welcomed(&mut client)?;
+        let rounds = self.job_rounds(Duration::from_secs(1));
+        client.send_line(&format!("JOB {rounds}"))?;
+        server.expect_event("`job_started`", soon(), |e| is(e, "job_started", &peer))?;
+        self.started()?;
+        let fault = client.close_stdin();
+        let cap = self.lab.config.cap;
+        let done = client.wait_stdout(deadline_after(fault, cap), |l| l.starts_with("DONE 1 "))?;
+        let cancelled = server.events_matching(|e| is(e, "job_cancelled", &peer));
+        if !server
+            .events_matching(|e| is(e, "peer_half_closed", &peer))
+            .is_empty()
+        {
+            self.note("server saw peer_half_closed (the probe drew no RST)".into());
+        }
+        self.check("no job cancelled", cancelled.is_empty());
+        self.check("DONE delivered", done.is_some());
+        let exit = client.wait_exit(Instant::now() + Duration::from_secs(5))?;
+        self.check("client exited 0", exit.is_some_and(|s| s.success()));
+        if let Some(event) = cancelled.first() {
+            return Ok(Outcome::Detected {
+                side: Side::Server,
+                cause: events::cause(event).unwrap_or("unknown").to_owned(),
+                after: elapsed(fault, ts(event)),
+            });
+        }
+        Ok(match done {
+            Some((at, _)) => Outcome::Kept {
+                proven_after: elapsed(fault, at),
+            },
+            None => Outcome::Broken {
+                detail: format!("no DONE within {}", format_duration(cap)),
+            },
+        })
+    }
+
+    fn client_crash_idle(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let mut client = self.client(&topology, &self.device())?;
+        let (peer, _) = self.accepted(&mut server, &[])?;
+        self.welcomed(&mut client)?;
+        self.warm_up(&mut client, "before-crash")?;
+        self.started()?;
+        let fault = topology.cut(Side::Client)?;
+        client.kill()?;
+        self.detect(&mut server, Side::Server, Some(&peer), fault, fault)
+    }
+
+    fn client_crash_sending(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let (mut peer_process, peer) = self.peer(&topology, PeerMode::LargeReplies)?;
+        peer_process.expect_stdout("`streaming`", soon(), |l| l == "streaming")?;
+        self.started()?;
+        let fault = topology.cut(Side::Client)?;
+        peer_process.kill()?;
+        self.detect(&mut server, Side::Server, Some(&peer), fault, fault)
+    }
+
+    fn client_cable_flap(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let mut client = self.client(&topology, &self.device())?;
+        let (peer, _) = self.accepted(&mut server, &[])?;
+        self.welcomed(&mut client)?;
+        self.warm_up(&mut client, "before-flap")?;
+        self.started()?;
+        let fault = topology.cut(Side::Client)?;
+        interrupt::sleep(self.dead_after() / 2)?;
+        topology.reconnect(Side::Client)?;
+        // Whatever would wrongly fire does so within D of the last segment before the
+        // fault; watch well past that.
+        let watch = self.dead_after() * 2 + self.dead_after() / 2;
+        let server_saw = self.detect_until(&mut server, Some(&peer), fault, watch)?;
+        let client_saw = self.detect_until(&mut client, None, fault, Duration::ZERO)?;
+        if let Some(event) = server_saw {
+            return Ok(self.false_positive(Side::Server, &event, fault));
+        }
+        if let Some(event) = client_saw {
+            return Ok(self.false_positive(Side::Client, &event, fault));
+        }
+        client.send_line("PING after-flap")?;
+        let pong = client.wait_stdout(Instant::now() + Duration::from_secs(2), |l| {
+            l == "PONG after-flap"
+        })?;
+        self.check("PONG after the flap", pong.is_some());
+        Ok(match pong {
+            Some((at, _)) => Outcome::Kept {
+                proven_after: elapsed(fault, at),
+            },
+            None => Outcome::Broken {
+                detail: "no PONG within 2 s after the flap, and nothing reported".into(),
+            },
+        })
+    }
+
+    /// The first `connection_closed` after the fault, waiting at most `watch` past it.
+    fn detect_until(
+        &self,
+        watcher: &mut LabProcess,
+        peer: Option<&str>,
+        fault_ns: u64,
+        watch: Duration,
+    ) -> Result<Option<Value>, LabError> {
+        watcher.wait_event(deadline_after(fault_ns, watch), |e| {
+            name(e) == "connection_closed"
+                && ts(e) >= fault_ns
+                && peer.is_none_or(|p| events::peer(e) == p)
+        })
+    }
+
+    fn false_positive(&mut self, side: Side, event: &Value, fault: u64) -> Outcome {
+        self.note("false positive: the peer was alive".into());
+        Outcome::Detected {
+            side,
+            cause: events::cause(event).unwrap_or("unknown").to_owned(),
+            after: elapsed(fault, ts(event)),
+        }
+    }
+
+    fn client_reboot(&mut self) -> Result<Outcome, LabError> {
+        let mut topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let mut client = self.client(&topology, &self.device())?;
+        let (peer, _) = self.accepted(&mut server, &[])?;
+        self.welcomed(&mut client)?;
+        self.warm_up(&mut client, "before-reboot")?;
+        self.started()?;
+        let fault = topology.cut(Side::Client)?;
+        client.kill()?;
+        topology.reboot(Side::Client)?;
+        self.note(format!(
+            "client host back {} after the fault",
+            format_duration(elapsed(fault, ts_ns()))
+        ));
+        self.detect(&mut server, Side::Server, Some(&peer), fault, fault)
+    }
+
+    fn client_reconnect(&mut self) -> Result<Outcome, LabError> {
+        let mut topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let device = self.device();
+        let mut first = self.client(&topology, &device)?;
+        let (ghost, _) = self.accepted(&mut server, &[])?;
+        self.welcomed(&mut first)?;
+        self.warm_up(&mut first, "before-crash")?;
+        self.started()?;
+        let fault = topology.cut(Side::Client)?;
+        first.kill()?;
+        topology.reboot(Side::Client)?;
+        let mut second = self.client(&topology, &device)?;
+        let (fresh, reconnected) = self.accepted(&mut server, &[&ghost])?;
+        self.welcomed(&mut second)?;
+        self.note(format!(
+            "device reconnected {} after the crash; time measured from the new connection",
+            format_duration(elapsed(fault, reconnected))
+        ));
+        let outcome = self.detect(&mut server, Side::Server, Some(&ghost), fault, reconnected)?;
+        // Ghosts: connections the server still holds other than the fresh one.
+        let opened = server.events_matching(|e| name(e) == "connection_opened");
+        let closed = server.events_matching(|e| name(e) == "connection_closed");
+        let open: Vec<&str> = opened
+            .iter()
+            .map(events::peer)
+            .filter(|p| !closed.iter().any(|c| events::peer(c) == *p))
+            .collect();
+        let ghosts = open.iter().filter(|p| **p != fresh).count();
+        self.check("0 ghosts", ghosts == 0);
+        Ok(outcome)
+    }
+
+    fn client_stalled(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let (mut peer_process, peer) = self.peer(&topology, PeerMode::Flood)?;
+        peer_process.expect_stdout("`streaming`", soon(), |l| l == "streaming")?;
+        self.started()?;
+        let fault = peer_process.signal(libc::SIGSTOP)?;
+        self.detect(&mut server, Side::Server, Some(&peer), fault, fault)
+    }
+
+    fn server_exit(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let mut client = self.client(&topology, &self.device())?;
+        self.welcomed(&mut client)?;
+        self.warm_up(&mut client, "before-exit")?;
+        self.started()?;
+        let fault = server.kill()?;
+        self.detect(&mut client, Side::Client, None, fault, fault)
+    }
+
+    fn server_crash(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let mut client = self.client(&topology, &self.device())?;
+        self.welcomed(&mut client)?;
+        self.warm_up(&mut client, "before-crash")?;
+        self.started()?;
+        let fault = topology.cut(Side::Server)?;
+        server.kill()?;
+        self.detect(&mut client, Side::Client, None, fault, fault)
+    }
+
+    fn server_reboot(&mut self) -> Result<Outcome, LabError> {
+        let mut topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let mut client = self.client(&topology, &self.device())?;
+        self.welcomed(&mut client)?;
+        self.warm_up(&mut client, "before-reboot")?;
+        self.started()?;
+        let fault = topology.cut(Side::Server)?;
+        server.kill()?;
+        topology.reboot(Side::Server)?;
+        // The old one is reaped; the new one runs in the new namespace.
+        server = self.server(&topology)?;
+        self.note(format!(
+            "fresh server listening {} after the fault",
+            format_duration(elapsed(fault, ts_ns()))
+        ));
+        let outcome = self.detect(&mut client, Side::Client, None, fault, fault)?;
+        // Only a client that noticed the loss has a reason to reconnect.
+        if matches!(outcome, Outcome::Detected { .. }) {
+            let reconnected = client.wait_event(Instant::now() + Duration::from_secs(5), |e| {
+                name(e) == "connection_opened" && ts(e) > fault
+            })?;
+            self.check(
+                "client reconnected to the fresh server",
+                reconnected.is_some(),
+            );
+        }
+        drop(server);
+        Ok(outcome)
+    }
+
+    fn server_shutdown(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let mut client = self.client(&topology, &self.device())?;
+        let (peer, _) = self.accepted(&mut server, &[])?;
+        self.welcomed(&mut client)?;
+        let rounds = self.job_rounds(Duration::from_secs(1));
+        client.send_line(&format!("JOB {rounds}"))?;
+        server.expect_event("`job_started`", soon(), |e| is(e, "job_started", &peer))?;
+        self.started()?;
+        let fault = server.signal(libc::SIGTERM)?;
+        let deadline = deadline_after(fault, self.lab.config.cap);
+        let outcome = self.detect(&mut client, Side::Client, None, fault, fault)?;
+        let goaway = client.wait_stdout(deadline, |l| l.starts_with("GOAWAY"))?;
+        let done = client.wait_stdout(deadline, |l| l.starts_with("DONE 1 "))?;
+        self.check("GOAWAY received", goaway.is_some());
+        self.check("DONE received", done.is_some());
+        if let Some((at, _)) = done {
+            self.note(format!(
+                "DONE {} after SIGTERM",
+                format_duration(elapsed(fault, at))
+            ));
+        }
+        let exit = server.wait_exit(deadline)?;
+        self.check("server exited 0", exit.is_some_and(|s| s.success()));
+        drop(server);
+        let _fresh = self.server(&topology)?;
+        let reconnected = client.wait_event(Instant::now() + Duration::from_secs(5), |e| {
+            name(e) == "connection_opened" && ts(e) > fault
+        })?;
+        self.check("client reconnected", reconnected.is_some());
+        Ok(outcome)
+    }
+}
