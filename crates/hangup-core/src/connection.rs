@@ -253,9 +253,16 @@ impl Connection {
             return;
         }
         if !bytes.is_empty() {
-            // Lazy re-arm: the heartbeat deadline is only moved when it fires, so a
-            // heartbeat costs a store here, not a timer operation.
             self.last_inbound = Some(now);
+            // The deadline follows every sign of life: a slot write here, and for the
+            // driver one later `Sleep` deadline, which tokio takes without waking the
+            // task. Re-arming only when the deadline fired (lazily) woke every
+            // connection about once per heartbeat instead, and measured ~2 µs more
+            // server CPU per heartbeat (BENCHMARKS.md, bench scale).
+            if let Session::Open(_, heartbeat) = self.session {
+                self.timers
+                    .set(Timer::Heartbeat, now + heartbeat.dead_after);
+            }
         }
         let stashed = std::mem::take(&mut self.unparsed);
         let input: std::borrow::Cow<'_, [u8]> = if stashed.is_empty() {

@@ -12,9 +12,8 @@ pub enum Timer {
     WriteStall,
     /// No RST came back within the probe window: the peer only half-closed.
     HalfCloseProbe,
-    /// The session's peer may have been silent for its heartbeat's dead-after (1.5 × H).
-    /// Re-armed lazily: inbound bytes only record the time, and when this fires early
-    /// it moves to the real deadline, so heartbeats cost no timer work.
+    /// The session's peer has been silent for its heartbeat's dead-after (1.5 × H).
+    /// Every inbound read moves it (one slot write: O(1) per heartbeat).
     Heartbeat,
 }
 

@@ -91,21 +91,23 @@ fn silent_session_is_closed_after_one_and_a_half_heartbeats() {
 }
 
 #[test]
-fn heartbeats_do_not_move_the_timer() {
-    // Lazy re-arm: a heartbeat only records the time; the armed deadline stays put.
+fn each_heartbeat_moves_the_deadline_to_one_and_a_half_h_after_it() {
     let mut d = driver(Jobs::RunAtOnce);
     d.bytes("HELLO dev-1 heartbeat=10\n");
-    let armed = d.next_timeout();
-    assert_eq!(armed, Some(Duration::from_secs(15)));
-    for _ in 0..5 {
+    assert_eq!(d.next_timeout(), Some(Duration::from_secs(15)));
+    for i in 1..=5 {
         d.advance(Duration::from_secs(2));
         d.bytes("PING\n");
-        assert_eq!(d.next_timeout(), armed);
+        assert_eq!(d.next_timeout(), Some(Duration::from_secs(2 * i + 15)));
     }
-    // At 15 s the timer fires early and moves to 1.5 H after the last PING (10 s).
-    d.advance(Duration::from_secs(5));
+    // Silent from 10 s on: closed at 25 s, not before.
+    d.advance(Duration::from_secs(14));
     assert_eq!(d.closed(), None);
-    assert_eq!(d.next_timeout(), Some(Duration::from_secs(25)));
+    d.advance(Duration::from_secs(1));
+    assert_eq!(
+        d.closed(),
+        Some(&close_event(Cause::HeartbeatMissed, false))
+    );
 }
 
 #[test]

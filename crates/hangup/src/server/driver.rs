@@ -140,15 +140,12 @@ impl Driver {
         // timer per event, and no scan of all connections per tick: tokio's wheel holds
         // one entry per connection, and the core's table has four slots.
         //
-        // Heartbeats do not move the deadline: the core re-arms its heartbeat timer
-        // lazily (a PING stores a time; when the deadline comes up early it moves on to
-        // 1.5 × H after the last inbound bytes). A PING therefore costs no timer work
-        // here. The price is one wake-up per early expiry, i.e. about one per heartbeat
-        // when PINGs come every H against a 1.5 × H deadline. Moving the deadline on
-        // every read instead and letting tokio absorb it (`Sleep::reset` to a later
-        // instant is a compare-and-swap; the wheel re-files the entry without waking the
-        // task) measured ~2 µs less server CPU per heartbeat (BENCHMARKS.md, bench
-        // scale); both are O(1) per heartbeat.
+        // A heartbeat moves the core's deadline 1.5 × H past it, and so this sleep:
+        // `Sleep::reset` to a later instant is a compare-and-swap, and tokio's wheel
+        // re-files the entry when the old instant comes up, without waking the task.
+        // That measured ~2 µs less server CPU per heartbeat than re-arming lazily in
+        // the core, which woke every connection about once per heartbeat (BENCHMARKS.md,
+        // bench scale). Both are O(1) per heartbeat.
         let mut sleep: std::pin::Pin<&mut Sleep> = pin!(tokio::time::sleep(Duration::ZERO));
         // Made once: a fresh `cancelled()` per wake-up would join and leave the token's
         // waiter list (a lock shared by every connection) on every heartbeat.
