@@ -537,7 +537,12 @@ impl CellRun<'_> {
         Ok(outcome)
     }
 
-    fn client_half_close(&mut self) -> Result<Outcome, LabError> {
+    /// A session whose client has a job of about a second running on the server: how
+    /// the scenarios that fault a connection mid-job begin. The topology must outlive
+    /// the processes (dropping it removes the namespaces).
+    fn session_running_a_job(
+        &mut self,
+    ) -> Result<(Topology, LabProcess, LabProcess, String), LabError> {
         let topology = self.topology()?;
         let mut server = self.server(&topology)?;
         let mut client = self.client(&topology, &self.device())?;
@@ -547,6 +552,11 @@ impl CellRun<'_> {
         client.send_line(&format!("JOB {rounds}"))?;
         server.expect_event("`job_started`", soon(), |e| is(e, "job_started", &peer))?;
         self.started()?;
+        Ok((topology, server, client, peer))
+    }
+
+    fn client_half_close(&mut self) -> Result<Outcome, LabError> {
+        let (_topology, mut server, mut client, peer) = self.session_running_a_job()?;
         let fault = client.close_stdin();
         let cap = self.lab.config.cap;
         let done = client.wait_stdout(deadline_after(fault, cap), |l| l.starts_with("DONE 1 "))?;
@@ -779,15 +789,7 @@ impl CellRun<'_> {
     }
 
     fn server_shutdown(&mut self) -> Result<Outcome, LabError> {
-        let topology = self.topology()?;
-        let mut server = self.server(&topology)?;
-        let mut client = self.client(&topology, &self.device())?;
-        let (peer, _) = self.accepted(&mut server, &[])?;
-        self.welcomed(&mut client)?;
-        let rounds = self.job_rounds(Duration::from_secs(1));
-        client.send_line(&format!("JOB {rounds}"))?;
-        server.expect_event("`job_started`", soon(), |e| is(e, "job_started", &peer))?;
-        self.started()?;
+        let (topology, mut server, mut client, _peer) = self.session_running_a_job()?;
         let fault = server.signal(libc::SIGTERM)?;
         let deadline = deadline_after(fault, self.lab.config.cap);
         let outcome = self.detect(&mut client, Side::Client, None, fault, fault)?;

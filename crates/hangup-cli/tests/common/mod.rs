@@ -333,37 +333,11 @@ pub fn send_signal(pid: u32, signal: libc::c_int) {
 /// Runs `hangup <args>` to its end and returns its output; a run still going after
 /// [`PATIENCE`] (e.g. a server that should have refused to start) is killed and fails.
 pub fn run_hangup(args: &[&str]) -> Output {
-    let mut child = Command::new(hangup_bin())
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn hangup");
-    // Read the pipes on threads, so that a chatty child cannot block on a full pipe.
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
-    let exited = poll_until(PATIENCE, Duration::from_millis(10), || {
-        child.try_wait().unwrap()
-    });
-    let Some(status) = exited else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "`hangup {}` did not exit within {PATIENCE:?}; stderr:\n{}",
-            args.join(" "),
-            stderr.lock().unwrap()
-        );
-    };
-    // The pipes close when the process is gone; let the readers reach EOF.
-    thread::sleep(Duration::from_millis(50));
-    let stdout = stdout.lock().unwrap().clone().into_bytes();
-    let stderr = stderr.lock().unwrap().clone().into_bytes();
+    let (status, stdout, stderr) = run_hangup_within(args, PATIENCE);
     Output {
         status,
-        stdout,
-        stderr,
+        stdout: stdout.into_bytes(),
+        stderr: stderr.into_bytes(),
     }
 }
 
@@ -769,7 +743,7 @@ pub fn run_hangup_within(
     // Read the pipes on threads, so that a chatty child cannot block on a full pipe.
     let stdout = collect(child.stdout.take().unwrap());
     let stderr = collect(child.stderr.take().unwrap());
-    let exited = poll_until(limit, Duration::from_millis(50), || {
+    let exited = poll_until(limit, Duration::from_millis(10), || {
         child.try_wait().unwrap()
     });
     let Some(status) = exited else {

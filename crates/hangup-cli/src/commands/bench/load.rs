@@ -482,6 +482,36 @@ impl Fleet {
         }
     }
 
+    /// Starts the workers of `plans` and waits, with a progress bar, until each has
+    /// opened its sessions (or failed to), halting them at the machine's memory floor.
+    /// Returns the fleet, each worker's `ready` line, the ramp-up time and the memory
+    /// floor (which says whether it halted the ramp-up).
+    pub fn ramp_up(
+        plans: &[WorkerPlan],
+        sessions: usize,
+        limit: Duration,
+    ) -> anyhow::Result<(Self, Vec<Value>, Duration, super::procfs::MemoryFloor)> {
+        let started = Instant::now();
+        let mut fleet = Self::spawn(plans)?;
+        let bar = indicatif::ProgressBar::new(sessions as u64).with_style(
+            indicatif::ProgressStyle::with_template(
+                "ramp-up {elapsed_precise} [{bar:40}] {pos}/{len} sessions ({per_sec}) {msg}",
+            )?
+            .progress_chars("=> "),
+        );
+        let mut memory = super::procfs::MemoryFloor::new();
+        let ready = fleet.wait_all("ready", limit, |open, failed| {
+            bar.set_position(open);
+            if failed > 0 {
+                bar.set_message(format!("{failed} failed"));
+            }
+            memory.reached(open)
+        })?;
+        let ramp = started.elapsed();
+        bar.finish_and_clear();
+        Ok((fleet, ready, ramp, memory))
+    }
+
     /// Waits until every worker sent a line of `kind` (or exited), calling `progress`
     /// with the sums of the workers' open and failed sessions as they report; when it
     /// returns `true`, the workers are told to open no more sessions. Gives up at

@@ -34,7 +34,7 @@ use serde::Serialize;
 
 use super::histogram::Histogram;
 use super::load::{shares, sum_reasons, Fleet, WorkerPlan, SESSIONS_PER_ADDRESS};
-use super::procfs::{Limits, MemoryFloor};
+use super::procfs::Limits;
 use super::scale::{limits_from_errors, start_servers_at, SESSIONS_PER_INSTANCE};
 use super::{check_interrupt, machine_description, sleep_checked, write_json};
 use crate::args::BenchMassDeathArgs;
@@ -288,24 +288,7 @@ pub fn mass_death(args: &BenchMassDeathArgs) -> anyhow::Result<ExitCode> {
         "bench mass-death: {} sessions in namespace {}, heartbeat {} s, D = {dead_after:?}, {instances} server instance(s) at {target}, {} load workers",
         args.connections, network.netns, args.heartbeat, plans.len()
     );
-    let ramp_started = Instant::now();
-    let mut fleet = Fleet::spawn(&plans)?;
-    let bar = ProgressBar::new(args.connections as u64).with_style(
-        ProgressStyle::with_template(
-            "ramp-up {elapsed_precise} [{bar:40}] {pos}/{len} sessions ({per_sec}) {msg}",
-        )?
-        .progress_chars("=> "),
-    );
-    let mut memory = MemoryFloor::new();
-    let ready = fleet.wait_all("ready", args.ramp_limit, |open, failed| {
-        bar.set_position(open);
-        if failed > 0 {
-            bar.set_message(format!("{failed} failed"));
-        }
-        memory.reached(open)
-    })?;
-    bar.finish_and_clear();
-    let ramp = ramp_started.elapsed();
+    let (fleet, ready, ramp, memory) = Fleet::ramp_up(&plans, args.connections, args.ramp_limit)?;
     let reached: u64 = ready.iter().map(|l| l["open"].as_u64().unwrap_or(0)).sum();
     let open_errors = sum_reasons(&ready, "errors");
 

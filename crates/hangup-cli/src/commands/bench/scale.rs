@@ -15,14 +15,14 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::load::{merged_rtt, shares, sum_reasons, Fleet, WorkerPlan, SESSIONS_PER_ADDRESS};
-use super::procfs::{Limits, MachineSample, MemoryFloor, ProcessSample};
+use super::procfs::{Limits, MachineSample, ProcessSample};
 use super::{check_interrupt, machine_description, sleep_checked, write_json, ServerProcess};
 use crate::args::BenchScaleArgs;
 
@@ -171,24 +171,8 @@ pub fn scale(args: &BenchScaleArgs) -> anyhow::Result<ExitCode> {
         if instances == 0 { "external".to_string() } else { instances.to_string() },
         plans.len()
     );
-    let ramp_started = Instant::now();
-    let mut fleet = Fleet::spawn(&plans)?;
-    let bar = ProgressBar::new(args.connections as u64).with_style(
-        ProgressStyle::with_template(
-            "ramp-up {elapsed_precise} [{bar:40}] {pos}/{len} sessions ({per_sec}) {msg}",
-        )?
-        .progress_chars("=> "),
-    );
-    let mut memory = MemoryFloor::new();
-    let ready = fleet.wait_all("ready", args.ramp_limit, |open, failed| {
-        bar.set_position(open);
-        if failed > 0 {
-            bar.set_message(format!("{failed} failed"));
-        }
-        memory.reached(open)
-    })?;
-    let ramp = ramp_started.elapsed();
-    bar.finish_and_clear();
+    let (mut fleet, ready, ramp, memory) =
+        Fleet::ramp_up(&plans, args.connections, args.ramp_limit)?;
     let reached: u64 = ready.iter().map(|l| l["open"].as_u64().unwrap_or(0)).sum();
     let failed: u64 = ready
         .iter()
