@@ -118,16 +118,14 @@ impl Driver {
                 peer = %self.live.peer,
             );
             self.shared.metrics.connections_opened.inc();
-            self.shared.metrics.connections_open.inc();
             self.shared.live.insert(self.live.clone());
             self.run(shutdown).await;
             // Out of the table before the socket closes: the admin endpoint reads
             // TCP_INFO from the descriptor of every connection in it.
             self.shared.live.remove(self.live.id);
-            self.shared.metrics.connections_open.dec();
             let shared = self.shared.clone();
             drop(self);
-            shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
+            shared.metrics.connections_open.dec();
             shared.connection_ended.notify_waiters();
         }
     }

@@ -120,7 +120,6 @@ impl ServerConfig {
 /// Counters shared by every connection.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    connections: AtomicU64,
     /// Jobs started (running on a worker, or waiting for one), across connections.
     jobs_running: AtomicU64,
     /// Jobs accepted and waiting behind their connection's running job.
@@ -157,7 +156,7 @@ impl Shared {
     fn status_excluding(&self, own: (u64, u64)) -> StatusCounts {
         let counters = &self.counters;
         StatusCounts {
-            connections: counters.connections.load(Ordering::Relaxed),
+            connections: self.metrics.connections_open.get().max(0) as u64,
             sessions: live::lock(&self.sessions).len() as u64,
             jobs_running: counters
                 .jobs_running
@@ -269,13 +268,15 @@ impl Server {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let open = shared.counters.connections.load(Ordering::Relaxed);
-                    if open as usize >= shared.config.max_connections {
+                    // The gauge counts slots: taken here, given back once the
+                    // connection's socket is closed (its descriptor is free again).
+                    let open = shared.metrics.connections_open.get().max(0) as usize;
+                    if open >= shared.config.max_connections {
                         shared.metrics.connections_refused.inc();
                         tracker.spawn(refuse_busy(stream, peer, shared.config.max_connections));
                         continue;
                     }
-                    shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.connections_open.inc();
                     let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
                     // Connections drain on `draining`, which is cancelled only after
                     // the accept loop stopped: by the time a client reads GOAWAY,
