@@ -14,7 +14,7 @@ pub enum LabError {
     NotRoot,
     /// iproute2's `ip` is not on PATH.
     #[error(
-        "the fault lab needs iproute2: `ip` was not found on PATH (install it, e.g. `apt-get install iproute2`)"
+        "iproute2 is needed for network namespaces: `ip` was not found on PATH (install it, e.g. `apt-get install iproute2`)"
     )]
     NoIproute2,
     /// Not Linux: there are no network namespaces.

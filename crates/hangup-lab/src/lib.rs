@@ -57,7 +57,7 @@ pub use error::LabError;
 pub use events::ts_ns;
 pub use interrupt::{install_handler as install_interrupt_handler, requested as interrupted};
 pub use netns::{
-    cleanup_leftovers, namespaces_with_prefix, owner_pid, preflight, processes_with_marker,
+    cleanup_leftovers, ip, namespaces_with_prefix, owner_pid, preflight, processes_with_marker,
     run_prefix, server_addr, Cleanup, Side, CLIENT_IP, NETNS_PREFIX, RUN_MARKER_ENV, SERVER_IP,
     SERVER_PORT,
 };

@@ -76,7 +76,7 @@ pub fn run_prefix() -> String {
 static VETH_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Runs `ip ARGS` and returns its stdout, or the error with its stderr.
-pub(crate) fn ip(args: &[&str]) -> Result<String, LabError> {
+pub fn ip(args: &[&str]) -> Result<String, LabError> {
     let output = Command::new("ip")
         .args(args)
         .output()
@@ -211,16 +211,7 @@ impl Topology {
             self.netns(Side::Server),
         ])?;
         for side in [Side::Client, Side::Server] {
-            let address = format!("{}/24", side.ip());
-            ip(&[
-                "-n",
-                self.netns(side),
-                "addr",
-                "add",
-                &address,
-                "dev",
-                self.dev(side),
-            ])?;
+            self.address(side, "add")?;
             ip(&["-n", self.netns(side), "link", "set", self.dev(side), "up"])?;
         }
         Ok(())
@@ -238,33 +229,30 @@ impl Topology {
     /// and vanish.
     pub(crate) fn cut(&self, side: Side) -> Result<u64, LabError> {
         let at = ts_ns();
-        let address = format!("{}/24", side.ip());
-        ip(&[
-            "-n",
-            self.netns(side),
-            "addr",
-            "del",
-            &address,
-            "dev",
-            self.dev(side),
-        ])?;
+        self.address(side, "del")?;
         Ok(at)
     }
 
     /// Undoes [`Topology::cut`]: the address (and its route) is back.
     pub(crate) fn reconnect(&self, side: Side) -> Result<u64, LabError> {
         let at = ts_ns();
+        self.address(side, "add")?;
+        Ok(at)
+    }
+
+    /// `ip addr add|del` of `side`'s address on its veth end.
+    fn address(&self, side: Side, verb: &str) -> Result<(), LabError> {
         let address = format!("{}/24", side.ip());
         ip(&[
             "-n",
             self.netns(side),
             "addr",
-            "add",
+            verb,
             &address,
             "dev",
             self.dev(side),
         ])?;
-        Ok(at)
+        Ok(())
     }
 
     /// `side`'s host reboots: its namespace and every socket in it are gone, and a

@@ -27,8 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use hangup::events::ts_ns;
+use hangup_lab::ip;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -128,7 +129,8 @@ impl ClientNetwork {
     }
 
     fn pull_link(&self) -> anyhow::Result<()> {
-        ip(&["-n", &self.netns, "link", "set", &self.client_dev, "down"])
+        ip(&["-n", &self.netns, "link", "set", &self.client_dev, "down"])?;
+        Ok(())
     }
 }
 
@@ -142,21 +144,6 @@ impl Drop for ClientNetwork {
             .args(["netns", "del", &self.netns])
             .output();
     }
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .context("could not run `ip` (iproute2)")?;
-    if !output.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 #[derive(Debug, Serialize)]
