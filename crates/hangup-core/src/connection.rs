@@ -213,6 +213,9 @@ pub struct Connection {
     pings: Option<PingBucket>,
     /// `GOAWAY` was sent: no new work; close once the jobs in flight are done.
     draining: bool,
+    /// The kernel is retransmitting bytes the peer never acknowledged (the driver's
+    /// last reading of TCP_INFO).
+    retransmitting: bool,
 }
 
 impl Connection {
@@ -243,6 +246,7 @@ impl Connection {
             last_inbound: None,
             pings: None,
             draining: false,
+            retransmitting: false,
         }
     }
 
@@ -466,6 +470,13 @@ impl Connection {
         self.maybe_finish(now);
     }
 
+    /// What the kernel says of our unacknowledged bytes: `true` while it retransmits
+    /// them without any acknowledgement from the peer. Read by the write-stall timer,
+    /// which then ends the connection as `timeout` rather than `stalled`.
+    pub fn handle_retransmitting(&mut self, retransmitting: bool) {
+        self.retransmitting = retransmitting;
+    }
+
     /// Time reached [`Connection::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) {
         // One at a time: after a late wake-up several may be due, and a close by the
@@ -477,7 +488,18 @@ impl Connection {
                     self.send(now, &Reply::Err(ErrorCode::Timeout, message.into()));
                     self.close(now, Cause::ProtocolError, true);
                 }
-                Timer::WriteStall => self.close(now, Cause::Stalled, false),
+                Timer::WriteStall => {
+                    // No write progress for the budget. A peer that acknowledges our
+                    // bytes but keeps its window shut is alive and not reading:
+                    // `stalled`. One that acknowledges nothing is gone, and the kernel
+                    // would say so with ETIMEDOUT a retransmission later: `timeout`.
+                    let cause = if self.retransmitting {
+                        Cause::Timeout
+                    } else {
+                        Cause::Stalled
+                    };
+                    self.close(now, cause, false);
+                }
                 Timer::HalfCloseProbe => {
                     if self.probe == Probe::Sent {
                         self.probe = Probe::Concluded;

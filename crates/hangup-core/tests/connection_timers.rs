@@ -225,6 +225,49 @@ fn a_peer_that_accepts_nothing_is_stalled_after_the_write_timeout() {
     d.assert_dead();
 }
 
+/// Found by the fault lab (client-crash-sending): a peer that crashed while we sent
+/// acknowledges nothing, and the stall timer would call it `stalled` ("alive but not
+/// reading"). With the kernel retransmitting, the cause is `timeout`.
+#[test]
+fn a_peer_that_acknowledges_nothing_is_a_timeout_not_a_stall() {
+    let mut d = Driver::with(HalfClosePolicy::Probe, Jobs::Manual);
+    d.peer = Peer::Stalled;
+    d.bytes("JOB 1000\nPING\n");
+    d.advance(ms(1000));
+    d.conn.handle_retransmitting(true);
+    d.advance(D);
+    assert_eq!(
+        d.running().and_then(|job| job.cancelled),
+        Some(Cause::Timeout)
+    );
+    d.stop_job();
+    assert_eq!(
+        d.closed(),
+        Some(&Event::Close {
+            cause: Cause::Timeout,
+            flush: false
+        })
+    );
+}
+
+/// The same stall with the peer's kernel acknowledging (a shut window, no
+/// retransmissions) stays `stalled`.
+#[test]
+fn a_peer_that_acknowledges_but_does_not_read_is_stalled() {
+    let mut d = driver();
+    d.peer = Peer::Stalled;
+    d.bytes("PING\n");
+    d.conn.handle_retransmitting(false);
+    d.advance(D);
+    assert_eq!(
+        d.closed(),
+        Some(&Event::Close {
+            cause: Cause::Stalled,
+            flush: false
+        })
+    );
+}
+
 #[test]
 fn write_progress_rearms_the_stall_timer() {
     let mut d = driver();

@@ -197,7 +197,16 @@ impl Driver {
                         self.conn.handle_job_finished(Instant::now(), job.id, outcome);
                     }
                 }
-                () = &mut sleep, if deadline.is_some() => self.conn.handle_timeout(Instant::now()),
+                () = &mut sleep, if deadline.is_some() => {
+                    if self.conn.interest().write {
+                        // Replies wait: tell the write-stall timer whether the peer
+                        // still acknowledges anything (one getsockopt per timer wake).
+                        let retransmitting = crate::sys::tcp_info(&self.stream)
+                            .is_ok_and(|info| info.retransmits > 0 && info.unacked > 0);
+                        self.conn.handle_retransmitting(retransmitting);
+                    }
+                    self.conn.handle_timeout(Instant::now());
+                }
                 () = &mut shutdown_started, if drain_end.is_none() => {
                     let now = Instant::now();
                     drain_end = Some(Box::pin(tokio::time::sleep_until((now + self.shared.config.drain_timeout).into())));
