@@ -80,7 +80,8 @@ pub(super) struct Driver {
 }
 
 impl Driver {
-    /// A driver for an accepted connection (counted in `connections` by the caller).
+    /// A driver for an accepted connection (its slot in the `connections_open` gauge is
+    /// taken by the caller and given back by [`Driver::serve`]).
     pub(super) fn new(stream: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>) -> Self {
         let now = Instant::now();
         let live = Arc::new(LiveConnection::new(id, peer, stream.as_raw_fd(), now));
