@@ -10,8 +10,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{hangup_bin, poll_until, PATIENCE};
-use hangup::presence::PresenceStore;
 use hangup::Cause;
+use hangup_server::presence::PresenceStore;
 use serde_json::Value;
 
 /// A data directory under the system temp dir, removed on drop.

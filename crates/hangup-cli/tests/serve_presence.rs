@@ -1,7 +1,7 @@
 //! The presence store as the real server fills it (SPEC §4): one row per session with
 //! why it ended — `peer_closed`, `takeover`, `heartbeat_missed` — and after a `kill -9`
 //! the restarted server on the same `--data-dir` ends the orphaned sessions with cause
-//! `shutdown` at the restart time. Read through `hangup::presence::query` and through
+//! `shutdown` at the restart time. Read through `hangup_server::presence::query` and through
 //! `hangup presence --json`.
 #![cfg(target_os = "linux")]
 

@@ -12,6 +12,9 @@
 //!                 driven by the tokio layer in the `hangup` crate
 //! ```
 //!
+//! Features (both default): `job` (the SHA-256 chain, sha2) and `auth` (device tokens,
+//! hmac). The embeddable `hangup` library turns both off.
+//!
 //! What it does not do: sockets, epoll, threads, clocks. Time is passed in as `now`,
 //! so every timer is testable on virtual time.
 //!
@@ -28,20 +31,24 @@
 //! ```
 #![warn(missing_docs)]
 
+#[cfg(feature = "auth")]
 mod auth;
 mod cause;
 mod connection;
 mod duration;
+#[cfg(feature = "job")]
 mod job;
 mod policy;
 mod protocol;
 mod session;
 mod timer;
 
+#[cfg(feature = "auth")]
 pub use auth::{device_token, verify_token};
 pub use cause::{Cause, UnknownCause};
 pub use connection::{Connection, ConnectionConfig, Event, Interest};
 pub use duration::{format_duration, parse_duration, DurationError};
+#[cfg(feature = "job")]
 pub use job::{run_chain, HashChain, ROUNDS_PER_SLICE};
 pub use policy::{
     HalfClosePolicy, Keepalive, KeepaliveSetting, KeepaliveTimers, LivenessPolicy, PolicyError,

@@ -12,7 +12,10 @@
 //! - [`cancel_on_hangup`]: a [`CancellationToken`](tokio_util::sync::CancellationToken)
 //!   that fires on hangup, to hand to CPU work;
 //! - [`tcp_info`]: the kernel's view (rtt, unacked, retransmits);
-//! - [`server`]: the `hangup serve` line-protocol server, and [`client`] pieces.
+//! - [`client`] pieces.
+//!
+//! The `hangup serve` application (its driver, admin endpoint, metrics and presence
+//! store) is the separate `hangup-server` crate.
 //!
 //! ```text
 //!   your server ──apply_policy──▶ socket options (keepalive, user timeout)
@@ -60,8 +63,6 @@
 
 pub mod client;
 pub mod events;
-pub mod presence;
-pub mod server;
 mod socket;
 pub mod sys;
 mod watch;

@@ -54,7 +54,7 @@ pub(crate) fn resolve_policy(args: &LivenessArgs) -> anyhow::Result<LivenessPoli
 }
 
 /// Reads an `--auth-secret` file: its bytes without trailing line breaks.
-pub(crate) fn read_secret(path: &std::path::Path) -> anyhow::Result<hangup::server::AuthSecret> {
+pub(crate) fn read_secret(path: &std::path::Path) -> anyhow::Result<hangup_server::AuthSecret> {
     let mut bytes = std::fs::read(path).with_context(|| {
         format!(
             "could not read the secret file {} (--auth-secret)",
@@ -71,7 +71,7 @@ pub(crate) fn read_secret(path: &std::path::Path) -> anyhow::Result<hangup::serv
             path.display()
         );
     }
-    Ok(hangup::server::AuthSecret::new(bytes))
+    Ok(hangup_server::AuthSecret::new(bytes))
 }
 
 /// A multi-threaded tokio runtime.

@@ -1,6 +1,6 @@
 //! `hangup presence`: is a device online, when did it drop, and why — read from the
 //! presence store the server writes (SPEC §4). All the storage is in
-//! `hangup::presence`; this resolves the flags and prints.
+//! `hangup_server::presence`; this resolves the flags and prints.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
-use hangup::presence::{query, PresenceError, PresenceFilter, SessionRow};
 use hangup_inspect::human_duration;
+use hangup_server::presence::{query, PresenceError, PresenceFilter, SessionRow};
 
 use crate::args::PresenceArgs;
 

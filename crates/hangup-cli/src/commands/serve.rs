@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use hangup::presence::PresenceStore;
-use hangup::server::{Server, ServerConfig};
+use hangup_server::presence::PresenceStore;
+use hangup_server::{Server, ServerConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 

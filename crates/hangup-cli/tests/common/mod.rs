@@ -801,9 +801,12 @@ pub fn hello(addr: SocketAddr, device: &str, extra: &str) -> (LineClient, String
 }
 
 /// Every session of the presence store in `data_dir`, newest first.
-pub fn presence_rows(data_dir: &Path) -> Vec<hangup::presence::SessionRow> {
-    hangup::presence::query(data_dir, &hangup::presence::PresenceFilter::default())
-        .expect("query the presence store")
+pub fn presence_rows(data_dir: &Path) -> Vec<hangup_server::presence::SessionRow> {
+    hangup_server::presence::query(
+        data_dir,
+        &hangup_server::presence::PresenceFilter::default(),
+    )
+    .expect("query the presence store")
 }
 
 /// The presence row of `session` once it satisfies `pred` (writes are asynchronous:
@@ -811,8 +814,8 @@ pub fn presence_rows(data_dir: &Path) -> Vec<hangup::presence::SessionRow> {
 pub fn wait_presence_row(
     data_dir: &Path,
     session: &str,
-    pred: impl Fn(&hangup::presence::SessionRow) -> bool,
-) -> hangup::presence::SessionRow {
+    pred: impl Fn(&hangup_server::presence::SessionRow) -> bool,
+) -> hangup_server::presence::SessionRow {
     let found = poll_until(PATIENCE, Duration::from_millis(20), || {
         presence_rows(data_dir)
             .into_iter()

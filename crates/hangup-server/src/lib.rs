@@ -1,4 +1,9 @@
-//! The line-protocol server (SPEC §3, §5): jobs stop the moment their client hangs up.
+//! The `hangup serve` application (SPEC §3–§5): the line-protocol server built on the
+//! `hangup` library, with its admin endpoint, metrics, worker pool and presence store.
+//!
+//! This crate is what only `hangup serve` needs (SQLite, axum, prometheus, HMAC); the
+//! embeddable pieces (socket policy, peer-gone watch, half-close, client) live in the
+//! `hangup` crate, whose dependency tree stays small.
 //!
 //! ```text
 //!  accept loop ──▶ one task per connection (driver.rs)
@@ -9,10 +14,13 @@
 //!  admin endpoint (admin.rs) ◀── live table (live.rs), metrics (metrics.rs)
 //! ```
 
+#![warn(missing_docs)]
+
 mod admin;
 mod driver;
 mod live;
 mod metrics;
+pub mod presence;
 mod workers;
 
 pub use live::{ConnectionSnapshot, ConnectionState, SessionSnapshot, TcpFigures};
@@ -32,8 +40,8 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::events::ts_ns;
 use crate::presence::PresenceRecorder;
+use hangup::events::ts_ns;
 use live::LiveTable;
 use metrics::Metrics;
 use workers::WorkerPool;
@@ -175,7 +183,7 @@ impl Shared {
 /// ```no_run
 /// # async fn demo() -> std::io::Result<()> {
 /// use std::time::Duration;
-/// use hangup::server::{Server, ServerConfig};
+/// use hangup_server::{Server, ServerConfig};
 /// use tokio_util::sync::CancellationToken;
 ///
 /// let config = ServerConfig::new("127.0.0.1:7557".parse().unwrap(), Duration::from_secs(30));

@@ -27,10 +27,10 @@
 //!
 //! ```
 //! use std::time::SystemTime;
-//! use hangup::presence::{query, PresenceFilter, PresenceStore};
+//! use hangup_server::presence::{query, PresenceFilter, PresenceStore};
 //! use hangup::Cause;
 //!
-//! # fn main() -> Result<(), hangup::presence::PresenceError> {
+//! # fn main() -> Result<(), hangup_server::presence::PresenceError> {
 //! # let dir = std::env::temp_dir().join(format!("hangup-presence-doc-{}", std::process::id()));
 //! let (store, _recovery) = PresenceStore::open(&dir)?;
 //! let recorder = store.recorder(); // clone it into every connection task

@@ -197,7 +197,7 @@ impl LiveTable {
                 // SAFETY: the fd stays open while its connection is in the table, and
                 // we hold the table's lock.
                 let fd = unsafe { BorrowedFd::borrow_raw(conn.fd) };
-                let tcp = crate::sys::tcp_info(&fd).ok().map(|info| TcpFigures {
+                let tcp = hangup::tcp_info(&fd).ok().map(|info| TcpFigures {
                     rtt_us: info.rtt.as_micros() as u64,
                     unacked: info.unacked,
                     retransmits: info.retransmits,

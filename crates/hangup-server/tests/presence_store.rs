@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hangup::presence::{query, PresenceError, PresenceFilter, PresenceStore, SessionRow};
 use hangup::Cause;
+use hangup_server::presence::{query, PresenceError, PresenceFilter, PresenceStore, SessionRow};
 
 /// Set in the environment of the re-executed child: the data directory it records in.
 const CHILD_DIR_ENV: &str = "HANGUP_PRESENCE_TEST_CHILD_DIR";

@@ -18,11 +18,11 @@ use tokio::sync::oneshot;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
-use super::live::{lock, ConnectionState, LiveConnection, LiveSession};
-use super::workers::JobOutcome;
-use super::{SessionHandle, Shared};
-use crate::events::ts_ns;
-use crate::socket::apply_policy;
+use crate::live::{lock, ConnectionState, LiveConnection, LiveSession};
+use crate::workers::JobOutcome;
+use crate::{SessionHandle, Shared};
+use hangup::apply_policy;
+use hangup::events::ts_ns;
 
 /// Bytes read from the socket per read call.
 const READ_CHUNK: usize = 16 * 1024;
@@ -202,7 +202,7 @@ impl Driver {
                     if self.conn.interest().write {
                         // Replies wait: tell the write-stall timer whether the peer
                         // still acknowledges anything (one getsockopt per timer wake).
-                        let retransmitting = crate::sys::tcp_info(&self.stream)
+                        let retransmitting = hangup::tcp_info(&self.stream)
                             .is_ok_and(|info| info.retransmits > 0 && info.unacked > 0);
                         self.conn.handle_retransmitting(retransmitting);
                     }
