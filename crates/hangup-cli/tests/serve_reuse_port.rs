@@ -28,7 +28,13 @@ fn two_instances_share_a_port() {
             .events_matching(|e| e["event"] == "connection_opened")
             .len()
     };
-    let (a, b) = (opened(&mut first), opened(&mut second));
+    // Events arrive through each server's stderr pipe: give the last ones time to land.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (mut a, mut b) = (opened(&mut first), opened(&mut second));
+    while a + b < clients.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        (a, b) = (opened(&mut first), opened(&mut second));
+    }
     assert_eq!(
         a + b,
         clients.len(),

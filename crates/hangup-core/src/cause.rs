@@ -91,6 +91,39 @@ impl Cause {
     }
 }
 
+/// What a socket's readiness says about its peer — the one rule the library's watch,
+/// the server and the client share.
+///
+/// `error` is EPOLLERR (or EPOLLHUP: nothing can be sent or received any more),
+/// `read_closed` is EPOLLRDHUP (the peer's FIN), and `pending_error` is what `SO_ERROR`
+/// held. A pending error decides (RST, timeout, unreachable); an error condition whose
+/// errno someone else already took is a reset; a FIN alone is [`Cause::PeerClosed`].
+/// `None`: the peer is still there.
+///
+/// ```
+/// use std::io;
+/// use hangup_core::{classify_readiness, Cause};
+///
+/// assert_eq!(classify_readiness(false, true, None), Some(Cause::PeerClosed));
+/// let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+/// assert_eq!(classify_readiness(true, true, Some(&reset)), Some(Cause::PeerReset));
+/// let timeout = io::Error::from(io::ErrorKind::TimedOut);
+/// assert_eq!(classify_readiness(true, false, Some(&timeout)), Some(Cause::Timeout));
+/// assert_eq!(classify_readiness(false, false, None), None);
+/// ```
+pub fn classify_readiness(
+    error: bool,
+    read_closed: bool,
+    pending_error: Option<&io::Error>,
+) -> Option<Cause> {
+    match pending_error {
+        Some(err) => Some(Cause::from_io_error(err)),
+        None if error => Some(Cause::PeerReset),
+        None if read_closed => Some(Cause::PeerClosed),
+        None => None,
+    }
+}
+
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

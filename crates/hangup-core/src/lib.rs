@@ -45,7 +45,7 @@ mod timer;
 
 #[cfg(feature = "auth")]
 pub use auth::{device_token, verify_token};
-pub use cause::{Cause, UnknownCause};
+pub use cause::{classify_readiness, Cause, UnknownCause};
 pub use connection::{Connection, ConnectionConfig, Event, Interest};
 pub use duration::{format_duration, parse_duration, DurationError};
 #[cfg(feature = "job")]

@@ -7,55 +7,58 @@
 //!
 //! - [`apply_policy`]: keepalive and TCP_USER_TIMEOUT derived from one budget,
 //!   dead-after D ([`LivenessPolicy`]), so silent deaths are caught within D;
-//! - [`peer_gone`]: await FIN or RST (EPOLLRDHUP/EPOLLERR readiness) without reading a
-//!   byte of the peer's data, with its [`Cause`];
-//! - [`cancel_on_hangup`]: a [`CancellationToken`](tokio_util::sync::CancellationToken)
-//!   that fires on hangup, to hand to CPU work;
+//! - [`PeerWatch`]: FIN, RST and kernel errors of a socket, told apart, without reading
+//!   a byte and without disturbing whoever owns and reads the socket;
+//! - [`HalfClose`]: what a FIN means for your protocol — probe with bytes it tolerates,
+//!   cancel, or finish — so a client that only half-closed keeps its answer;
+//! - [`PeerWatch::cancel_on_hangup`]: a [`CancellationToken`] that fires on hangup,
+//!   to hand to CPU work;
 //! - [`tcp_info`]: the kernel's view (rtt, unacked, retransmits);
-//! - [`client`] pieces.
-//!
-//! The `hangup serve` application (its driver, admin endpoint, metrics and presence
-//! store) is the separate `hangup-server` crate.
+//! - [`client`]: connecting with a policy, reconnect backoff.
 //!
 //! ```text
 //!   your server ──apply_policy──▶ socket options (keepalive, user timeout)
 //!        │
-//!        ├── cancel_on_hangup(stream) ──▶ token ──▶ spawn_blocking(work checks token)
-//!        │         └── peer_gone: tokio readiness, no data consumed
-//!        └── hangup_core (sans-IO): policy derivation, protocol, timers
+//!        ├── PeerWatch::new(&stream) ── private epoll: RDHUP/ERR/HUP only ──▶ Cause
+//!        │        └── cancel_on_hangup(token, HalfClose, work) ──▶ token fires
+//!        └── hangup_core (sans-IO): policy derivation, protocol codec, timers
 //! ```
 //!
-//! What it does not do: it never reads your data, and never decides for you what a
-//! FIN means for your protocol (see [`peer_gone`] on half-close).
+//! What it does not do: it never reads your data, never decides for you what a FIN
+//! means (you choose a [`HalfClose`]), and has no server of its own: the `hangup serve`
+//! application (driver, admin endpoint, metrics, presence store) is the separate
+//! `hangup-server` crate.
 //!
 //! A complete example, on loopback: the client hangs up while the server computes, and
-//! the computation stops.
+//! the computation stops; a client that only half-closed would have kept its answer.
 //!
 //! ```
-//! use std::sync::Arc;
 //! use std::time::Duration;
-//! use hangup::{apply_policy, cancel_on_hangup, Cause, LivenessPolicy};
+//! use hangup::{apply_policy, CancellationToken, Cause, HalfClose, LivenessPolicy, PeerWatch};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> std::io::Result<()> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
-//! let (server_side, _) = listener.accept().await?;
-//! apply_policy(&server_side, &LivenessPolicy::from_dead_after(Duration::from_secs(30)))?;
+//! let (stream, _) = listener.accept().await?;
+//! apply_policy(&stream, &LivenessPolicy::from_dead_after(Duration::from_secs(30)))?;
 //!
-//! let hangup = cancel_on_hangup(Arc::new(server_side));
-//! let token = hangup.token();
-//! let work = tokio::task::spawn_blocking(move || {
-//!     let mut rounds = 0u64;
-//!     while !token.is_cancelled() {
-//!         rounds += 1; // stands for a slice of real work
-//!         std::thread::sleep(Duration::from_micros(50));
+//! let token = CancellationToken::new();
+//! let work = tokio::task::spawn_blocking({
+//!     let token = token.clone();
+//!     move || {
+//!         let mut rounds = 0u64;
+//!         while !token.is_cancelled() {
+//!             rounds += 1; // stands for a slice of real work
+//!             std::thread::sleep(Duration::from_micros(50));
+//!         }
+//!         rounds
 //!     }
-//!     rounds
 //! });
-//! drop(client); // the client hangs up: FIN
-//! work.await.unwrap();
-//! assert_eq!(hangup.cause(), Some(Cause::PeerClosed));
+//! drop(client); // the client hangs up: FIN, then RST in answer to the probe
+//! let mut watch = PeerWatch::new(&stream)?;
+//! let (_rounds, cause) = watch.cancel_on_hangup(&token, &HalfClose::probe(b"\n"), work).await;
+//! assert_eq!(cause, Some(Cause::PeerClosed));
 //! # Ok(())
 //! # }
 //! ```
@@ -70,4 +73,5 @@ mod watch;
 pub use hangup_core::{Cause, HalfClosePolicy, Keepalive, KeepaliveTimers, LivenessPolicy};
 pub use socket::{apply_policy, read_liveness, SocketLiveness};
 pub use sys::{tcp_info, TcpInfo};
-pub use watch::{cancel_on_hangup, peer_gone, HangupToken, PeerGone};
+pub use tokio_util::sync::CancellationToken;
+pub use watch::{peer_gone, HalfClose, PeerGone, PeerState, PeerWatch};

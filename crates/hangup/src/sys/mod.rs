@@ -1,4 +1,4 @@
-//! Platform code: TCP_INFO and socket-option read-back.
+//! Platform code: TCP_INFO, and the hangup-only epoll registration of the watch.
 //!
 //! Linux is the supported platform; elsewhere the same functions exist and return
 //! `ErrorKind::Unsupported`, so the rest of the crate compiles unchanged.
@@ -7,11 +7,15 @@
 mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::tcp_info;
+#[cfg(target_os = "linux")]
+pub(crate) use linux::{send_nonblocking, HangupEvents, HangupRegistration};
 
 #[cfg(not(target_os = "linux"))]
 mod fallback;
 #[cfg(not(target_os = "linux"))]
 pub use fallback::tcp_info;
+#[cfg(not(target_os = "linux"))]
+pub(crate) use fallback::{send_nonblocking, HangupEvents, HangupRegistration};
 
 use std::time::Duration;
 
