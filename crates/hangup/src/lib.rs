@@ -66,6 +66,8 @@
 
 pub mod client;
 pub mod events;
+#[cfg(feature = "http")]
+pub mod http;
 mod socket;
 pub mod sys;
 mod watch;
