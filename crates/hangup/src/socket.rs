@@ -18,6 +18,24 @@ use socket2::{SockRef, TcpKeepalive};
 ///
 /// The watch and the timeouts of the policy are not socket options: the driver applies
 /// them.
+///
+/// ```
+/// use std::time::Duration;
+/// use hangup::{apply_policy, read_liveness, LivenessPolicy};
+///
+/// # fn main() -> std::io::Result<()> {
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let stream = std::net::TcpStream::connect(listener.local_addr()?)?;
+/// apply_policy(&stream, &LivenessPolicy::from_dead_after(Duration::from_secs(30)))?;
+/// let live = read_liveness(&stream)?;
+/// let keepalive = live.keepalive.expect("keepalive is on");
+/// assert_eq!(keepalive.idle, Duration::from_secs(15)); // D/2
+/// assert_eq!(keepalive.interval, Duration::from_secs(3)); // D/10
+/// # #[cfg(target_os = "linux")]
+/// assert_eq!(live.user_timeout, Some(Duration::from_secs(30))); // D
+/// # Ok(())
+/// # }
+/// ```
 pub fn apply_policy<'s>(socket: impl Into<SockRef<'s>>, policy: &LivenessPolicy) -> io::Result<()> {
     let socket = socket.into();
     socket.set_tcp_nodelay(true)?;
@@ -47,7 +65,8 @@ pub struct SocketLiveness {
     pub user_timeout: Option<Duration>,
 }
 
-/// Reads the liveness options of a TCP socket back from the kernel.
+/// Reads the liveness options of a TCP socket back from the kernel (see
+/// [`apply_policy`] for an example).
 pub fn read_liveness<'s>(socket: impl Into<SockRef<'s>>) -> io::Result<SocketLiveness> {
     let socket = socket.into();
     let keepalive = if socket.keepalive()? {

@@ -10,6 +10,17 @@ use super::TcpInfo;
 /// Reads TCP_INFO (`getsockopt(IPPROTO_TCP, TCP_INFO)`) from a TCP socket.
 ///
 /// Works on any TCP socket, connected or not; costs one system call.
+///
+/// ```
+/// # fn main() -> std::io::Result<()> {
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let stream = std::net::TcpStream::connect(listener.local_addr()?)?;
+/// let info = hangup::tcp_info(&stream)?;
+/// assert_eq!(info.state, 1); // ESTABLISHED
+/// assert_eq!(info.unacked, 0);
+/// # Ok(())
+/// # }
+/// ```
 pub fn tcp_info(socket: &impl AsFd) -> io::Result<TcpInfo> {
     // SAFETY: tcp_info is plain old data; all-zero is a valid value.
     let mut raw: libc::tcp_info = unsafe { mem::zeroed() };
