@@ -113,6 +113,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub auth_secret: Option<PathBuf>,
 
+    /// Require `Authorization: Bearer <token>` on every admin request; the token is this
+    /// file's content (trailing newline ignored). For an admin endpoint beyond loopback.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token: Option<PathBuf>,
+
     /// Allow listening on a non-loopback address without `--auth-secret` (anyone who
     /// can connect could then take over any device's session).
     #[arg(long)]

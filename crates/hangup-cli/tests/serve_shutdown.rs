@@ -184,9 +184,10 @@ fn a_second_signal_exits_at_once() {
 }
 
 /// A client that reads nothing: the server's replies back up, so after `GOAWAY` the
-/// connection can only end once the write-stall timeout (D) gives up on it. Waiting
-/// past the drain timeout must cost no CPU (the server once re-polled its finished
-/// drain timer in a loop: a core at 100 % until the connection ended).
+/// connection cannot close gracefully. Past the drain timeout it gets the shutdown
+/// grace (1 s) to take its last bytes, then is reset (cause `shutdown`), long before
+/// its write-stall timeout (D = 12 s). Waiting in that grace must cost no CPU (the
+/// server once re-polled its finished drain timer in a loop).
 #[test]
 fn waiting_past_the_drain_timeout_for_a_reader_that_stalls_does_not_spin() {
     let mut server = TestServer::start(&["--drain-timeout", "1s", "--dead-after", "12s"]);
@@ -212,10 +213,10 @@ fn waiting_past_the_drain_timeout_for_a_reader_that_stalls_does_not_spin() {
     server
         .wait_event(|e| e["event"] == "shutdown_started", PATIENCE)
         .expect("shutdown_started");
-    // Past the 1 s drain timeout, while the write-stall timeout (12 s) has not fired.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Past the 1 s drain timeout, inside the 1 s grace.
+    std::thread::sleep(Duration::from_millis(1100));
     let (ticks_before, at) = (server.cpu_ticks(), Instant::now());
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(600));
     let used = (server.cpu_ticks() - ticks_before) as f64 / ticks_per_second() as f64;
     let share = used / at.elapsed().as_secs_f64();
     assert!(
@@ -223,12 +224,8 @@ fn waiting_past_the_drain_timeout_for_a_reader_that_stalls_does_not_spin() {
         "the server used {:.0} % of a CPU while waiting for a stalled reader",
         share * 100.0
     );
-    assert!(
-        server.events_for("connection_closed", peer).is_empty(),
-        "closed before the write-stall timeout; the test waited in the wrong window"
-    );
     let closed = server.expect_event("connection_closed", peer);
-    assert_eq!(closed["cause"], "stalled", "{closed}");
+    assert_eq!(closed["cause"], "shutdown", "{closed}");
     let status = server.wait_exit(PATIENCE);
     assert!(status.success(), "{status}");
 }

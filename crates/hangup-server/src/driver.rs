@@ -154,8 +154,9 @@ impl Driver {
         // than pinned here, so that idle connections do not carry it (a `Sleep` is
         // 112 bytes).
         let mut drain_end: Option<std::pin::Pin<Box<Sleep>>> = None;
-        // An elapsed `Sleep` is ready on every poll: the drain timeout may fire only once.
+        // An elapsed `Sleep` is ready on every poll: each stage fires once.
         let mut drain_over = false;
+        let mut drain_stage = DrainStage::Jobs;
         loop {
             self.flush();
             if let Some((cause, flush)) = self.process_events() {
@@ -215,8 +216,22 @@ impl Driver {
                     self.conn.handle_goaway(now);
                 }
                 () = drained(drain_end.as_mut()), if drain_end.is_some() && !drain_over => {
-                    drain_over = true;
-                    self.conn.handle_local_close(Instant::now(), Cause::Shutdown, true);
+                    let now = Instant::now();
+                    match drain_stage {
+                        DrainStage::Jobs => {
+                            // Jobs had their time: close gracefully, within the grace.
+                            drain_stage = DrainStage::Close;
+                            if let Some(end) = drain_end.as_mut() {
+                                end.as_mut().reset((now + crate::SHUTDOWN_GRACE).into());
+                            }
+                            self.conn.handle_local_close(now, Cause::Shutdown, true);
+                        }
+                        DrainStage::Close => {
+                            // The peer does not take our last bytes: reset.
+                            drain_over = true;
+                            self.conn.handle_local_close(now, Cause::Shutdown, false);
+                        }
+                    }
                 }
             }
         }
@@ -570,7 +585,11 @@ impl Driver {
             drain_briefly(&self.stream).await;
         } else if matches!(
             cause,
-            Cause::Stalled | Cause::Timeout | Cause::Unreachable | Cause::HeartbeatMissed
+            Cause::Stalled
+                | Cause::Timeout
+                | Cause::Unreachable
+                | Cause::HeartbeatMissed
+                | Cause::Shutdown
         ) {
             // Nothing we still hold will ever be read: reset rather than leave an orphan
             // socket retransmitting into the void.
@@ -603,6 +622,15 @@ async fn kicked(
         Some(kick) => kick.await,
         None => std::future::pending().await,
     }
+}
+
+/// Where a connection is in the server's shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrainStage {
+    /// `GOAWAY` sent; jobs in flight finish within the drain timeout.
+    Jobs,
+    /// Closing gracefully; reset once `SHUTDOWN_GRACE` is over.
+    Close,
 }
 
 /// The end of the drain time; never without one.

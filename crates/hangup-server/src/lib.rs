@@ -23,6 +23,9 @@ mod metrics;
 pub mod presence;
 mod workers;
 
+pub use admin::{
+    ADMIN_CONNECTION_TIMEOUT, ADMIN_HEADER_TIMEOUT, ADMIN_MAX_CONNECTIONS, ADMIN_SHUTDOWN_GRACE,
+};
 pub use live::{ConnectionSnapshot, ConnectionState, SessionSnapshot, TcpFigures};
 
 use std::io;
@@ -90,6 +93,8 @@ pub struct ServerConfig {
     pub max_rounds: u64,
     /// Where the admin endpoint listens; `None`: no admin endpoint.
     pub admin: Option<SocketAddr>,
+    /// With a token, every admin request needs `Authorization: Bearer <token>`.
+    pub admin_token: Option<Arc<str>>,
     /// With a secret, `HELLO` needs `token=` hex HMAC-SHA256(secret, device-id).
     pub auth_secret: Option<AuthSecret>,
     /// On shutdown, how long jobs in flight may still run after `GOAWAY`.
@@ -110,6 +115,7 @@ impl ServerConfig {
             max_connections: 10_000,
             max_rounds: 10_000_000_000,
             admin: None,
+            admin_token: None,
             auth_secret: None,
             drain_timeout: Duration::from_secs(10),
             presence: None,
@@ -208,7 +214,8 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// Binds the listening socket.
-    pub async fn bind(config: ServerConfig) -> io::Result<Self> {
+    pub async fn bind(mut config: ServerConfig) -> io::Result<Self> {
+        reserve_descriptors(&mut config);
         let listener = listen(config.listen, config.reuse_port)?;
         let admin = match config.admin {
             Some(addr) => Some(TcpListener::bind(addr).await?),
@@ -255,9 +262,15 @@ impl Server {
         let admin_addr = self.admin_addr();
         let shared = self.shared;
         let admin_stop = CancellationToken::new();
-        let admin_task = self
-            .admin
-            .map(|admin| tokio::spawn(admin::serve(admin, shared.clone(), admin_stop.clone())));
+        let admin_task = self.admin.map(|admin| {
+            let token = shared.config.admin_token.clone();
+            tokio::spawn(admin::serve(
+                admin,
+                shared.clone(),
+                token,
+                admin_stop.clone(),
+            ))
+        });
         tracing::info!(
             target: "hangup::event",
             event = "listening",
@@ -314,7 +327,15 @@ impl Server {
         drop(self.listener);
         shared.draining.cancel();
         tracker.close();
-        tracker.wait().await;
+        // Every driver closes by drain timeout + SHUTDOWN_GRACE whatever its peer does;
+        // this second bound only guards against a bug there.
+        let bound = shared.config.drain_timeout + 2 * SHUTDOWN_GRACE;
+        if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                open = tracker.len(),
+                "connections still open past the shutdown bound; dropping them"
+            );
+        }
         admin_stop.cancel();
         if let Some(task) = admin_task {
             let _ = task.await;
@@ -322,6 +343,12 @@ impl Server {
         Ok(())
     }
 }
+
+/// After the drain timeout, how long a connection may still take to close gracefully
+/// (flush its replies, FIN, read what the peer still sends) before it is reset. A peer
+/// that reads nothing (a stalled reader) is cut at this bound rather than at its write
+/// timeout. Shutdown therefore completes within `drain_timeout + SHUTDOWN_GRACE`.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// A listening socket with a backlog deep enough for reconnect storms (the kernel caps
 /// it at net.core.somaxconn); tokio's `bind` would leave it at 1024.
@@ -336,6 +363,59 @@ fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// Descriptors kept apart from connections: listeners, the presence store's SQLite
+/// files, the runtime's epoll and eventfd, stdio, and the hangup watches of the
+/// library's users in the same process.
+pub const RESERVED_DESCRIPTORS: usize = 64;
+
+/// Makes the descriptor limit hold every connection the config allows, plus the admin
+/// endpoint's own [`ADMIN_MAX_CONNECTIONS`] and [`RESERVED_DESCRIPTORS`], so that
+/// neither port can starve the other: raises the soft `RLIMIT_NOFILE` up to the hard
+/// one, and if that is still too small, lowers `max_connections` and says so. Under a
+/// limit too small to leave even 64 connections beside the reserve, nothing is lowered:
+/// the accept loop's EMFILE handling (pause, never spin) is all there is.
+fn reserve_descriptors(config: &mut ServerConfig) {
+    let admin = if config.admin.is_some() {
+        ADMIN_MAX_CONNECTIONS
+    } else {
+        0
+    };
+    let needed = (config.max_connections + admin + RESERVED_DESCRIPTORS) as u64;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < needed && limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: needed.min(limit.rlim_max),
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct; raising the soft limit up to the hard one
+        // needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let room = (limit.rlim_cur as usize).saturating_sub(admin + RESERVED_DESCRIPTORS);
+    if config.max_connections > room && room >= 64 {
+        tracing::warn!(
+            target: "hangup::event",
+            event = "max_connections_lowered",
+            ts_ns = ts_ns(),
+            asked = config.max_connections,
+            granted = room,
+            nofile = limit.rlim_cur,
+            "the descriptor limit (ulimit -n) holds only {room} connections beside the admin \
+             endpoint's {admin} and {RESERVED_DESCRIPTORS} reserved; raise it to serve more"
+        );
+        config.max_connections = room;
+    }
 }
 
 /// Pending connections the kernel may queue before we accept them.

@@ -40,6 +40,8 @@ pub(crate) struct Metrics {
     pub connections_opened: Counter,
     pub connections_open: Gauge,
     pub connections_refused: Counter,
+    /// Admin connections closed at accept: the admin endpoint was at its limit.
+    pub admin_refused: Counter,
     pub connections_closed: Family<CauseLabel, Counter>,
     pub sessions_started: Counter,
     pub sessions_open: Gauge,
@@ -63,6 +65,7 @@ impl Metrics {
             connections_opened: Counter::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
+            admin_refused: Counter::default(),
             connections_closed: Family::default(),
             sessions_started: Counter::default(),
             sessions_open: Gauge::default(),
@@ -91,6 +94,11 @@ impl Metrics {
             "connections_refused",
             "Connections refused at the connection limit (ERR busy)",
             metrics.connections_refused.clone(),
+        );
+        r.register(
+            "admin_refused",
+            "Admin connections closed at accept: the admin endpoint was at its limit",
+            metrics.admin_refused.clone(),
         );
         r.register(
             "connections_closed",

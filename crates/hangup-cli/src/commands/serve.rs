@@ -14,6 +14,25 @@ use super::{read_secret, resolve_policy, runtime};
 use crate::args::{AdminAddr, ServeArgs};
 use crate::logging;
 
+/// Reads an `--admin-token` file: its text without surrounding whitespace.
+fn read_admin_token(path: &std::path::Path) -> anyhow::Result<std::sync::Arc<str>> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "could not read the admin token file {} (--admin-token)",
+            path.display()
+        )
+    })?;
+    let token = text.trim();
+    if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!(
+            "the admin token file {} (--admin-token) must hold one token without spaces, e.g. `head -c 24 /dev/urandom | base64 > {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(token.into())
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     logging::init(args.log_format);
     let policy = resolve_policy(&args.liveness)?;
@@ -38,6 +57,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         AdminAddr::At(addr) => Some(addr),
     };
     config.auth_secret = args.auth_secret.as_deref().map(read_secret).transpose()?;
+    config.admin_token = match &args.admin_token {
+        Some(path) => Some(read_admin_token(path)?),
+        None => None,
+    };
     if config.auth_secret.is_none() && !args.insecure {
         refuse_exposed("--listen", args.listen)?;
         if let Some(admin) = config.admin {
