@@ -12,7 +12,9 @@
 //! - [`cancel_on_hangup`]: a [`CancellationToken`](tokio_util::sync::CancellationToken)
 //!   that fires on hangup, to hand to CPU work;
 //! - [`tcp_info`]: the kernel's view (rtt, unacked, retransmits);
-//! - [`client`] pieces.
+//! - [`client::SessionClient`]: a reconnecting session client (`HELLO` on every
+//!   connect, the granted heartbeat, backoff with jitter, `GOAWAY` and takeover), with
+//!   the line protocol's codec both ways ([`Command`], [`Reply`]).
 //!
 //! The `hangup serve` application (its driver, admin endpoint, metrics and presence
 //! store) is the separate `hangup-server` crate.
@@ -68,6 +70,13 @@ pub mod sys;
 mod watch;
 
 pub use hangup_core::{Cause, HalfClosePolicy, Keepalive, KeepaliveTimers, LivenessPolicy};
+// The line protocol and the client's heartbeat, for users of [`client::SessionClient`]
+// and for servers speaking the protocol themselves.
+pub use hangup_core::{
+    parse_line, Command, ErrorCode, Frame, Heartbeat, HeartbeatAction, HeartbeatClock, JobId,
+    LineDecoder, ParseError, Reply, ReplyParseError, SessionId, StatusCounts, MAX_LINE,
+};
 pub use socket::{apply_policy, read_liveness, SocketLiveness};
 pub use sys::{tcp_info, TcpInfo};
+pub use tokio_util::sync::CancellationToken;
 pub use watch::{cancel_on_hangup, peer_gone, HangupToken, PeerGone};
