@@ -828,3 +828,11 @@ pub fn wait_presence_row(
         )
     })
 }
+
+/// The code of an `ERR` reply line; `None` for any other line.
+pub fn err_code(line: &str) -> Option<hangup_core::ErrorCode> {
+    match hangup_core::Reply::parse(line) {
+        Ok(hangup_core::Reply::Err(code, _)) => Some(code),
+        _ => None,
+    }
+}
