@@ -6,11 +6,10 @@
 
 mod common;
 
-use hangup_core::Reply;
-
 use std::collections::HashMap;
 
 use common::{hello, poll_until, LineClient, TestServer, ENDLESS_JOB, PATIENCE};
+use hangup_core::Reply;
 use serde_json::Value;
 
 /// One OpenMetrics sample line: name, labels and value.

@@ -6,11 +6,10 @@
 
 mod common;
 
-use hangup_core::ErrorCode;
-
 use std::path::PathBuf;
 
 use common::{run_hangup, welcome_session, LineClient, TempDir, TestServer};
+use hangup_core::ErrorCode;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 

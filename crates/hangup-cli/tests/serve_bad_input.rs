@@ -6,12 +6,11 @@
 
 mod common;
 
-use hangup_core::{ErrorCode, Reply};
-
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use common::{poll_until, ticks_per_second, LineClient, TestServer, ENDLESS_JOB, PATIENCE};
+use hangup_core::{ErrorCode, Reply};
 
 /// Sends `input` and checks that the reply starts with `expected`, then that the
 /// connection still answers PING.

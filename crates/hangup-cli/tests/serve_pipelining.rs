@@ -4,9 +4,8 @@
 
 mod common;
 
-use hangup_core::Reply;
-
 use common::*;
+use hangup_core::Reply;
 
 #[test]
 fn every_pipelined_status_line_is_answered() {

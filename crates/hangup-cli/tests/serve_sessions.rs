@@ -5,13 +5,12 @@
 
 mod common;
 
-use hangup_core::ErrorCode;
-
 use std::io::ErrorKind;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{hello, welcome_session, LineClient, TestServer};
+use hangup_core::ErrorCode;
 
 /// H = 1 s: dead after 1.5 s of inbound silence.
 const DEAD_AFTER: Duration = Duration::from_millis(1500);

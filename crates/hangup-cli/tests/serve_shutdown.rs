@@ -7,13 +7,12 @@
 
 mod common;
 
-use hangup_core::{ErrorCode, Reply};
-
 use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{chain_hex, ticks_per_second, LineClient, TestServer, ENDLESS_JOB, PATIENCE};
+use hangup_core::{ErrorCode, Reply};
 
 /// Rounds of a job that takes about `target` on this server now, measured with a
 /// calibration job (job threads run at nice 19: on a busy machine they are slow, and
