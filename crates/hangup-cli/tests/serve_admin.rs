@@ -9,6 +9,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::{hello, poll_until, LineClient, TestServer, ENDLESS_JOB, PATIENCE};
+use hangup_core::Reply;
 use serde_json::Value;
 
 /// One OpenMetrics sample line: name, labels and value.
@@ -95,7 +96,7 @@ fn metrics_count_connections_sessions_takeovers_and_fill_histograms() {
     server.expect_event("connection_closed", old_peer);
     new.send("JOB 5");
     assert_eq!(new.reply(), "ACCEPTED 1");
-    assert!(new.reply().starts_with("DONE 1 "));
+    assert!(matches!(Reply::parse(new.reply()), Ok(Reply::Done(1, _))));
     server.expect_job_event("job_done", new.local_addr(), 1);
 
     let response = server.admin_get("/metrics");

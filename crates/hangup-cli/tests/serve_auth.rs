@@ -9,6 +9,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{run_hangup, welcome_session, LineClient, TempDir, TestServer};
+use hangup_core::ErrorCode;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -75,7 +76,11 @@ fn a_correct_token_opens_the_session_and_wrong_or_missing_ones_are_refused() {
 
     client.send("HELLO door-1 heartbeat=30");
     let reply = client.reply();
-    assert!(reply.starts_with("ERR unauthorized"), "{reply}");
+    assert_eq!(
+        common::err_code(&reply),
+        Some(ErrorCode::Unauthorized),
+        "{reply}"
+    );
     client.assert_alive("after-missing-token");
 
     client.send(&format!(
@@ -83,16 +88,28 @@ fn a_correct_token_opens_the_session_and_wrong_or_missing_ones_are_refused() {
         "ab".repeat(32)
     ));
     let reply = client.reply();
-    assert!(reply.starts_with("ERR unauthorized"), "{reply}");
+    assert_eq!(
+        common::err_code(&reply),
+        Some(ErrorCode::Unauthorized),
+        "{reply}"
+    );
     client.assert_alive("after-wrong-token");
 
     // Another device's token, and a token that is not hex.
     client.send(&format!("HELLO door-1 token={}", expected_token("door-2")));
     let reply = client.reply();
-    assert!(reply.starts_with("ERR unauthorized"), "{reply}");
+    assert_eq!(
+        common::err_code(&reply),
+        Some(ErrorCode::Unauthorized),
+        "{reply}"
+    );
     client.send("HELLO door-1 token=xyz");
     let reply = client.reply();
-    assert!(reply.starts_with("ERR unauthorized"), "{reply}");
+    assert_eq!(
+        common::err_code(&reply),
+        Some(ErrorCode::Unauthorized),
+        "{reply}"
+    );
     client.assert_alive("after-foreign-token");
     assert!(server.events_for("session_started", peer).is_empty());
 
@@ -129,10 +146,18 @@ fn a_wrong_token_cannot_kick_a_device_off() {
         expected_token("car-10")
     ));
     let reply = intruder.reply();
-    assert!(reply.starts_with("ERR unauthorized"), "{reply}");
+    assert_eq!(
+        common::err_code(&reply),
+        Some(ErrorCode::Unauthorized),
+        "{reply}"
+    );
     intruder.send("HELLO car-9");
     let reply = intruder.reply();
-    assert!(reply.starts_with("ERR unauthorized"), "{reply}");
+    assert_eq!(
+        common::err_code(&reply),
+        Some(ErrorCode::Unauthorized),
+        "{reply}"
+    );
 
     // The owner was not kicked: its next line is the PONG, not KICKED.
     owner.assert_alive("still-mine");

@@ -56,7 +56,7 @@ pub use policy::{
 };
 pub use protocol::{
     parse_line, valid_device_id, Command, ErrorCode, Frame, JobId, LineDecoder, ParseError, Reply,
-    StatusCounts, DEFAULT_SEED, MAX_LINE,
+    ReplyParseError, StatusCounts, DEFAULT_SEED, MAX_LINE,
 };
 pub use session::{
     Heartbeat, HeartbeatAction, HeartbeatClock, Opened, SessionId, SessionRegistry,

@@ -141,6 +141,55 @@ pub enum Command {
     Bye,
 }
 
+impl fmt::Display for Command {
+    /// The command as a line without its `\n`, in the form [`parse_line`] reads back:
+    /// uppercase, `JOB` without its seed when it is [`DEFAULT_SEED`], `HELLO`'s
+    /// heartbeat in whole seconds (a fraction rounds up, as the server counts seconds).
+    ///
+    /// A `PING` round-trips when its data is one line without leading or trailing
+    /// whitespace (the server trims it); a `JOB` seed and a `HELLO` device or token
+    /// when they are single words.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Hello {
+                device,
+                token,
+                heartbeat,
+            } => {
+                write!(f, "HELLO {device}")?;
+                if let Some(token) = token {
+                    write!(f, " token={token}")?;
+                }
+                match heartbeat {
+                    Some(heartbeat) => write!(f, " heartbeat={}", whole_secs_up(*heartbeat)),
+                    None => Ok(()),
+                }
+            }
+            Command::Ping(data) if data.is_empty() => f.write_str("PING"),
+            Command::Ping(data) => write!(f, "PING {data}"),
+            Command::Job { rounds, seed } if seed == DEFAULT_SEED => write!(f, "JOB {rounds}"),
+            Command::Job { rounds, seed } => write!(f, "JOB {rounds} {seed}"),
+            Command::Cancel(id) => write!(f, "CANCEL {id}"),
+            Command::Status => f.write_str("STATUS"),
+            Command::Bye => f.write_str("BYE"),
+        }
+    }
+}
+
+impl Command {
+    /// Appends the command and its `\n` to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing into a Vec cannot fail.
+        let _ = writeln!(out, "{self}");
+    }
+}
+
+/// Whole seconds, a fraction rounded up: `HELLO heartbeat=` takes whole seconds.
+fn whole_secs_up(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
 /// The seed a `JOB` without one starts from.
 pub const DEFAULT_SEED: &str = "hangup";
 
@@ -171,6 +220,25 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order of SPEC §3.
+    pub const ALL: [ErrorCode; 10] = [
+        Self::BadRequest,
+        Self::TooLong,
+        Self::UnknownCommand,
+        Self::Unauthorized,
+        Self::TooManyJobs,
+        Self::RateLimited,
+        Self::Busy,
+        Self::ShuttingDown,
+        Self::NotFound,
+        Self::Timeout,
+    ];
+
+    /// The code sent on the wire as `code`, if it is one (case-sensitive).
+    pub fn from_wire(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+
     /// The code as sent on the wire.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -446,6 +514,218 @@ impl Reply {
     }
 }
 
+/// A server line that is not a reply of this protocol, from [`Reply::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplyParseError {
+    /// The line is not valid UTF-8.
+    #[error("reply is not valid UTF-8")]
+    NotUtf8,
+    /// The line is empty; the protocol ignores empty lines.
+    #[error("reply is empty")]
+    Empty,
+    /// The first word is not a reply the server sends (replies are uppercase).
+    #[error("unknown reply `{0}`")]
+    UnknownReply(String),
+    /// The reply word is known, but what follows is not in the form the server writes.
+    #[error("malformed {reply} reply; expected `{expected}`")]
+    Malformed {
+        /// The reply word.
+        reply: &'static str,
+        /// The form the server writes.
+        expected: &'static str,
+    },
+    /// `ERR` with a code that SPEC §3 does not list.
+    #[error("unknown error code `{0}`")]
+    UnknownErrorCode(String),
+}
+
+impl Reply {
+    /// Parses one line from the server: every line [`Reply`]'s `Display` writes.
+    ///
+    /// Replies are case-sensitive and uppercase, as the server writes them; one trailing
+    /// `\n`, `\r\n` or `\r` is ignored. Any line starting with `#` is a [`Reply::Probe`]
+    /// (SPEC §3: both sides ignore such lines). Otherwise the parser accepts exactly
+    /// the canonical form, so `Reply::parse(line)?.to_string() == line`: a client may
+    /// print the parsed reply instead of the bytes it read.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use hangup_core::{ErrorCode, Reply, SessionId};
+    ///
+    /// let welcome = Reply::parse("WELCOME 000000000000002a heartbeat=1 dead-after=1.5\r")?;
+    /// let Reply::Welcome(session, heartbeat) = welcome else { unreachable!() };
+    /// assert_eq!(session, SessionId(42));
+    /// assert_eq!(heartbeat.dead_after, Duration::from_millis(1500));
+    /// assert_eq!(
+    ///     Reply::parse(b"ERR not-found no job 7")?,
+    ///     Reply::Err(ErrorCode::NotFound, "no job 7".into())
+    /// );
+    /// assert!(Reply::parse("pong").is_err());
+    /// # Ok::<(), hangup_core::ReplyParseError>(())
+    /// ```
+    pub fn parse(line: impl AsRef<[u8]>) -> Result<Reply, ReplyParseError> {
+        let line = line.as_ref();
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = std::str::from_utf8(line).map_err(|_| ReplyParseError::NotUtf8)?;
+        if line.is_empty() {
+            return Err(ReplyParseError::Empty);
+        }
+        if line.starts_with('#') {
+            return Ok(Reply::Probe);
+        }
+        let (word, rest) = match line.split_once(' ') {
+            Some((word, rest)) => (word, Some(rest)),
+            None => (line, None),
+        };
+        let malformed = |reply: &'static str, expected: &'static str| ReplyParseError::Malformed {
+            reply,
+            expected,
+        };
+        match word {
+            "PONG" => match rest {
+                None => Ok(Reply::Pong(String::new())),
+                Some(data) if !data.is_empty() => Ok(Reply::Pong(data.to_owned())),
+                Some(_) => Err(malformed("PONG", "PONG [data]")),
+            },
+            "ACCEPTED" => rest
+                .and_then(canonical_u64)
+                .map(Reply::Accepted)
+                .ok_or(malformed("ACCEPTED", "ACCEPTED <job-id>")),
+            "DONE" => rest
+                .and_then(|args| {
+                    let (id, digest) = args.split_once(' ')?;
+                    Some(Reply::Done(canonical_u64(id)?, lowercase_digest(digest)?))
+                })
+                .ok_or(malformed("DONE", "DONE <job-id> <64 lowercase hex>")),
+            "CANCELLED" => rest
+                .and_then(canonical_u64)
+                .map(Reply::Cancelled)
+                .ok_or(malformed("CANCELLED", "CANCELLED <job-id>")),
+            "STATUS" => rest
+                .and_then(parse_status)
+                .map(Reply::Status)
+                .ok_or(malformed(
+                    "STATUS",
+                    "STATUS connections=<n> sessions=<n> jobs_running=<n> jobs_queued=<n>",
+                )),
+            "BYE" => match rest {
+                None => Ok(Reply::Bye),
+                Some(_) => Err(malformed("BYE", "BYE")),
+            },
+            "WELCOME" => rest.and_then(parse_welcome).ok_or(malformed(
+                "WELCOME",
+                "WELCOME <session-id> heartbeat=<secs> dead-after=<secs> [clamped-from=<secs>]",
+            )),
+            "KICKED" => match rest {
+                Some("takeover") => Ok(Reply::KickedTakeover),
+                _ => Err(malformed("KICKED", "KICKED takeover")),
+            },
+            "GOAWAY" => match rest {
+                Some("shutdown") => Ok(Reply::GoawayShutdown),
+                _ => Err(malformed("GOAWAY", "GOAWAY shutdown")),
+            },
+            "ERR" => {
+                let (code, message) = rest
+                    .and_then(|args| args.split_once(' '))
+                    .ok_or(malformed("ERR", "ERR <code> <message>"))?;
+                let code = ErrorCode::from_wire(code)
+                    .ok_or_else(|| ReplyParseError::UnknownErrorCode(truncate(code).to_owned()))?;
+                Ok(Reply::Err(code, message.to_owned()))
+            }
+            _ => Err(ReplyParseError::UnknownReply(truncate(word).to_owned())),
+        }
+    }
+}
+
+/// A number as the server writes it: decimal digits, no sign, no leading zero.
+fn canonical_u64(text: &str) -> Option<u64> {
+    let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    let leading_zero = text.len() > 1 && text.starts_with('0');
+    if !digits_only || leading_zero {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Seconds as [`Secs`] writes them: `30`, `1.5`, `0.125` (milliseconds at most, no
+/// trailing zero in the fraction).
+fn canonical_secs(text: &str) -> Option<Duration> {
+    let (whole, fraction) = match text.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (text, None),
+    };
+    let secs = canonical_u64(whole)?;
+    let millis = match fraction {
+        None => 0,
+        Some(fraction) => {
+            let well_formed = (1..=3).contains(&fraction.len())
+                && fraction.bytes().all(|b| b.is_ascii_digit())
+                && !fraction.ends_with('0');
+            if !well_formed {
+                return None;
+            }
+            format!("{fraction:0<3}").parse::<u32>().ok()?
+        }
+    };
+    Some(Duration::new(secs, millis * 1_000_000))
+}
+
+/// A `DONE` digest: exactly 64 lowercase hex digits.
+fn lowercase_digest(text: &str) -> Option<[u8; 32]> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(text, &mut digest).ok()?;
+    Some(digest)
+}
+
+fn parse_status(args: &str) -> Option<StatusCounts> {
+    let mut fields = args.split(' ');
+    let mut field = |key: &str| {
+        let (k, v) = fields.next()?.split_once('=')?;
+        (k == key).then_some(())?;
+        canonical_u64(v)
+    };
+    let counts = StatusCounts {
+        connections: field("connections")?,
+        sessions: field("sessions")?,
+        jobs_running: field("jobs_running")?,
+        jobs_queued: field("jobs_queued")?,
+    };
+    fields.next().is_none().then_some(counts)
+}
+
+fn parse_welcome(args: &str) -> Option<Reply> {
+    let mut fields = args.split(' ');
+    let id = fields.next()?;
+    let lowercase_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if id.len() != 16 || !id.bytes().all(lowercase_hex) {
+        return None;
+    }
+    let id = SessionId(u64::from_str_radix(id, 16).ok()?);
+    let mut secs = |key: &str| canonical_secs(fields.next()?.strip_prefix(key)?);
+    let interval = secs("heartbeat=")?;
+    let dead_after = secs("dead-after=")?;
+    let clamped_from = match fields.next() {
+        None => None,
+        Some(field) => Some(canonical_secs(field.strip_prefix("clamped-from=")?)?),
+    };
+    if fields.next().is_some() {
+        return None;
+    }
+    Some(Reply::Welcome(
+        id,
+        Heartbeat {
+            interval,
+            dead_after,
+            clamped_from,
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,5 +894,168 @@ mod tests {
                 "ab".repeat(32)
             )
         );
+    }
+
+    #[test]
+    fn parses_every_reply_the_server_writes() {
+        let p = |line: &str| Reply::parse(line);
+        assert_eq!(p("PONG"), Ok(Reply::Pong(String::new())));
+        assert_eq!(
+            p("PONG hello  world"),
+            Ok(Reply::Pong("hello  world".into()))
+        );
+        assert_eq!(p("ACCEPTED 7"), Ok(Reply::Accepted(7)));
+        let done = format!("DONE 7 {}", "ab".repeat(32));
+        assert_eq!(p(&done), Ok(Reply::Done(7, [0xab; 32])));
+        assert_eq!(p("CANCELLED 3"), Ok(Reply::Cancelled(3)));
+        assert_eq!(
+            p("STATUS connections=2 sessions=0 jobs_running=1 jobs_queued=3"),
+            Ok(Reply::Status(StatusCounts {
+                connections: 2,
+                sessions: 0,
+                jobs_running: 1,
+                jobs_queued: 3
+            }))
+        );
+        assert_eq!(p("BYE"), Ok(Reply::Bye));
+        assert_eq!(
+            p("WELCOME 000000000000002a heartbeat=1 dead-after=1.5 clamped-from=0"),
+            Ok(Reply::Welcome(
+                SessionId(42),
+                Heartbeat::grant(Some(Duration::ZERO))
+            ))
+        );
+        assert_eq!(
+            p("WELCOME 0000000000000001 heartbeat=30 dead-after=45"),
+            Ok(Reply::Welcome(SessionId(1), Heartbeat::grant(None)))
+        );
+        assert_eq!(p("KICKED takeover"), Ok(Reply::KickedTakeover));
+        assert_eq!(p("GOAWAY shutdown"), Ok(Reply::GoawayShutdown));
+        assert_eq!(p("#"), Ok(Reply::Probe));
+        assert_eq!(p("# any comment"), Ok(Reply::Probe));
+        assert_eq!(
+            p("ERR too-many-jobs 64 jobs queued"),
+            Ok(Reply::Err(ErrorCode::TooManyJobs, "64 jobs queued".into()))
+        );
+        // One line ending is tolerated.
+        assert_eq!(p("BYE\r"), Ok(Reply::Bye));
+        assert_eq!(Reply::parse(b"ACCEPTED 1\r\n"), Ok(Reply::Accepted(1)));
+    }
+
+    #[test]
+    fn welcome_seconds_keep_milliseconds() {
+        let Ok(Reply::Welcome(_, heartbeat)) =
+            Reply::parse("WELCOME 00000000000000ff heartbeat=2.25 dead-after=3.375")
+        else {
+            panic!("not a welcome")
+        };
+        assert_eq!(heartbeat.interval, Duration::from_millis(2250));
+        assert_eq!(heartbeat.dead_after, Duration::from_millis(3375));
+        assert_eq!(heartbeat.clamped_from, None);
+    }
+
+    #[test]
+    fn rejects_what_the_server_never_writes() {
+        use ReplyParseError as E;
+        let p = |line: &[u8]| Reply::parse(line);
+        assert_eq!(p(b""), Err(E::Empty));
+        assert_eq!(p(b"\r\n"), Err(E::Empty));
+        assert_eq!(p(b"PONG \xff"), Err(E::NotUtf8));
+        assert_eq!(p(b"pong"), Err(E::UnknownReply("pong".into())));
+        assert_eq!(p(b"HELLO x"), Err(E::UnknownReply("HELLO".into())));
+        assert_eq!(
+            p(b"ERR no-such-code x"),
+            Err(E::UnknownErrorCode("no-such-code".into()))
+        );
+        for bad in [
+            &b"PONG "[..],
+            b"ACCEPTED",
+            b"ACCEPTED x",
+            b"ACCEPTED +1",
+            b"ACCEPTED 01",
+            b"ACCEPTED 1 2",
+            b"ACCEPTED 99999999999999999999999",
+            b"DONE 1",
+            b"DONE 1 abcd",
+            b"CANCELLED",
+            b"STATUS",
+            b"STATUS connections=1",
+            b"STATUS sessions=0 connections=2 jobs_running=1 jobs_queued=3",
+            b"STATUS connections=2 sessions=0 jobs_running=1 jobs_queued=3 extra=1",
+            b"BYE now",
+            b"WELCOME 2a heartbeat=1 dead-after=1.5",
+            b"WELCOME 000000000000002A heartbeat=1 dead-after=1.5",
+            b"WELCOME 000000000000002a dead-after=1.5 heartbeat=1",
+            b"WELCOME 000000000000002a heartbeat=1.50 dead-after=1.5",
+            b"WELCOME 000000000000002a heartbeat=1.1234 dead-after=1.5",
+            b"WELCOME 000000000000002a heartbeat=1. dead-after=1.5",
+            b"WELCOME 000000000000002a heartbeat=1 dead-after=1.5 clamped-from=",
+            b"WELCOME 000000000000002a heartbeat=1 dead-after=1.5 clamped-from=0 x",
+            b"KICKED",
+            b"KICKED later",
+            b"GOAWAY",
+            b"ERR",
+            b"ERR bad-request",
+        ] {
+            assert!(
+                matches!(p(bad), Err(E::Malformed { .. })),
+                "{:?} -> {:?}",
+                String::from_utf8_lossy(bad),
+                p(bad)
+            );
+        }
+        let upper = format!("DONE 1 {}", "AB".repeat(32));
+        assert!(Reply::parse(&upper).is_err(), "digests are lowercase");
+        let message = Reply::parse("ERR").unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "malformed ERR reply; expected `ERR <code> <message>`"
+        );
+    }
+
+    #[test]
+    fn error_codes_read_back() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_wire(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::from_wire("Busy"), None);
+    }
+
+    #[test]
+    fn commands_encode_as_lines_the_server_reads() {
+        let line = |command: Command| {
+            let mut out = Vec::new();
+            command.encode(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            line(Command::Hello {
+                device: "dev-1".into(),
+                token: Some("ab".into()),
+                heartbeat: Some(Duration::from_secs(5)),
+            }),
+            "HELLO dev-1 token=ab heartbeat=5\n"
+        );
+        let hello = Command::Hello {
+            device: "d".into(),
+            token: None,
+            heartbeat: Some(Duration::from_millis(1500)),
+        };
+        assert_eq!(hello.to_string(), "HELLO d heartbeat=2", "rounds up");
+        assert_eq!(line(Command::Ping(String::new())), "PING\n");
+        assert_eq!(line(Command::Ping("a b".into())), "PING a b\n");
+        let job = |seed: &str| Command::Job {
+            rounds: 9,
+            seed: seed.into(),
+        };
+        assert_eq!(job(DEFAULT_SEED).to_string(), "JOB 9");
+        assert_eq!(job("abc").to_string(), "JOB 9 abc");
+        assert_eq!(Command::Cancel(4).to_string(), "CANCEL 4");
+        assert_eq!(Command::Status.to_string(), "STATUS");
+        assert_eq!(Command::Bye.to_string(), "BYE");
+        for command in [job("abc"), job(DEFAULT_SEED), Command::Cancel(4), hello] {
+            let parsed = parse_line(command.to_string().as_bytes(), 1000).unwrap();
+            assert!(parsed.is_some());
+        }
     }
 }

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{expected_digest, Driver, Jobs, Peer, Rng};
-use hangup_core::{Event, HalfClosePolicy};
+use common::{err_code, expected_digest, reply, Driver, Jobs, Peer, Rng};
+use hangup_core::{ErrorCode, Event, HalfClosePolicy, Reply};
 
 /// Every kind of line, including ones that straddle the limits.
 fn script() -> Vec<u8> {
@@ -52,15 +52,15 @@ fn random_splits_give_the_same_replies() {
     assert_eq!(lines[0], "PONG first");
     assert_eq!(lines[1], "ACCEPTED 1");
     assert_eq!(lines[2], "ACCEPTED 2");
-    assert!(lines[3].starts_with("STATUS "));
-    assert!(lines[4].starts_with("ERR not-found "));
-    assert!(lines[5].starts_with("ERR bad-request "));
-    assert!(lines[6].starts_with("ERR unknown-command "));
-    assert!(lines[7].starts_with("ERR bad-request "));
-    assert!(lines[8].starts_with("ERR bad-request "));
+    assert!(matches!(reply(lines[3]), Reply::Status(_)));
+    assert_eq!(err_code(lines[4]), Some(ErrorCode::NotFound));
+    assert_eq!(err_code(lines[5]), Some(ErrorCode::BadRequest));
+    assert_eq!(err_code(lines[6]), Some(ErrorCode::UnknownCommand));
+    assert_eq!(err_code(lines[7]), Some(ErrorCode::BadRequest));
+    assert_eq!(err_code(lines[8]), Some(ErrorCode::BadRequest));
     assert_eq!(lines[9].len(), 4096);
-    assert!(lines[10].starts_with("ERR too-long "));
-    assert!(lines[11].starts_with("ERR too-long "));
+    assert_eq!(err_code(lines[10]), Some(ErrorCode::TooLong));
+    assert_eq!(err_code(lines[11]), Some(ErrorCode::TooLong));
     assert_eq!(lines[12], "ACCEPTED 3");
     // Jobs run only once the whole read is parsed: CANCEL 1 finds job 1 running.
     assert_eq!(lines[13], "CANCELLED 1");
@@ -98,10 +98,13 @@ fn without_job_lines(bytes: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(bytes)
         .lines()
         .filter(|l| {
-            !l.starts_with("DONE ")
-                && !l.starts_with("CANCELLED ")
-                && !l.starts_with("STATUS ")
-                && !l.starts_with("ERR not-found")
+            !matches!(
+                reply(l),
+                Reply::Done(..)
+                    | Reply::Cancelled(_)
+                    | Reply::Status(_)
+                    | Reply::Err(ErrorCode::NotFound, _)
+            )
         })
         .map(str::to_owned)
         .collect()

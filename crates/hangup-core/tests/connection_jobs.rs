@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{expected_digest, Driver, Jobs};
-use hangup_core::{Cause, Event, HalfClosePolicy, StatusCounts};
+use common::{err_code, expected_digest, reply, Driver, Jobs};
+use hangup_core::{Cause, ErrorCode, Event, HalfClosePolicy, Reply, StatusCounts};
 
 fn manual() -> Driver {
     Driver::with(HalfClosePolicy::Probe, Jobs::Manual)
@@ -126,8 +126,9 @@ fn more_than_64_queued_jobs_is_refused_and_the_connection_lives_on() {
     for (i, line) in lines[..65].iter().enumerate() {
         assert_eq!(line, &format!("ACCEPTED {}", i + 1));
     }
-    assert!(
-        lines[65].starts_with("ERR too-many-jobs "),
+    assert_eq!(
+        err_code(&lines[65]),
+        Some(ErrorCode::TooManyJobs),
         "got {:?}",
         lines[65]
     );
@@ -142,7 +143,7 @@ fn more_than_64_queued_jobs_is_refused_and_the_connection_lives_on() {
     d.bytes("JOB 7\nJOB 8\n");
     let lines = d.take_lines();
     assert_eq!(lines[0], "ACCEPTED 66");
-    assert!(lines[1].starts_with("ERR too-many-jobs "));
+    assert_eq!(err_code(&lines[1]), Some(ErrorCode::TooManyJobs));
 }
 
 #[test]
@@ -171,7 +172,10 @@ fn cancel_a_queued_job() {
     );
     d.complete_job();
     let lines = d.take_lines();
-    assert!(lines[0].starts_with("DONE 1 ") && lines[1].starts_with("DONE 3 "));
+    assert!(
+        matches!(reply(&lines[0]), Reply::Done(1, _))
+            && matches!(reply(&lines[1]), Reply::Done(3, _))
+    );
     assert_eq!(lines.len(), 2);
 }
 
@@ -241,11 +245,11 @@ fn cancel_of_an_unknown_or_finished_job_is_not_found() {
     d.bytes("CANCEL 1\nJOB 1\n");
     d.bytes("CANCEL 1\nCANCEL 18446744073709551615\nPING\n");
     let lines = d.take_lines();
-    assert!(lines[0].starts_with("ERR not-found "), "{lines:?}");
+    assert_eq!(err_code(&lines[0]), Some(ErrorCode::NotFound), "{lines:?}");
     assert_eq!(lines[1], "ACCEPTED 1");
-    assert!(lines[2].starts_with("DONE 1 "));
-    assert!(lines[3].starts_with("ERR not-found "), "{lines:?}");
-    assert!(lines[4].starts_with("ERR not-found "), "{lines:?}");
+    assert!(matches!(reply(&lines[2]), Reply::Done(1, _)));
+    assert_eq!(err_code(&lines[3]), Some(ErrorCode::NotFound), "{lines:?}");
+    assert_eq!(err_code(&lines[4]), Some(ErrorCode::NotFound), "{lines:?}");
     assert_eq!(lines[5], "PONG");
     assert_eq!(lines.len(), 6);
 }

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Driver, Jobs, Peer, Sessions};
-use hangup_core::{Cause, ErrorCode, Event, HalfClosePolicy};
+use common::{err_code, reply, Driver, Jobs, Peer, Sessions};
+use hangup_core::{Cause, ErrorCode, Event, HalfClosePolicy, Reply, SessionId};
 
 fn driver(jobs: Jobs) -> Driver {
     Driver::with(HalfClosePolicy::Probe, jobs)
@@ -32,7 +32,7 @@ fn hello_is_answered_before_the_lines_behind_it() {
             "PONG a"
         ]
     );
-    assert!(lines[2].starts_with("STATUS "), "{lines:?}");
+    assert!(matches!(reply(&lines[2]), Reply::Status(_)), "{lines:?}");
     assert_eq!(d.conn.session().map(|id| id.0), Some(1));
 }
 
@@ -194,15 +194,24 @@ fn goaway_lets_jobs_finish_then_closes() {
     assert_eq!(d.take_lines(), ["GOAWAY shutdown"]);
     d.bytes("JOB 5\nHELLO dev\nPING\n");
     let lines = d.take_lines();
-    assert!(lines[0].starts_with("ERR shutting-down "), "{lines:?}");
-    assert!(lines[1].starts_with("ERR shutting-down "), "{lines:?}");
+    assert_eq!(
+        err_code(&lines[0]),
+        Some(ErrorCode::ShuttingDown),
+        "{lines:?}"
+    );
+    assert_eq!(
+        err_code(&lines[1]),
+        Some(ErrorCode::ShuttingDown),
+        "{lines:?}"
+    );
     assert_eq!(lines[2], "PONG");
     d.complete_job();
     assert_eq!(d.closed(), None, "the queued job is still in flight");
     d.complete_job();
     let lines = d.take_lines();
     assert!(
-        lines[0].starts_with("DONE 1 ") && lines[1].starts_with("DONE 2 "),
+        matches!(reply(&lines[0]), Reply::Done(1, _))
+            && matches!(reply(&lines[1]), Reply::Done(2, _)),
         "{lines:?}"
     );
     assert_eq!(d.closed(), Some(&close_event(Cause::Shutdown, true)));
@@ -242,7 +251,11 @@ fn ping_flood_in_a_session_is_rate_limited_and_closed() {
     d.bytes("PING\n".repeat(21));
     let lines = d.take_lines();
     assert_eq!(lines.iter().filter(|l| *l == "PONG").count(), 20);
-    assert!(lines[20].starts_with("ERR rate-limited "), "{lines:?}");
+    assert_eq!(
+        err_code(&lines[20]),
+        Some(ErrorCode::RateLimited),
+        "{lines:?}"
+    );
     assert_eq!(d.closed(), Some(&close_event(Cause::ProtocolError, true)));
 }
 
@@ -270,8 +283,12 @@ fn second_hello_is_refused_and_the_session_stays() {
     let mut d = driver(Jobs::RunAtOnce);
     d.bytes("HELLO dev-1\nHELLO dev-2\nPING\n");
     let lines = d.take_lines();
-    assert!(lines[0].starts_with("WELCOME 0000000000000001 "));
-    assert!(lines[1].starts_with("ERR bad-request "), "{lines:?}");
+    assert!(matches!(reply(&lines[0]), Reply::Welcome(SessionId(1), _)));
+    assert_eq!(
+        err_code(&lines[1]),
+        Some(ErrorCode::BadRequest),
+        "{lines:?}"
+    );
     assert!(lines[1].contains("HELLO was sent twice"), "{lines:?}");
     assert_eq!(lines[2], "PONG");
     assert_eq!(d.conn.session().map(|id| id.0), Some(1));
@@ -283,14 +300,18 @@ fn refused_hello_leaves_a_usable_connection() {
     d.sessions = Sessions::Refuse(ErrorCode::Unauthorized);
     d.bytes("HELLO dev-1 token=00\nPING\n");
     let lines = d.take_lines();
-    assert!(lines[0].starts_with("ERR unauthorized "), "{lines:?}");
+    assert_eq!(
+        err_code(&lines[0]),
+        Some(ErrorCode::Unauthorized),
+        "{lines:?}"
+    );
     assert_eq!(lines[1], "PONG");
     assert_eq!(d.conn.session(), None);
     assert_eq!(d.next_timeout(), None, "no heartbeat without a session");
     // It may try again.
     d.sessions = Sessions::Open;
     d.bytes("HELLO dev-1\n");
-    assert!(d.take_lines()[0].starts_with("WELCOME "));
+    assert!(matches!(reply(&d.take_lines()[0]), Reply::Welcome(..)));
 }
 
 #[test]
@@ -306,8 +327,9 @@ fn bad_hellos_get_clear_errors() {
         d.bytes(line);
         let lines = d.take_lines();
         assert_eq!(lines.len(), 1, "{line:?}: {lines:?}");
-        assert!(
-            lines[0].starts_with("ERR bad-request "),
+        assert_eq!(
+            err_code(&lines[0]),
+            Some(ErrorCode::BadRequest),
             "{line:?}: {lines:?}"
         );
         assert!(lines[0].contains(needle), "{line:?}: {lines:?}");

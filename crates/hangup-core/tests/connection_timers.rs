@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, Driver, Jobs, Peer, D};
-use hangup_core::{Cause, Event, HalfClosePolicy};
+use common::{config, err_code, Driver, Jobs, Peer, D};
+use hangup_core::{Cause, ErrorCode, Event, HalfClosePolicy};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -28,7 +28,7 @@ fn a_partial_line_older_than_d_gets_err_timeout_and_closes() {
     assert_eq!(d.jump(), D);
     let lines = d.take_lines();
     assert_eq!(lines.len(), 1);
-    assert!(lines[0].starts_with("ERR timeout "), "{lines:?}");
+    assert_eq!(err_code(&lines[0]), Some(ErrorCode::Timeout), "{lines:?}");
     assert_eq!(
         d.take_events(),
         vec![Event::Close {
@@ -53,7 +53,7 @@ fn a_slow_drip_of_the_same_line_does_not_extend_the_deadline() {
         );
     }
     d.advance(D - d.elapsed());
-    assert!(d.take_lines()[0].starts_with("ERR timeout "));
+    assert_eq!(err_code(&d.take_lines()[0]), Some(ErrorCode::Timeout));
     assert_eq!(
         d.closed(),
         Some(&Event::Close {
@@ -95,7 +95,7 @@ fn an_over_long_line_dripping_in_is_timed_out_too() {
     assert_eq!(d.closed(), None);
     assert_eq!(d.next_timeout(), Some(D));
     d.advance(D);
-    assert!(d.take_lines()[0].starts_with("ERR timeout "));
+    assert_eq!(err_code(&d.take_lines()[0]), Some(ErrorCode::Timeout));
     assert!(d.closed().is_some());
 }
 
@@ -114,7 +114,7 @@ fn a_partial_line_timeout_during_a_job_cancels_it() {
     );
     let lines = d.take_lines();
     assert_eq!(lines[0], "ACCEPTED 1");
-    assert!(lines[1].starts_with("ERR timeout "));
+    assert_eq!(err_code(&lines[1]), Some(ErrorCode::Timeout));
     d.stop_job();
     assert_eq!(
         d.take_events(),
@@ -167,7 +167,10 @@ fn a_partial_line_waits_while_we_hold_input_back() {
             flush: false
         })
     );
-    assert!(!d.take_lines().iter().any(|l| l.starts_with("ERR timeout")));
+    assert!(!d
+        .take_lines()
+        .iter()
+        .any(|l| err_code(l) == Some(ErrorCode::Timeout)));
 }
 
 #[test]
@@ -183,7 +186,7 @@ fn a_partial_line_gets_a_fresh_budget_when_reading_resumes() {
     d.take_lines();
     assert_eq!(d.jump(), ms(1500) + D);
     let lines = d.take_lines();
-    assert!(lines[0].starts_with("ERR timeout "), "{lines:?}");
+    assert_eq!(err_code(&lines[0]), Some(ErrorCode::Timeout), "{lines:?}");
     assert_eq!(
         d.closed(),
         Some(&Event::Close {

@@ -10,6 +10,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::str::FromStr;
 use std::time::Duration;
 
+use hangup_core::{Command, DEFAULT_SEED};
+
 use crate::error::LabError;
 
 /// The replies a streaming peer reads before it says `streaming`.
@@ -74,12 +76,17 @@ pub fn run_peer(server: SocketAddr, mode: PeerMode) -> Result<(), LabError> {
     let mut stream = connect(server, mode).map_err(io("connect"))?;
     stream.set_nodelay(true).map_err(io("TCP_NODELAY"))?;
     let local = stream.local_addr().map_err(io("local address"))?;
-    let burst = "STATUS\n".repeat(BURST_LINES);
+    let burst = format!("{}\n", Command::Status).repeat(BURST_LINES);
     match mode {
         PeerMode::Unread => {
-            stream
-                .write_all(b"PING unread\nJOB 10000000000\n")
-                .map_err(io("send"))?;
+            let mut lines = Vec::new();
+            Command::Ping("unread".into()).encode(&mut lines);
+            Command::Job {
+                rounds: 10_000_000_000,
+                seed: DEFAULT_SEED.to_owned(),
+            }
+            .encode(&mut lines);
+            stream.write_all(&lines).map_err(io("send"))?;
             say(&format!("ready {local}"));
             loop {
                 std::thread::sleep(Duration::from_secs(3600));

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use hangup_core::{Command, Reply, DEFAULT_SEED};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
@@ -18,8 +19,22 @@ use crate::report::{format_duration, Machine, Report};
 use crate::scenario::Scenario;
 use crate::setup::{heartbeat_for, Setup};
 
-/// A job that never ends on its own (10^10 SHA-256 rounds).
-const ENDLESS_JOB: &str = "JOB 10000000000";
+/// Rounds of a job that never ends on its own (10^10 SHA-256 rounds).
+const ENDLESS_ROUNDS: u64 = 10_000_000_000;
+/// `JOB <rounds>` from the default seed, as the client types it.
+fn job(rounds: u64) -> String {
+    Command::Job {
+        rounds,
+        seed: DEFAULT_SEED.to_owned(),
+    }
+    .to_string()
+}
+
+/// Whether a line the client printed is the `DONE` of the connection's first job.
+fn first_job_done(line: &str) -> bool {
+    matches!(Reply::parse(line), Ok(Reply::Done(1, _)))
+}
+
 /// How long a process may take to start and connect before the cell counts as failed.
 const STARTUP: Duration = Duration::from_secs(10);
 
@@ -453,16 +468,20 @@ impl CellRun<'_> {
     /// PING/PONG through the client: the connection works, and the last inbound
     /// segment on both sides is now (the worst case for the timers that follow).
     fn warm_up(&self, client: &mut LabProcess, tag: &str) -> Result<u64, LabError> {
-        client.send_line(&format!("PING {tag}"))?;
-        let pong = format!("PONG {tag}");
-        let (at, _) = client.expect_stdout(&pong, soon(), |l| l == pong)?;
+        client.send_line(&Command::Ping(tag.to_owned()).to_string())?;
+        let pong = Reply::Pong(tag.to_owned());
+        let (at, _) = client.expect_stdout(&pong.to_string(), soon(), |l| {
+            Reply::parse(l).as_ref() == Ok(&pong)
+        })?;
         Ok(at)
     }
 
     /// Sessions (full set-up): wait for WELCOME, so that the session exists.
     fn welcomed(&self, client: &mut LabProcess) -> Result<(), LabError> {
         if self.sessions() {
-            client.expect_stdout("WELCOME", soon(), |l| l.starts_with("WELCOME "))?;
+            client.expect_stdout("WELCOME", soon(), |l| {
+                matches!(Reply::parse(l), Ok(Reply::Welcome(..)))
+            })?;
         }
         Ok(())
     }
@@ -509,10 +528,12 @@ impl CellRun<'_> {
         let mut client = self.client(&topology, &self.device())?;
         let (peer, _) = self.accepted(&mut server, &[])?;
         self.welcomed(&mut client)?;
-        client.send_line(ENDLESS_JOB)?;
+        client.send_line(&job(ENDLESS_ROUNDS))?;
         server.expect_event("`job_started`", soon(), |e| is(e, "job_started", &peer))?;
         // Killed with ACCEPTED unread, its kernel would send RST, not FIN.
-        client.expect_stdout("ACCEPTED", soon(), |l| l.starts_with("ACCEPTED "))?;
+        client.expect_stdout("ACCEPTED", soon(), |l| {
+            matches!(Reply::parse(l), Ok(Reply::Accepted(_)))
+        })?;
         self.started()?;
         let fault = client.kill()?;
         let outcome = self.detect(&mut server, Side::Server, Some(&peer), fault, fault)?;
@@ -549,7 +570,7 @@ impl CellRun<'_> {
         let (peer, _) = self.accepted(&mut server, &[])?;
         self.welcomed(&mut client)?;
         let rounds = self.job_rounds(Duration::from_secs(1));
-        client.send_line(&format!("JOB {rounds}"))?;
+        client.send_line(&job(rounds))?;
         server.expect_event("`job_started`", soon(), |e| is(e, "job_started", &peer))?;
         self.started()?;
         Ok((topology, server, client, peer))
@@ -559,7 +580,7 @@ impl CellRun<'_> {
         let (_topology, mut server, mut client, peer) = self.session_running_a_job()?;
         let fault = client.close_stdin();
         let cap = self.lab.config.cap;
-        let done = client.wait_stdout(deadline_after(fault, cap), |l| l.starts_with("DONE 1 "))?;
+        let done = client.wait_stdout(deadline_after(fault, cap), first_job_done)?;
         let cancelled = server.events_matching(|e| is(e, "job_cancelled", &peer));
         if !server
             .events_matching(|e| is(e, "peer_half_closed", &peer))
@@ -634,9 +655,9 @@ impl CellRun<'_> {
         if let Some(event) = client_saw {
             return Ok(self.false_positive(Side::Client, &event, fault));
         }
-        client.send_line("PING after-flap")?;
+        client.send_line(&Command::Ping("after-flap".into()).to_string())?;
         let pong = client.wait_stdout(Instant::now() + Duration::from_secs(2), |l| {
-            l == "PONG after-flap"
+            Reply::parse(l) == Ok(Reply::Pong("after-flap".into()))
         })?;
         self.check("PONG after the flap", pong.is_some());
         Ok(match pong {
@@ -793,8 +814,9 @@ impl CellRun<'_> {
         let fault = server.signal(libc::SIGTERM)?;
         let deadline = deadline_after(fault, self.lab.config.cap);
         let outcome = self.detect(&mut client, Side::Client, None, fault, fault)?;
-        let goaway = client.wait_stdout(deadline, |l| l.starts_with("GOAWAY"))?;
-        let done = client.wait_stdout(deadline, |l| l.starts_with("DONE 1 "))?;
+        let goaway =
+            client.wait_stdout(deadline, |l| Reply::parse(l) == Ok(Reply::GoawayShutdown))?;
+        let done = client.wait_stdout(deadline, first_job_done)?;
         self.check("GOAWAY received", goaway.is_some());
         self.check("DONE received", done.is_some());
         if let Some((at, _)) = done {

@@ -14,7 +14,9 @@
 //! - [`PeerWatch::cancel_on_hangup`]: a [`CancellationToken`] that fires on hangup,
 //!   to hand to CPU work;
 //! - [`tcp_info`]: the kernel's view (rtt, unacked, retransmits);
-//! - [`client`]: connecting with a policy, reconnect backoff.
+//! - [`client::SessionClient`]: a reconnecting session client (`HELLO` on every
+//!   connect, the granted heartbeat, backoff with jitter, `GOAWAY` and takeover), with
+//!   the line protocol's codec both ways ([`Command`], [`Reply`]).
 //!
 //! ```text
 //!   your server ──apply_policy──▶ socket options (keepalive, user timeout)
@@ -73,6 +75,12 @@ pub mod sys;
 mod watch;
 
 pub use hangup_core::{Cause, HalfClosePolicy, Keepalive, KeepaliveTimers, LivenessPolicy};
+// The line protocol and the client's heartbeat, for users of [`client::SessionClient`]
+// and for servers speaking the protocol themselves.
+pub use hangup_core::{
+    parse_line, Command, ErrorCode, Frame, Heartbeat, HeartbeatAction, HeartbeatClock, JobId,
+    LineDecoder, ParseError, Reply, ReplyParseError, SessionId, StatusCounts, MAX_LINE,
+};
 pub use socket::{apply_policy, read_liveness, SocketLiveness};
 pub use sys::{tcp_info, TcpInfo};
 pub use tokio_util::sync::CancellationToken;

@@ -776,18 +776,13 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
-/// The session id of a `WELCOME <session> heartbeat=… dead-after=…` line; panics on
-/// any other line.
+/// The session id of a `WELCOME <session> heartbeat=… dead-after=…` line (16 hex
+/// digits); panics on any other line.
 pub fn welcome_session(line: &str) -> String {
-    let mut words = line.split_whitespace();
-    assert_eq!(
-        words.next(),
-        Some("WELCOME"),
-        "expected WELCOME, got {line:?}"
-    );
-    let session = words.next().expect("WELCOME carries a session id");
-    assert_eq!(session.len(), 16, "a session id is 16 hex digits: {line:?}");
-    session.to_owned()
+    match hangup_core::Reply::parse(line) {
+        Ok(hangup_core::Reply::Welcome(session, _)) => session.to_string(),
+        other => panic!("expected WELCOME, got {line:?}: {other:?}"),
+    }
 }
 
 /// Opens a session for `device` on a fresh connection (`HELLO <device> <extra>`) and
@@ -827,4 +822,12 @@ pub fn wait_presence_row(
             presence_rows(data_dir)
         )
     })
+}
+
+/// The code of an `ERR` reply line; `None` for any other line.
+pub fn err_code(line: &str) -> Option<hangup_core::ErrorCode> {
+    match hangup_core::Reply::parse(line) {
+        Ok(hangup_core::Reply::Err(code, _)) => Some(code),
+        _ => None,
+    }
 }

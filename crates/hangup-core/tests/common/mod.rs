@@ -15,9 +15,22 @@ use std::time::{Duration, Instant};
 
 use hangup_core::{
     run_chain, Cause, Connection, ConnectionConfig, ErrorCode, Event, HalfClosePolicy, Interest,
-    JobId, LivenessPolicy, SessionId, StatusCounts,
+    JobId, LivenessPolicy, Reply, SessionId, StatusCounts,
 };
 use sha2::{Digest, Sha256};
+
+/// A line the connection wrote, parsed; panics with the line if it is not a reply.
+pub fn reply(line: &str) -> Reply {
+    Reply::parse(line).unwrap_or_else(|err| panic!("`{line}`: {err}"))
+}
+
+/// The code of an `ERR` line; `None` for any other line.
+pub fn err_code(line: &str) -> Option<ErrorCode> {
+    match Reply::parse(line) {
+        Ok(Reply::Err(code, _)) => Some(code),
+        _ => None,
+    }
+}
 
 /// The dead-after budget the lab and tests use (SPEC §2).
 pub const D: Duration = Duration::from_secs(2);

@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hangup::events::ts_ns;
+use hangup_core::{Command, Reply, DEFAULT_SEED};
 use serde::Serialize;
 
-use super::{machine_description, percentile, write_json, ServerProcess};
+use super::{command_line, machine_description, percentile, write_json, ServerProcess};
 use crate::args::{BenchCancelArgs, HangupMode};
 
 /// A job long enough never to finish during a measurement (minutes of CPU).
-const ENDLESS_JOB: &str = "JOB 10000000000\n";
+const ENDLESS_ROUNDS: u64 = 10_000_000_000;
 /// How long one hangup may take to be reported before it counts as missed.
 const PER_HANGUP_LIMIT: Duration = Duration::from_secs(5);
 
@@ -109,11 +110,11 @@ fn open_idle(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<TcpStream>> {
     }
     // Make sure the server accepted them all before measuring.
     if let Some(last) = idle.last_mut() {
-        last.write_all(b"PING ready\n")?;
+        last.write_all(&command_line(&Command::Ping("ready".into())))?;
         let mut reader = BufReader::new(last.try_clone()?);
         let mut line = String::new();
         reader.read_line(&mut line)?;
-        if line.trim() != "PONG ready" {
+        if Reply::parse(&line) != Ok(Reply::Pong("ready".into())) {
             bail!("unexpected answer from the server: {line:?}");
         }
     }
@@ -134,14 +135,22 @@ fn measure(
     let mut latencies = Vec::with_capacity(iterations);
     let mut missed = 0;
     let mut wrong_cause: HashMap<String, usize> = HashMap::new();
+    let endless_job = command_line(&Command::Job {
+        rounds: ENDLESS_ROUNDS,
+        seed: DEFAULT_SEED.to_owned(),
+    });
     for i in 0..iterations {
         let mut stream = TcpStream::connect(server.addr).context("connect")?;
         stream.set_nodelay(true)?;
         let local = stream.local_addr()?.to_string();
-        stream.write_all(ENDLESS_JOB.as_bytes())?;
+        stream.write_all(&endless_job)?;
         let mut accepted = [0u8; 64];
         let n = stream.read(&mut accepted)?;
-        if !accepted[..n].starts_with(b"ACCEPTED") {
+        let first_line = accepted[..n]
+            .split(|&b| b == b'\n')
+            .next()
+            .unwrap_or_default();
+        if !matches!(Reply::parse(first_line), Ok(Reply::Accepted(_))) {
             bail!(
                 "unexpected reply: {:?}",
                 String::from_utf8_lossy(&accepted[..n])

@@ -39,7 +39,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use hangup_core::{Command as Request, Reply, ReplyParseError};
+
 use super::histogram::Histogram;
+use super::{command_line, first_words};
 use crate::args::LoadWorkerArgs;
 
 /// Sessions per source address: about 14 % of a default port range (32768–60999).
@@ -249,6 +252,7 @@ async fn session(
     let pong_limit = STEP_LIMIT.max(heartbeat);
     let mut next = tokio::time::Instant::now() + heartbeat.mul_f64(fastrand::f64());
     let mut line = String::new();
+    let ping = command_line(&Request::Ping(String::new()));
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
@@ -256,7 +260,7 @@ async fn session(
         }
         next += heartbeat;
         let sent = Instant::now();
-        if let Err(err) = conn.get_mut().write_all(b"PING\n").await {
+        if let Err(err) = conn.get_mut().write_all(&ping).await {
             return state.lose(error_name(&err));
         }
         let reply = tokio::select! {
@@ -264,7 +268,7 @@ async fn session(
             () = state.stop.cancelled() => break,
         };
         match reply {
-            Ok(Ok(())) if line == "PONG" => {
+            Ok(Ok(())) if Reply::parse(&line) == Ok(Reply::Pong(String::new())) => {
                 if state.measuring.load(Ordering::Relaxed) {
                     state.pongs.fetch_add(1, Ordering::Relaxed);
                     let rtt = sent.elapsed().as_micros() as u64;
@@ -276,14 +280,7 @@ async fn session(
                 }
             }
             Ok(Ok(())) if line.is_empty() => return state.lose("server closed (EOF)".into()),
-            Ok(Ok(())) => {
-                let word = line
-                    .split_whitespace()
-                    .take(2)
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                return state.lose(format!("server sent {word}"));
-            }
+            Ok(Ok(())) => return state.lose(format!("server sent {}", first_words(&line))),
             Ok(Err(err)) => return state.lose(error_name(&err)),
             Err(_) => return state.lose("no PONG in time".into()),
         }
@@ -328,16 +325,16 @@ async fn open(
     stream.set_nodelay(true)?;
     // Replies are one short line: a small buffer keeps 18 000 sessions cheap.
     let mut conn = BufReader::with_capacity(128, stream);
-    let hello = format!("HELLO {device} heartbeat={}\n", heartbeat.as_secs());
-    conn.get_mut().write_all(hello.as_bytes()).await?;
+    let hello = Request::Hello {
+        device: device.to_owned(),
+        token: None,
+        heartbeat: Some(Duration::from_secs(heartbeat.as_secs())),
+    };
+    conn.get_mut().write_all(&command_line(&hello)).await?;
     let mut line = String::new();
     read_reply(&mut conn, &mut line).await?;
-    if !line.starts_with("WELCOME ") {
-        let word = line
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ");
+    if !matches!(Reply::parse(&line), Ok(Reply::Welcome(..))) {
+        let word = first_words(&line);
         return Err(io::Error::other(format!("server answered {word:?}")));
     }
     Ok(conn)
@@ -352,7 +349,10 @@ async fn read_reply(conn: &mut BufReader<TcpStream>, line: &mut String) -> io::R
         }
         let trimmed = line.trim_end().len();
         line.truncate(trimmed);
-        if !line.starts_with('#') && !line.is_empty() {
+        if !matches!(
+            Reply::parse(&*line),
+            Ok(Reply::Probe) | Err(ReplyParseError::Empty)
+        ) {
             return Ok(());
         }
     }

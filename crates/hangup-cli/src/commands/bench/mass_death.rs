@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use hangup::events::ts_ns;
+use hangup_core::Reply;
 use hangup_lab::ip;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -486,10 +487,12 @@ fn probe(target: SocketAddr) -> std::io::Result<()> {
     let mut stream = TcpStream::connect_timeout(&target, limit)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(limit))?;
-    stream.write_all(b"PING\n")?;
+    stream.write_all(&super::command_line(&hangup_core::Command::Ping(
+        String::new(),
+    )))?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
-    if line.trim_end() != "PONG" {
+    if Reply::parse(&line) != Ok(Reply::Pong(String::new())) {
         return Err(std::io::Error::other(format!("got {line:?}")));
     }
     Ok(())

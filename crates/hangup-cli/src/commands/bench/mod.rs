@@ -247,3 +247,19 @@ pub(crate) fn machine_description() -> String {
         .unwrap_or_default();
     format!("{cpu}, {cores} cores, Linux {kernel}")
 }
+
+/// A command as the line a client sends, `\n` included.
+pub(crate) fn command_line(command: &hangup_core::Command) -> Vec<u8> {
+    let mut line = Vec::new();
+    command.encode(&mut line);
+    line
+}
+
+/// The first two words of a line the bench did not expect (`ERR busy`, `GOAWAY
+/// shutdown`), to count it under in a report.
+pub(crate) fn first_words(line: &str) -> String {
+    line.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}

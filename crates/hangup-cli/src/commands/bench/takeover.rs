@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use hangup_core::Cause;
+use hangup_core::{Cause, Command, Reply};
 use hangup_server::presence::{query, PresenceFilter};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -29,7 +29,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use super::{machine_description, percentile, write_json, ServerProcess};
+use super::{command_line, machine_description, percentile, write_json, ServerProcess};
 use crate::args::BenchTakeoverArgs;
 
 /// The most descriptors this process may hold (hard RLIMIT_NOFILE here), less a margin.
@@ -280,11 +280,14 @@ async fn open_session(addr: SocketAddr, device: &str) -> anyhow::Result<(Session
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let hello_at = Instant::now();
-    write
-        .write_all(format!("HELLO {device} heartbeat=3600\n").as_bytes())
-        .await?;
+    let hello = Command::Hello {
+        device: device.to_owned(),
+        token: None,
+        heartbeat: Some(Duration::from_secs(3600)),
+    };
+    write.write_all(&command_line(&hello)).await?;
     let line = read_line(&mut reader).await?;
-    if !line.starts_with("WELCOME ") {
+    if !matches!(Reply::parse(&line), Ok(Reply::Welcome(..))) {
         bail!("{device}: expected WELCOME, got {line:?}");
     }
     Ok((
@@ -302,7 +305,7 @@ async fn reconnect(addr: SocketAddr, device: &str, mut old: Session) -> anyhow::
     let handover = hello_at.elapsed();
     let kicked = read_line(&mut old.reader).await?;
     let eviction = hello_at.elapsed();
-    if kicked != "KICKED takeover" {
+    if Reply::parse(&kicked) != Ok(Reply::KickedTakeover) {
         bail!("{device}: the old connection got {kicked:?} instead of KICKED takeover");
     }
     let clean_close = matches!(read_line(&mut old.reader).await, Ok(line) if line.is_empty());

@@ -1,4 +1,5 @@
-//! Client-side pieces: connecting with a liveness policy, and reconnect backoff.
+//! Client-side pieces: connecting with a liveness policy, reconnect backoff, and the
+//! reconnecting [`SessionClient`] built from both.
 
 use std::io;
 use std::time::Duration;
@@ -7,6 +8,10 @@ use hangup_core::LivenessPolicy;
 use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::socket::apply_policy;
+
+mod session;
+
+pub use session::{ClientEvent, SendError, SessionClient, SessionConfig, SessionSender};
 
 /// Connects to `addr` and applies `policy` to the socket.
 pub async fn connect(addr: impl ToSocketAddrs, policy: &LivenessPolicy) -> io::Result<TcpStream> {
