@@ -22,7 +22,6 @@ use crate::live::{lock, ConnectionState, LiveConnection, LiveSession};
 use crate::workers::JobOutcome;
 use crate::{SessionHandle, Shared};
 use hangup::apply_policy;
-use hangup::events::ts_ns;
 
 /// Bytes read from the socket per read call.
 const READ_CHUNK: usize = 16 * 1024;
@@ -111,10 +110,8 @@ impl Driver {
             if let Err(err) = apply_policy(&self.stream, &self.shared.config.policy) {
                 tracing::warn!(conn = self.live.id, peer = %self.live.peer, error = %err, "could not apply the liveness policy");
             }
-            tracing::info!(
-                target: "hangup::event",
-                event = "connection_opened",
-                ts_ns = ts_ns(),
+            hangup::emit!(
+                "connection_opened",
                 conn = self.live.id,
                 peer = %self.live.peer,
             );
@@ -342,10 +339,8 @@ impl Driver {
                         cancelled_at: None,
                     });
                     self.shared.metrics.jobs_started.inc();
-                    tracing::info!(
-                        target: "hangup::event",
-                        event = "job_started",
-                        ts_ns = ts_ns(),
+                    hangup::emit!(
+                        "job_started",
                         conn = self.live.id,
                         peer = %self.live.peer,
                         job = id,
@@ -360,10 +355,8 @@ impl Driver {
                 }
                 Event::JobDone { id, rounds } => {
                     self.shared.metrics.jobs_done.inc();
-                    tracing::info!(
-                        target: "hangup::event",
-                        event = "job_done",
-                        ts_ns = ts_ns(),
+                    hangup::emit!(
+                        "job_done",
                         conn = self.live.id,
                         peer = %self.live.peer,
                         job = id,
@@ -380,10 +373,8 @@ impl Driver {
                         .jobs_cancelled
                         .get_or_create(&cause.into())
                         .inc();
-                    tracing::info!(
-                        target: "hangup::event",
-                        event = "job_cancelled",
-                        ts_ns = ts_ns(),
+                    hangup::emit!(
+                        "job_cancelled",
                         conn = self.live.id,
                         peer = %self.live.peer,
                         job = id,
@@ -391,10 +382,8 @@ impl Driver {
                         was_running,
                     );
                 }
-                Event::PeerHalfClosed => tracing::info!(
-                    target: "hangup::event",
-                    event = "peer_half_closed",
-                    ts_ns = ts_ns(),
+                Event::PeerHalfClosed => hangup::emit!(
+                    "peer_half_closed",
                     conn = self.live.id,
                     peer = %self.live.peer,
                 ),
@@ -423,10 +412,8 @@ impl Driver {
                 Some(_) => None,
             };
             if let Some(message) = refusal {
-                tracing::info!(
-                    target: "hangup::event",
-                    event = "session_refused",
-                    ts_ns = ts_ns(),
+                hangup::emit!(
+                    "session_refused",
                     conn = self.live.id,
                     peer = %self.live.peer,
                     device = %device,
@@ -456,10 +443,8 @@ impl Driver {
             let _ = old.kick.send(now);
             self.end_session_record(old_id, wall, Cause::Takeover);
             self.shared.metrics.takeovers.inc();
-            tracing::info!(
-                target: "hangup::event",
-                event = "session_taken_over",
-                ts_ns = ts_ns(),
+            hangup::emit!(
+                "session_taken_over",
                 conn = self.live.id,
                 peer = %self.live.peer,
                 device = %device,
@@ -472,10 +457,8 @@ impl Driver {
         if let Some(presence) = &self.shared.config.presence {
             presence.session_started(opened.id.0, &device, self.live.peer, wall);
         }
-        tracing::info!(
-            target: "hangup::event",
-            event = "session_started",
-            ts_ns = ts_ns(),
+        hangup::emit!(
+            "session_started",
             conn = self.live.id,
             peer = %self.live.peer,
             device = %device,
@@ -507,10 +490,8 @@ impl Driver {
         if let Some(presence) = &self.shared.config.presence {
             presence.session_ended(id.0, at, cause);
         }
-        tracing::info!(
-            target: "hangup::event",
-            event = "session_ended",
-            ts_ns = ts_ns(),
+        hangup::emit!(
+            "session_ended",
             session = %id,
             cause = %cause,
         );
@@ -576,10 +557,8 @@ impl Driver {
             // socket retransmitting into the void.
             let _ = SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
         }
-        tracing::info!(
-            target: "hangup::event",
-            event = "connection_closed",
-            ts_ns = ts_ns(),
+        hangup::emit!(
+            "connection_closed",
             conn = self.live.id,
             peer = %self.live.peer,
             cause = %cause,

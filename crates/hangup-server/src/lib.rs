@@ -41,7 +41,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::presence::PresenceRecorder;
-use hangup::events::ts_ns;
 use live::LiveTable;
 use metrics::Metrics;
 use workers::WorkerPool;
@@ -258,10 +257,8 @@ impl Server {
         let admin_task = self
             .admin
             .map(|admin| tokio::spawn(admin::serve(admin, shared.clone(), admin_stop.clone())));
-        tracing::info!(
-            target: "hangup::event",
-            event = "listening",
-            ts_ns = ts_ns(),
+        hangup::emit!(
+            "listening",
             addr = %addr,
             admin = admin_addr.map(|a| a.to_string()).unwrap_or_default(),
             dead_after_ms = shared.config.policy.dead_after.as_millis() as u64,
@@ -295,10 +292,8 @@ impl Server {
                 Err(err) if is_resource_exhaustion(&err) => {
                     // Out of descriptors or memory: the pending connection stays in the
                     // backlog. Wait for one of ours to end (or a moment), never spin.
-                    tracing::warn!(
-                        target: "hangup::event",
-                        event = "accept_paused",
-                        ts_ns = ts_ns(),
+                    hangup::emit!(
+                        WARN, "accept_paused",
                         error = %err,
                     );
                     tokio::select! {
@@ -350,10 +345,8 @@ fn is_resource_exhaustion(err: &io::Error) -> bool {
 
 /// At the connection limit: say so, then close gracefully.
 async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr, limit: usize) {
-    tracing::info!(
-        target: "hangup::event",
-        event = "connection_refused",
-        ts_ns = ts_ns(),
+    hangup::emit!(
+        "connection_refused",
         peer = %peer,
         reason = "busy",
     );

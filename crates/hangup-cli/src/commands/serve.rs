@@ -51,10 +51,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     if recovery.closed_sessions > 0 {
-        tracing::info!(
-            target: "hangup::event",
-            event = "presence_recovered",
-            ts_ns = hangup::events::ts_ns(),
+        hangup::emit!(
+            "presence_recovered",
             closed_sessions = recovery.closed_sessions,
             cause = "shutdown",
         );
@@ -75,10 +73,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let stats = recorder.stats();
     served?;
     closed?;
-    tracing::info!(
-        target: "hangup::event",
-        event = "shutdown_complete",
-        ts_ns = hangup::events::ts_ns(),
+    hangup::emit!(
+        "shutdown_complete",
         presence_rows_written = stats.rows_written,
         presence_max_pending = stats.max_pending,
         presence_max_batch_us = stats.max_batch_micros,
@@ -107,7 +103,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         return;
     };
     tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-    tracing::info!(target: "hangup::event", event = "shutdown_started", ts_ns = hangup::events::ts_ns());
+    hangup::emit!("shutdown_started");
     shutdown.cancel();
     tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
     std::process::exit(130);
