@@ -62,4 +62,3 @@ pub use session::{
     Heartbeat, HeartbeatAction, HeartbeatClock, Opened, SessionId, SessionRegistry,
     DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT,
 };
-pub use timer::{Timer, TimerTable};

@@ -39,7 +39,9 @@ thread_local! {
         std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
 }
 
-struct RunningJob {
+/// The job this connection has on the worker pool: how to cancel it and where its
+/// outcome arrives. (The core keeps its own record of the job it started.)
+struct WorkerJob {
     id: JobId,
     cancel: CancellationToken,
     outcome: oneshot::Receiver<JobOutcome>,
@@ -67,7 +69,7 @@ pub(super) struct Driver {
     stream: TcpStream,
     shared: Arc<Shared>,
     conn: Connection,
-    job: Option<RunningJob>,
+    job: Option<WorkerJob>,
     /// What this connection last added to the shared (running, queued) job counters.
     jobs_counted: (u64, u64),
     bytes_in: u64,
@@ -131,8 +133,8 @@ impl Driver {
 
 impl Driver {
     async fn run(&mut self, shutdown: CancellationToken) {
-        // One sleep for every timer of the core (SPEC §2 timers, a closed set in
-        // `hangup_core::Timer`), reset only when the core's next deadline moves. No
+        // One sleep for every timer of the core (SPEC §2 timers, a closed set inside
+        // the core, behind `Connection::poll_timeout`), reset only when the core's next deadline moves. No
         // timer per event, and no scan of all connections per tick: tokio's wheel holds
         // one entry per connection, and the core's table has four slots.
         //
@@ -332,7 +334,7 @@ impl Driver {
                 Event::StartJob { id, rounds, seed } => {
                     let cancel = CancellationToken::new();
                     let outcome = self.shared.workers.spawn(seed, rounds, cancel.clone());
-                    self.job = Some(RunningJob {
+                    self.job = Some(WorkerJob {
                         id,
                         cancel,
                         outcome,
@@ -593,7 +595,7 @@ async fn drained(drain_end: Option<&mut std::pin::Pin<Box<Sleep>>>) {
 }
 
 /// The running job's outcome; a worker that vanished counts as cancelled.
-async fn job_outcome(job: &mut Option<RunningJob>) -> JobOutcome {
+async fn job_outcome(job: &mut Option<WorkerJob>) -> JobOutcome {
     match job {
         Some(job) => (&mut job.outcome).await.unwrap_or(None),
         None => std::future::pending().await,
