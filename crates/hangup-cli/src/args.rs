@@ -173,8 +173,9 @@ pub struct ClientArgs {
     pub token: Option<String>,
 
     /// Heartbeat to propose: the client sends PING after this much of its own silence and
-    /// declares the server dead after 1.5 times the granted heartbeat without inbound data.
-    #[arg(long, value_name = "SECS", default_value_t = 30, requires = "device")]
+    /// declares the server dead after 1.5 times the granted heartbeat without inbound data
+    /// (whole seconds).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_whole_seconds, requires = "device")]
     pub heartbeat: u64,
 
     /// Event log format on stderr.
@@ -210,8 +211,8 @@ pub struct BenchScaleArgs {
     #[arg(long, value_name = "N", default_value_t = 19_000)]
     pub connections: usize,
 
-    /// Heartbeat every session asks for: a PING after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    /// Heartbeat every session asks for: a PING after this much silence (whole seconds).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_whole_seconds)]
     pub heartbeat: u64,
 
     /// Server instances sharing the port (SO_REUSEPORT) [default: enough for about
@@ -267,10 +268,10 @@ pub struct BenchMassDeathArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub dead_after: Duration,
 
-    /// The sessions' heartbeat, seconds. With 1.5 × H below D the heartbeat must catch
-    /// every death (`heartbeat_missed`); with H at or above D, keepalive and the user
-    /// timeout do (`timeout`); in between either may.
-    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    /// The sessions' heartbeat H (whole seconds). With 1.5 × H below D the heartbeat must
+    /// catch every death (`heartbeat_missed`); with H at or above D, keepalive and the
+    /// user timeout do (`timeout`); in between either may.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_whole_seconds)]
     pub heartbeat: u64,
 
     /// Server instances sharing the port [default: about 18 000 sessions each].
@@ -322,8 +323,8 @@ pub struct LoadWorkerArgs {
     #[arg(long, default_value = "load")]
     pub device_prefix: String,
 
-    /// Heartbeat, seconds.
-    #[arg(long, default_value_t = 30)]
+    /// Heartbeat (whole seconds).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_whole_seconds)]
     pub heartbeat: u64,
 
     /// Connects plus HELLOs in flight.
@@ -418,9 +419,9 @@ pub struct InspectArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Refresh every SECS seconds until interrupted.
-    #[arg(long, value_name = "SECS")]
-    pub watch: Option<f64>,
+    /// Refresh at this interval until interrupted (`2s`, `500ms`; a bare number is seconds).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub watch: Option<Duration>,
 
     /// Flag CLOSE_WAIT sockets older than this as `close-wait-leak`.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
@@ -606,6 +607,18 @@ pub fn parse_setup(s: &str) -> Result<hangup_lab::Setup, String> {
 /// Parses a lab peer mode.
 pub fn parse_peer_mode(s: &str) -> Result<hangup_lab::PeerMode, String> {
     s.parse().map_err(|e: hangup_lab::LabError| e.to_string())
+}
+
+/// Parses a duration of whole seconds (`5s`, `2m`, or a bare `5`) into its seconds: the
+/// protocol's heartbeat unit.
+pub fn parse_whole_seconds(s: &str) -> Result<u64, String> {
+    let duration = parse_duration(s)?;
+    if duration.subsec_nanos() != 0 {
+        return Err(format!(
+            "expected whole seconds, e.g. `5s` or `1m`, got `{s}`"
+        ));
+    }
+    Ok(duration.as_secs())
 }
 
 /// Parses a duration such as `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.
