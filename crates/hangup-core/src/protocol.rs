@@ -141,6 +141,9 @@ pub enum Command {
     Bye,
 }
 
+/// The line protocol's TCP port unless configured otherwise (SPEC §3).
+pub const DEFAULT_PORT: u16 = 7557;
+
 /// The seed a `JOB` without one starts from.
 pub const DEFAULT_SEED: &str = "hangup";
 
