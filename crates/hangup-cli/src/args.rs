@@ -1,14 +1,34 @@
 //! Every command-line flag of `hangup`, as clap derive structs.
 //!
 //! Nothing here does work: arguments are resolved into settings by the
-//! commands in `commands/`.
+//! commands in `commands/`. Nothing here decides a default either: each `default_value`
+//! is read from the crate that owns the setting (hangup-core's policy and connection
+//! constants, hangup-server's `DEFAULT_*`), so `--help` shows what actually applies.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use hangup_core::{HalfClosePolicy, KeepaliveSetting, UserTimeoutSetting};
+use hangup_core::{
+    AutoDuration, HalfClosePolicy, KeepaliveSetting, LivenessSettings, DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_ROUNDS,
+};
+use hangup_server::presence::DEFAULT_DATA_DIR;
+use hangup_server::{
+    DEFAULT_ADMIN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
+};
+
+/// A duration constant as clap's `default_value`: formatted once, the way the flag reads
+/// it back (`30s`). clap's own `default_value_t` keeps its rendering in a static too.
+macro_rules! shown {
+    ($duration:expr) => {{
+        static SHOWN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        SHOWN
+            .get_or_init(|| hangup_core::format_duration($duration))
+            .as_str()
+    }};
+}
 
 /// Know when the other end of a TCP connection is gone, and stop spending work on it.
 #[derive(Debug, Parser)]
@@ -45,7 +65,7 @@ pub enum Command {
 pub struct LivenessArgs {
     /// The liveness budget D: the longest time from a peer's silent death to its
     /// detection. Every timer below is derived from it unless set explicitly.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = shown!(LivenessSettings::default().dead_after), value_parser = parse_duration)]
     pub dead_after: Duration,
 
     /// TCP keepalive: `auto` (idle D/2, interval D/10, 5 probes), `os` (SO_KEEPALIVE with
@@ -53,23 +73,23 @@ pub struct LivenessArgs {
     #[arg(
         long,
         value_name = "auto|os|off|IDLE,INTVL,COUNT",
-        default_value = "auto"
+        default_value_t = LivenessSettings::default().keepalive
     )]
     pub keepalive: KeepaliveSetting,
 
     /// TCP_USER_TIMEOUT: `auto` (= D), `off`, or a duration. Bounds how long sent data may
     /// stay unacknowledged before the kernel gives up with ETIMEDOUT.
-    #[arg(long, value_name = "auto|off|DURATION", default_value = "auto")]
-    pub user_timeout: UserTimeoutSetting,
+    #[arg(long, value_name = "auto|off|DURATION", default_value_t = LivenessSettings::default().user_timeout, value_parser = parse_user_timeout)]
+    pub user_timeout: AutoDuration,
 
     /// Watch for FIN and RST through EPOLLRDHUP/EPOLLERR readiness without reading data.
     // `bool` fields are flags in clap unless the action says they take a value.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    #[arg(long, value_name = "on|off", default_value = on_off(LivenessSettings::default().watch_hangup), value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub watch_hangup: bool,
 
     /// Give up on a peer that accepts none of our bytes for this long (cause `stalled`):
     /// `auto` (= D), `off`, or a duration.
-    #[arg(long, value_name = "auto|off|DURATION", default_value = "auto", value_parser = parse_auto_duration)]
+    #[arg(long, value_name = "auto|off|DURATION", default_value_t = LivenessSettings::default().write_timeout)]
     pub write_timeout: AutoDuration,
 }
 
@@ -88,7 +108,7 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 
     /// Address to listen on for the line protocol.
-    #[arg(long, default_value = "127.0.0.1:7557")]
+    #[arg(long, default_value_t = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
     /// Share the port with other `hangup serve --reuse-port` instances (SO_REUSEPORT): the
@@ -99,12 +119,12 @@ pub struct ServeArgs {
 
     /// Admin HTTP endpoint: /metrics (Prometheus), /connections, /sessions, /healthz;
     /// `off` disables it.
-    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:7558", value_parser = parse_admin)]
+    #[arg(long, value_name = "ADDR|off", default_value_t = AdminAddr::At(DEFAULT_ADMIN), value_parser = parse_admin)]
     pub admin: AdminAddr,
 
     /// Directory of the presence store (SQLite): every session, when it started and
     /// ended, and why. Created if missing.
-    #[arg(long, value_name = "DIR", default_value = "./hangup-data")]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 
     /// File holding the secret for device tokens: `HELLO` then needs
@@ -124,7 +144,7 @@ pub struct ServeArgs {
     pub insecure: bool,
 
     /// On SIGTERM/SIGINT, how long jobs in flight may still run after `GOAWAY`.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = shown!(DEFAULT_DRAIN_TIMEOUT), value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
     /// Liveness policy applied to every accepted connection.
@@ -134,7 +154,7 @@ pub struct ServeArgs {
     /// What to do when a client sends FIN while its jobs are pending: `probe` writes a `#`
     /// line and cancels only if the peer answers with RST (it closed, rather than
     /// half-closed); `cancel` treats FIN as a hangup; `finish` never cancels on FIN.
-    #[arg(long, value_name = "probe|cancel|finish", default_value = "probe")]
+    #[arg(long, value_name = "probe|cancel|finish", default_value_t = HalfClosePolicy::default())]
     pub on_half_close: HalfClosePolicy,
 
     /// Jobs running at once across all connections [default: number of CPUs].
@@ -142,11 +162,11 @@ pub struct ServeArgs {
     pub workers: Option<usize>,
 
     /// Connections served at once; the next one gets `ERR busy` and is closed.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS.get())]
     pub max_connections: usize,
 
     /// Largest accepted `JOB <rounds>`.
-    #[arg(long, value_name = "N", default_value_t = 10_000_000_000)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ROUNDS)]
     pub max_rounds: u64,
 
     /// Event log format on stderr: human `text`, or `json` (one object a line, with `ts_ns`).
@@ -158,7 +178,7 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// Server address.
-    #[arg(default_value = "127.0.0.1:7557")]
+    #[arg(default_value_t = DEFAULT_LISTEN.to_string())]
     pub addr: String,
 
     /// Liveness policy applied to the connection to the server.
@@ -178,8 +198,9 @@ pub struct ClientArgs {
     pub token: Option<String>,
 
     /// Heartbeat to propose: the client sends PING after this much of its own silence and
-    /// declares the server dead after 1.5 times the granted heartbeat without inbound data.
-    #[arg(long, value_name = "SECS", default_value_t = 30, requires = "device")]
+    /// declares the server dead after 1.5 times the granted heartbeat without inbound data
+    /// (whole seconds).
+    #[arg(long, value_name = "DURATION", default_value = shown!(DEFAULT_HEARTBEAT), value_parser = parse_whole_seconds, requires = "device")]
     pub heartbeat: u64,
 
     /// Event log format on stderr.
@@ -215,8 +236,8 @@ pub struct BenchScaleArgs {
     #[arg(long, value_name = "N", default_value_t = 19_000)]
     pub connections: usize,
 
-    /// Heartbeat every session asks for: a PING after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    /// Heartbeat every session asks for: a PING after this much silence (whole seconds).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_whole_seconds)]
     pub heartbeat: u64,
 
     /// Server instances sharing the port (SO_REUSEPORT) [default: enough for about
@@ -272,10 +293,10 @@ pub struct BenchMassDeathArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub dead_after: Duration,
 
-    /// The sessions' heartbeat, seconds. With 1.5 × H below D the heartbeat must catch
-    /// every death (`heartbeat_missed`); with H at or above D, keepalive and the user
-    /// timeout do (`timeout`); in between either may.
-    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    /// The sessions' heartbeat H (whole seconds). With 1.5 × H below D the heartbeat must
+    /// catch every death (`heartbeat_missed`); with H at or above D, keepalive and the
+    /// user timeout do (`timeout`); in between either may.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_whole_seconds)]
     pub heartbeat: u64,
 
     /// Server instances sharing the port [default: about 18 000 sessions each].
@@ -327,8 +348,8 @@ pub struct LoadWorkerArgs {
     #[arg(long, default_value = "load")]
     pub device_prefix: String,
 
-    /// Heartbeat, seconds.
-    #[arg(long, default_value_t = 30)]
+    /// Heartbeat (whole seconds).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_whole_seconds)]
     pub heartbeat: u64,
 
     /// Connects plus HELLOs in flight.
@@ -374,7 +395,7 @@ pub struct BenchCancelArgs {
     pub mode: HangupMode,
 
     /// Server policy for FIN during a job (passed to the server under test).
-    #[arg(long, value_name = "probe|cancel|finish", default_value = "probe")]
+    #[arg(long, value_name = "probe|cancel|finish", default_value_t = HalfClosePolicy::default())]
     pub on_half_close: HalfClosePolicy,
 
     /// Write the results as JSON to this file.
@@ -423,9 +444,9 @@ pub struct InspectArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Refresh every SECS seconds until interrupted.
-    #[arg(long, value_name = "SECS")]
-    pub watch: Option<f64>,
+    /// Refresh at this interval until interrupted (`2s`, `500ms`; a bare number is seconds).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub watch: Option<Duration>,
 
     /// Flag CLOSE_WAIT sockets older than this as `close-wait-leak`.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
@@ -532,7 +553,7 @@ pub struct PresenceArgs {
     pub json: bool,
 
     /// The data directory the server records sessions in (`hangup serve --data-dir`).
-    #[arg(long, value_name = "DIR", default_value = "./hangup-data")]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 
     /// Show at most N sessions, the newest.
@@ -549,17 +570,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// A duration that may be `auto` (derived from D) or `off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AutoDuration {
-    /// Derived from dead-after.
-    Auto,
-    /// Disabled.
-    Off,
-    /// Set explicitly.
-    Fixed(Duration),
-}
-
 /// The admin endpoint's address, or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminAddr {
@@ -567,6 +577,15 @@ pub enum AdminAddr {
     Off,
     /// Listen here.
     At(SocketAddr),
+}
+
+impl std::fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Off => f.write_str("off"),
+            Self::At(addr) => addr.fmt(f),
+        }
+    }
 }
 
 /// Parses `off` or a socket address.
@@ -580,12 +599,17 @@ pub fn parse_admin(s: &str) -> Result<AdminAddr, String> {
     }
 }
 
-/// Parses `auto`, `off` or a duration.
-pub fn parse_auto_duration(s: &str) -> Result<AutoDuration, String> {
-    match s {
-        "auto" => Ok(AutoDuration::Auto),
-        "off" => Ok(AutoDuration::Off),
-        other => parse_duration(other).map(AutoDuration::Fixed),
+/// Parses `auto`, `off` or a non-zero duration, for TCP_USER_TIMEOUT.
+pub fn parse_user_timeout(s: &str) -> Result<AutoDuration, String> {
+    AutoDuration::parse_user_timeout(s).map_err(|e| e.to_string())
+}
+
+/// `on` or `off`, as [`parse_on_off`] reads it.
+pub const fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
     }
 }
 
@@ -611,6 +635,18 @@ pub fn parse_setup(s: &str) -> Result<hangup_lab::Setup, String> {
 /// Parses a lab peer mode.
 pub fn parse_peer_mode(s: &str) -> Result<hangup_lab::PeerMode, String> {
     s.parse().map_err(|e: hangup_lab::LabError| e.to_string())
+}
+
+/// Parses a duration of whole seconds (`5s`, `2m`, or a bare `5`) into its seconds: the
+/// protocol's heartbeat unit.
+pub fn parse_whole_seconds(s: &str) -> Result<u64, String> {
+    let duration = parse_duration(s)?;
+    if duration.subsec_nanos() != 0 {
+        return Err(format!(
+            "expected whole seconds, e.g. `5s` or `1m`, got `{s}`"
+        ));
+    }
+    Ok(duration.as_secs())
 }
 
 /// Parses a duration such as `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.

@@ -4,11 +4,14 @@
 //! otherwise, never under `CI=true`.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::{hangup_bin, privileged};
 use serde_json::Value;
 
 /// Lab runs measure timing and share the machine: one at a time.
@@ -16,24 +19,6 @@ static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Slack over the SPEC's bounds, to stay clear of scheduling noise.
 const NOISE_MS: f64 = 250.0;
-
-fn hangup() -> &'static str {
-    env!("CARGO_BIN_EXE_hangup")
-}
-
-/// True when the test may create namespaces. Without root it prints why it skips,
-/// except under `CI=true`, where skipping would hide a failure.
-fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root for network namespaces, and CI=true forbids skipping");
-    }
-    eprintln!("skipping {test}: needs root to create network namespaces");
-    false
-}
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
     ONE_LAB_AT_A_TIME
@@ -138,7 +123,7 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
 
 /// Starts a lab run and waits until it has namespaces and processes up.
 fn start_lab_and_wait_for_namespaces(args: &[&str]) -> Child {
-    let mut child = Command::new(hangup())
+    let mut child = Command::new(hangup_bin())
         .arg("lab")
         .args(args)
         .stdin(Stdio::null())
@@ -169,7 +154,7 @@ fn start_lab_and_wait_for_namespaces(args: &[&str]) -> Child {
 }
 
 fn run_lab(args: &[&str]) -> (Output, u32) {
-    let child = Command::new(hangup())
+    let child = Command::new(hangup_bin())
         .arg("lab")
         .args(args)
         .stdin(Stdio::null())
@@ -337,7 +322,7 @@ fn cleanup_removes_what_a_killed_run_left() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let output = Command::new(hangup())
+    let output = Command::new(hangup_bin())
         .args(["lab", "--cleanup"])
         .output()
         .expect("run hangup lab --cleanup");
@@ -360,7 +345,7 @@ fn cleanup_removes_what_a_killed_run_left() {
 
 #[test]
 fn without_iproute2_it_says_so_and_fails() {
-    let output = Command::new(hangup())
+    let output = Command::new(hangup_bin())
         .args(["lab", "--quick"])
         .env("PATH", "/nonexistent")
         .output()

@@ -25,6 +25,10 @@ pub enum Cause {
     /// The peer sent no heartbeat within its dead-after window.
     HeartbeatMissed,
     /// The connection stayed idle for longer than allowed.
+    ///
+    /// Part of the shared vocabulary (SPEC §1), but nothing produces it today: the
+    /// server has no idle timeout, and an idle connection without a session is closed
+    /// by keepalive or TCP_USER_TIMEOUT, as [`Cause::Timeout`].
     Idle,
     /// The peer is alive but accepted none of our bytes for the write timeout.
     Stalled,

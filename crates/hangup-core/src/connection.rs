@@ -25,6 +25,10 @@ use crate::protocol::{
 use crate::session::{Heartbeat, SessionId};
 use crate::timer::{Timer, TimerTable};
 
+/// The largest `JOB <rounds>` accepted unless configured otherwise (SPEC §5
+/// `--max-rounds`).
+pub const DEFAULT_MAX_ROUNDS: u64 = 10_000_000_000;
+
 /// Settings of a connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionConfig {
@@ -53,9 +57,9 @@ impl ConnectionConfig {
     /// The defaults of SPEC §3 with the timeouts of `policy`.
     pub fn new(policy: &LivenessPolicy) -> Self {
         Self {
-            max_rounds: 10_000_000_000,
+            max_rounds: DEFAULT_MAX_ROUNDS,
             max_queued_jobs: 64,
-            half_close: HalfClosePolicy::Probe,
+            half_close: HalfClosePolicy::default(),
             write_timeout: policy.write_timeout,
             partial_line_timeout: policy.partial_line_timeout,
             probe_window: Duration::from_millis(200),

@@ -46,20 +46,19 @@ mod timer;
 #[cfg(feature = "auth")]
 pub use auth::{device_token, verify_token};
 pub use cause::{classify_readiness, Cause, UnknownCause};
-pub use connection::{Connection, ConnectionConfig, Event, Interest};
+pub use connection::{Connection, ConnectionConfig, Event, Interest, DEFAULT_MAX_ROUNDS};
 pub use duration::{format_duration, parse_duration, DurationError};
 #[cfg(feature = "job")]
 pub use job::{run_chain, HashChain, ROUNDS_PER_SLICE};
 pub use policy::{
-    HalfClosePolicy, Keepalive, KeepaliveSetting, KeepaliveTimers, LivenessPolicy, PolicyError,
-    UserTimeoutSetting, DERIVED_KEEPALIVE_PROBES,
+    AutoDuration, HalfClosePolicy, Keepalive, KeepaliveSetting, KeepaliveTimers, LivenessPolicy,
+    LivenessSettings, PolicyError, DEFAULT_DEAD_AFTER, DERIVED_KEEPALIVE_PROBES,
 };
 pub use protocol::{
     parse_line, valid_device_id, Command, ErrorCode, Frame, JobId, LineDecoder, ParseError, Reply,
-    ReplyParseError, StatusCounts, DEFAULT_SEED, MAX_LINE,
+    ReplyParseError, StatusCounts, DEFAULT_PORT, DEFAULT_SEED, MAX_LINE,
 };
 pub use session::{
     Heartbeat, HeartbeatAction, HeartbeatClock, Opened, SessionId, SessionRegistry,
     DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT,
 };
-pub use timer::{Timer, TimerTable};

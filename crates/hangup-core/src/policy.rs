@@ -8,7 +8,10 @@
 //! | write timeout | D | a live peer that stopped reading (`stalled`) |
 //! | partial-line timeout | D | a peer that never finishes its line |
 //!
-//! Every value can be overridden; `None` means off.
+//! Every value can be overridden; `None` means off. [`LivenessSettings`] is what a user
+//! configures (each value `auto`, `off` or explicit); [`LivenessSettings::resolve`] turns
+//! it into the [`LivenessPolicy`] a connection runs. The defaults of every setting live
+//! here, and nowhere else.
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,6 +21,9 @@ use crate::duration::{format_duration, parse_duration};
 
 /// How many keepalive probes the derivation sends before giving up.
 pub const DERIVED_KEEPALIVE_PROBES: u32 = 5;
+
+/// The dead-after budget D when none is given (SPEC §2: the server's default).
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(30);
 
 /// Kernel keepalive timers, as TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT.
 ///
@@ -56,9 +62,10 @@ impl KeepaliveTimers {
 }
 
 /// Keepalive as configured: derived, left to the OS, off, or explicit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KeepaliveSetting {
     /// Derive the timers from D.
+    #[default]
     Auto,
     /// Turn SO_KEEPALIVE on with the system's timers (net.ipv4.tcp_keepalive_*).
     Os,
@@ -89,9 +96,13 @@ pub enum PolicyError {
     /// A keepalive timer outside what the kernel accepts.
     #[error("invalid keepalive `{0}`: idle and interval must be whole seconds from 1s to 32767s, count from 1 to 127")]
     KeepaliveRange(String),
-    /// A user-timeout setting that is none of the accepted forms.
+    /// A user-timeout setting that is none of the accepted forms, or zero (which the
+    /// kernel would read as "the system default").
     #[error("invalid user timeout `{0}`: expected `auto`, `off` or a duration such as `30s`")]
     UserTimeout(String),
+    /// A derived-or-explicit duration that is none of `auto`, `off` or a duration.
+    #[error("expected `auto`, `off` or a duration such as `30s`, got `{0}`")]
+    AutoDuration(String),
     /// A half-close policy that is none of the accepted names.
     #[error("invalid half-close policy `{0}`: expected `probe`, `cancel` or `finish`")]
     HalfClose(String),
@@ -149,28 +160,61 @@ impl fmt::Display for KeepaliveSetting {
     }
 }
 
-/// TCP_USER_TIMEOUT as configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UserTimeoutSetting {
-    /// Equal to D.
+/// A timer setting that is derived from D, turned off, or set explicitly: TCP_USER_TIMEOUT
+/// and the write timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AutoDuration {
+    /// Derived from D (both timers that take this setting derive to D itself).
+    #[default]
     Auto,
-    /// Not set (the kernel retransmits for ~15 min with tcp_retries2=15).
+    /// Not set: no such timer (for TCP_USER_TIMEOUT: the kernel retransmits for ~15 min
+    /// with tcp_retries2=15).
     Off,
     /// Set explicitly.
     Fixed(Duration),
 }
 
-impl FromStr for UserTimeoutSetting {
+impl AutoDuration {
+    /// The timer's value: `derived` for `auto`, `None` for `off`.
+    pub fn resolve(self, derived: Duration) -> Option<Duration> {
+        match self {
+            Self::Auto => Some(derived),
+            Self::Off => None,
+            Self::Fixed(d) => Some(d),
+        }
+    }
+
+    /// Parses a TCP_USER_TIMEOUT setting: as [`FromStr`], but zero is refused, because
+    /// the kernel reads 0 as "the system default" (say `off` for that).
+    pub fn parse_user_timeout(s: &str) -> Result<Self, PolicyError> {
+        match s.parse() {
+            Ok(Self::Fixed(d)) if d.is_zero() => Err(PolicyError::UserTimeout(s.to_owned())),
+            Ok(setting) => Ok(setting),
+            Err(_) => Err(PolicyError::UserTimeout(s.to_owned())),
+        }
+    }
+}
+
+impl FromStr for AutoDuration {
     type Err = PolicyError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "auto" => Ok(Self::Auto),
             "off" => Ok(Self::Off),
-            other => match parse_duration(other) {
-                Ok(d) if !d.is_zero() => Ok(Self::Fixed(d)),
-                _ => Err(PolicyError::UserTimeout(s.to_owned())),
-            },
+            other => parse_duration(other)
+                .map(Self::Fixed)
+                .map_err(|_| PolicyError::AutoDuration(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for AutoDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Off => f.write_str("off"),
+            Self::Fixed(d) => f.write_str(&format_duration(*d)),
         }
     }
 }
@@ -261,28 +305,66 @@ impl LivenessPolicy {
         }
     }
 
-    /// Resolves settings that may say `auto` against D.
-    pub fn resolve(
-        dead_after: Duration,
-        keepalive: KeepaliveSetting,
-        user_timeout: UserTimeoutSetting,
-    ) -> Result<Self, PolicyError> {
+    /// Resolves settings that may say `auto` against their D.
+    pub fn resolve(settings: &LivenessSettings) -> Result<Self, PolicyError> {
+        let dead_after = settings.dead_after;
         if dead_after < Duration::from_secs(1) {
             return Err(PolicyError::DeadAfterZero);
         }
-        let mut policy = Self::from_dead_after(dead_after);
-        policy.keepalive = match keepalive {
+        let keepalive = match settings.keepalive {
             KeepaliveSetting::Auto => Keepalive::Tuned(KeepaliveTimers::derive(dead_after)),
             KeepaliveSetting::Os => Keepalive::Os,
             KeepaliveSetting::Off => Keepalive::Off,
             KeepaliveSetting::Explicit(timers) => Keepalive::Tuned(timers),
         };
-        policy.user_timeout = match user_timeout {
-            UserTimeoutSetting::Auto => Some(dead_after),
-            UserTimeoutSetting::Off => None,
-            UserTimeoutSetting::Fixed(d) => Some(d),
-        };
-        Ok(policy)
+        let user_timeout = settings.user_timeout.resolve(dead_after);
+        if user_timeout == Some(Duration::ZERO) {
+            return Err(PolicyError::UserTimeout(settings.user_timeout.to_string()));
+        }
+        Ok(Self {
+            keepalive,
+            user_timeout,
+            watch_hangup: settings.watch_hangup,
+            write_timeout: settings.write_timeout.resolve(dead_after),
+            ..Self::from_dead_after(dead_after)
+        })
+    }
+}
+
+/// The liveness policy as configured (flags, a config file): D and the overrides, each
+/// `auto` (derived from D), `off` or explicit. [`Default`] is SPEC §2's: D = 30 s and
+/// everything derived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivenessSettings {
+    /// The budget D. At least 1 s.
+    pub dead_after: Duration,
+    /// TCP keepalive; `auto`: idle D/2, interval D/10, 5 probes.
+    pub keepalive: KeepaliveSetting,
+    /// TCP_USER_TIMEOUT; `auto`: D. An explicit value must not be zero.
+    pub user_timeout: AutoDuration,
+    /// Watch for FIN/RST through readiness, without reading data.
+    pub watch_hangup: bool,
+    /// Give up on a peer that accepts none of our bytes for this long (`stalled`);
+    /// `auto`: D.
+    pub write_timeout: AutoDuration,
+}
+
+impl Default for LivenessSettings {
+    fn default() -> Self {
+        Self {
+            dead_after: DEFAULT_DEAD_AFTER,
+            keepalive: KeepaliveSetting::default(),
+            user_timeout: AutoDuration::default(),
+            watch_hangup: true,
+            write_timeout: AutoDuration::default(),
+        }
+    }
+}
+
+impl LivenessSettings {
+    /// The policy these settings describe: see [`LivenessPolicy::resolve`].
+    pub fn resolve(&self) -> Result<LivenessPolicy, PolicyError> {
+        LivenessPolicy::resolve(self)
     }
 }
 
@@ -339,25 +421,74 @@ mod tests {
     #[test]
     fn resolve_applies_overrides() {
         let d = Duration::from_secs(2);
-        let policy =
-            LivenessPolicy::resolve(d, KeepaliveSetting::Off, UserTimeoutSetting::Off).unwrap();
+        let settings = LivenessSettings {
+            dead_after: d,
+            ..LivenessSettings::default()
+        };
+        assert_eq!(settings.resolve(), Ok(LivenessPolicy::from_dead_after(d)));
+        let policy = LivenessSettings {
+            keepalive: KeepaliveSetting::Off,
+            user_timeout: AutoDuration::Off,
+            watch_hangup: false,
+            write_timeout: AutoDuration::Off,
+            ..settings
+        }
+        .resolve()
+        .unwrap();
         assert_eq!(policy.keepalive, Keepalive::Off);
         assert_eq!(policy.user_timeout, None);
-        let policy = LivenessPolicy::resolve(
-            d,
-            KeepaliveSetting::Os,
-            "750ms".parse::<UserTimeoutSetting>().unwrap(),
-        )
+        assert!(!policy.watch_hangup);
+        assert_eq!(policy.write_timeout, None);
+        let policy = LivenessSettings {
+            keepalive: KeepaliveSetting::Os,
+            user_timeout: AutoDuration::parse_user_timeout("750ms").unwrap(),
+            write_timeout: "5s".parse().unwrap(),
+            ..settings
+        }
+        .resolve()
         .unwrap();
         assert_eq!(policy.keepalive, Keepalive::Os);
         assert_eq!(policy.user_timeout, Some(Duration::from_millis(750)));
+        assert_eq!(policy.write_timeout, Some(Duration::from_secs(5)));
+        let zero = LivenessSettings {
+            dead_after: Duration::ZERO,
+            ..settings
+        };
+        assert_eq!(zero.resolve(), Err(PolicyError::DeadAfterZero));
+        let zero_user_timeout = LivenessSettings {
+            user_timeout: AutoDuration::Fixed(Duration::ZERO),
+            ..settings
+        };
+        assert!(zero_user_timeout.resolve().is_err());
+    }
+
+    #[test]
+    fn defaults_are_spec_section_2() {
+        let policy = LivenessSettings::default().resolve().unwrap();
+        assert_eq!(policy, LivenessPolicy::from_dead_after(DEFAULT_DEAD_AFTER));
+        assert_eq!(DEFAULT_DEAD_AFTER, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn auto_durations_parse() {
+        assert_eq!("auto".parse(), Ok(AutoDuration::Auto));
+        assert_eq!("off".parse(), Ok(AutoDuration::Off));
         assert_eq!(
-            LivenessPolicy::resolve(
-                Duration::ZERO,
-                KeepaliveSetting::Auto,
-                UserTimeoutSetting::Auto
-            ),
-            Err(PolicyError::DeadAfterZero)
+            "0s".parse(),
+            Ok(AutoDuration::Fixed(Duration::ZERO)),
+            "a zero write timeout is accepted, as before"
+        );
+        assert!(matches!(
+            AutoDuration::parse_user_timeout("0s"),
+            Err(PolicyError::UserTimeout(_))
+        ));
+        assert!(matches!(
+            "soon".parse::<AutoDuration>(),
+            Err(PolicyError::AutoDuration(_))
+        ));
+        assert_eq!(
+            AutoDuration::Fixed(Duration::from_millis(750)).to_string(),
+            "750ms"
         );
     }
 

@@ -190,6 +190,9 @@ fn whole_secs_up(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
+/// The line protocol's TCP port unless configured otherwise (SPEC §3).
+pub const DEFAULT_PORT: u16 = 7557;
+
 /// The seed a `JOB` without one starts from.
 pub const DEFAULT_SEED: &str = "hangup";
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 /// Every timer a connection can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Timer {
+pub(crate) enum Timer {
     /// An unfinished line has waited `partial_line_timeout` for its newline.
     PartialLine,
     /// Pending replies made no write progress for `write_timeout`: the peer stalled.
@@ -33,7 +33,7 @@ impl Timer {
 /// One optional deadline per [`Timer`]; setting one is O(1), finding the next is a scan
 /// of a fixed four slots.
 #[derive(Debug, Clone, Default)]
-pub struct TimerTable {
+pub(crate) struct TimerTable {
     deadlines: [Option<Instant>; Timer::ALL.len()],
 }
 
@@ -75,19 +75,6 @@ impl TimerTable {
         self.clear(timer);
         Some(timer)
     }
-
-    /// Disarms and returns the timers due at `now`, earliest first.
-    pub fn expired(&mut self, now: Instant) -> Vec<Timer> {
-        let mut due: Vec<(Instant, Timer)> = Timer::ALL
-            .into_iter()
-            .filter_map(|t| self.get(t).filter(|&d| d <= now).map(|d| (d, t)))
-            .collect();
-        due.sort_by_key(|&(deadline, _)| deadline);
-        for &(_, timer) in &due {
-            self.clear(timer);
-        }
-        due.into_iter().map(|(_, timer)| timer).collect()
-    }
 }
 
 #[cfg(test)]
@@ -103,11 +90,10 @@ mod tests {
         table.set(Timer::WriteStall, t0 + Duration::from_secs(5));
         table.set(Timer::PartialLine, t0 + Duration::from_secs(2));
         assert_eq!(table.next_timeout(), Some(t0 + Duration::from_secs(2)));
-        assert_eq!(table.expired(t0 + Duration::from_secs(1)), vec![]);
-        assert_eq!(
-            table.expired(t0 + Duration::from_secs(6)),
-            vec![Timer::PartialLine, Timer::WriteStall]
-        );
+        assert_eq!(table.pop_expired(t0 + Duration::from_secs(1)), None);
+        let late = t0 + Duration::from_secs(6);
+        assert_eq!(table.pop_expired(late), Some(Timer::PartialLine));
+        assert_eq!(table.pop_expired(late), Some(Timer::WriteStall));
         assert_eq!(table.next_timeout(), None);
     }
 

@@ -3,16 +3,12 @@
 //! (CLOCK_REALTIME is shared by all network namespaces), so detection is simply
 //! `event.ts_ns - fault_ns`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
 
-/// Unix time now, in nanoseconds.
-pub fn ts_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
+// The clock is the one the events are stamped with.
+pub(crate) use hangup::events::ts_ns;
 
 /// The event's name (`event` field).
 pub(crate) fn name(event: &Value) -> &str {

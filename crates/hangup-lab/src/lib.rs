@@ -54,7 +54,6 @@ mod setup;
 pub use cell::{judge, Cell, Check, Outcome};
 pub use chart::write_svg;
 pub use error::LabError;
-pub use events::ts_ns;
 pub use interrupt::{install_handler as install_interrupt_handler, requested as interrupted};
 pub use netns::{
     cleanup_leftovers, ip, namespaces_with_prefix, owner_pid, preflight, processes_with_marker,

@@ -35,7 +35,7 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 /// The server side's address on the veth pair.
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 /// The port the lab's servers listen on (inside their namespace).
-pub const SERVER_PORT: u16 = 7557;
+pub const SERVER_PORT: u16 = hangup_core::DEFAULT_PORT;
 
 /// The server's address as the client dials it.
 pub fn server_addr() -> SocketAddr {

@@ -22,7 +22,6 @@ use crate::live::{lock, ConnectionState, LiveConnection, LiveSession};
 use crate::workers::JobOutcome;
 use crate::{SessionHandle, Shared};
 use hangup::apply_policy;
-use hangup::events::ts_ns;
 
 /// Bytes read from the socket per read call.
 const READ_CHUNK: usize = 16 * 1024;
@@ -40,7 +39,9 @@ thread_local! {
         std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
 }
 
-struct RunningJob {
+/// The job this connection has on the worker pool: how to cancel it and where its
+/// outcome arrives. (The core keeps its own record of the job it started.)
+struct WorkerJob {
     id: JobId,
     cancel: CancellationToken,
     outcome: oneshot::Receiver<JobOutcome>,
@@ -68,7 +69,7 @@ pub(super) struct Driver {
     stream: TcpStream,
     shared: Arc<Shared>,
     conn: Connection,
-    job: Option<RunningJob>,
+    job: Option<WorkerJob>,
     /// What this connection last added to the shared (running, queued) job counters.
     jobs_counted: (u64, u64),
     bytes_in: u64,
@@ -111,10 +112,8 @@ impl Driver {
             if let Err(err) = apply_policy(&self.stream, &self.shared.config.policy) {
                 tracing::warn!(conn = self.live.id, peer = %self.live.peer, error = %err, "could not apply the liveness policy");
             }
-            tracing::info!(
-                target: "hangup::event",
-                event = "connection_opened",
-                ts_ns = ts_ns(),
+            hangup::emit!(
+                "connection_opened",
                 conn = self.live.id,
                 peer = %self.live.peer,
             );
@@ -134,8 +133,8 @@ impl Driver {
 
 impl Driver {
     async fn run(&mut self, shutdown: CancellationToken) {
-        // One sleep for every timer of the core (SPEC §2 timers, a closed set in
-        // `hangup_core::Timer`), reset only when the core's next deadline moves. No
+        // One sleep for every timer of the core (SPEC §2 timers, a closed set inside
+        // the core, behind `Connection::poll_timeout`), reset only when the core's next deadline moves. No
         // timer per event, and no scan of all connections per tick: tokio's wheel holds
         // one entry per connection, and the core's table has four slots.
         //
@@ -350,17 +349,15 @@ impl Driver {
                 Event::StartJob { id, rounds, seed } => {
                     let cancel = CancellationToken::new();
                     let outcome = self.shared.workers.spawn(seed, rounds, cancel.clone());
-                    self.job = Some(RunningJob {
+                    self.job = Some(WorkerJob {
                         id,
                         cancel,
                         outcome,
                         cancelled_at: None,
                     });
                     self.shared.metrics.jobs_started.inc();
-                    tracing::info!(
-                        target: "hangup::event",
-                        event = "job_started",
-                        ts_ns = ts_ns(),
+                    hangup::emit!(
+                        "job_started",
                         conn = self.live.id,
                         peer = %self.live.peer,
                         job = id,
@@ -375,10 +372,8 @@ impl Driver {
                 }
                 Event::JobDone { id, rounds } => {
                     self.shared.metrics.jobs_done.inc();
-                    tracing::info!(
-                        target: "hangup::event",
-                        event = "job_done",
-                        ts_ns = ts_ns(),
+                    hangup::emit!(
+                        "job_done",
                         conn = self.live.id,
                         peer = %self.live.peer,
                         job = id,
@@ -395,10 +390,8 @@ impl Driver {
                         .jobs_cancelled
                         .get_or_create(&cause.into())
                         .inc();
-                    tracing::info!(
-                        target: "hangup::event",
-                        event = "job_cancelled",
-                        ts_ns = ts_ns(),
+                    hangup::emit!(
+                        "job_cancelled",
                         conn = self.live.id,
                         peer = %self.live.peer,
                         job = id,
@@ -406,10 +399,8 @@ impl Driver {
                         was_running,
                     );
                 }
-                Event::PeerHalfClosed => tracing::info!(
-                    target: "hangup::event",
-                    event = "peer_half_closed",
-                    ts_ns = ts_ns(),
+                Event::PeerHalfClosed => hangup::emit!(
+                    "peer_half_closed",
                     conn = self.live.id,
                     peer = %self.live.peer,
                 ),
@@ -438,10 +429,8 @@ impl Driver {
                 Some(_) => None,
             };
             if let Some(message) = refusal {
-                tracing::info!(
-                    target: "hangup::event",
-                    event = "session_refused",
-                    ts_ns = ts_ns(),
+                hangup::emit!(
+                    "session_refused",
                     conn = self.live.id,
                     peer = %self.live.peer,
                     device = %device,
@@ -471,10 +460,8 @@ impl Driver {
             let _ = old.kick.send(now);
             self.end_session_record(old_id, wall, Cause::Takeover);
             self.shared.metrics.takeovers.inc();
-            tracing::info!(
-                target: "hangup::event",
-                event = "session_taken_over",
-                ts_ns = ts_ns(),
+            hangup::emit!(
+                "session_taken_over",
                 conn = self.live.id,
                 peer = %self.live.peer,
                 device = %device,
@@ -487,10 +474,8 @@ impl Driver {
         if let Some(presence) = &self.shared.config.presence {
             presence.session_started(opened.id.0, &device, self.live.peer, wall);
         }
-        tracing::info!(
-            target: "hangup::event",
-            event = "session_started",
-            ts_ns = ts_ns(),
+        hangup::emit!(
+            "session_started",
             conn = self.live.id,
             peer = %self.live.peer,
             device = %device,
@@ -522,10 +507,8 @@ impl Driver {
         if let Some(presence) = &self.shared.config.presence {
             presence.session_ended(id.0, at, cause);
         }
-        tracing::info!(
-            target: "hangup::event",
-            event = "session_ended",
-            ts_ns = ts_ns(),
+        hangup::emit!(
+            "session_ended",
             session = %id,
             cause = %cause,
         );
@@ -595,10 +578,8 @@ impl Driver {
             // socket retransmitting into the void.
             let _ = SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
         }
-        tracing::info!(
-            target: "hangup::event",
-            event = "connection_closed",
-            ts_ns = ts_ns(),
+        hangup::emit!(
+            "connection_closed",
             conn = self.live.id,
             peer = %self.live.peer,
             cause = %cause,
@@ -642,7 +623,7 @@ async fn drained(drain_end: Option<&mut std::pin::Pin<Box<Sleep>>>) {
 }
 
 /// The running job's outcome; a worker that vanished counts as cancelled.
-async fn job_outcome(job: &mut Option<RunningJob>) -> JobOutcome {
+async fn job_outcome(job: &mut Option<WorkerJob>) -> JobOutcome {
     match job {
         Some(job) => (&mut job.outcome).await.unwrap_or(None),
         None => std::future::pending().await,

@@ -29,13 +29,15 @@ pub use admin::{
 pub use live::{ConnectionSnapshot, ConnectionState, SessionSnapshot, TcpFigures};
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hangup_core::{
     ConnectionConfig, HalfClosePolicy, LivenessPolicy, SessionRegistry, StatusCounts,
+    DEFAULT_DEAD_AFTER, DEFAULT_MAX_ROUNDS, DEFAULT_PORT,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -44,7 +46,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::presence::PresenceRecorder;
-use hangup::events::ts_ns;
 use live::LiveTable;
 use metrics::Metrics;
 use workers::WorkerPool;
@@ -72,7 +73,22 @@ impl std::fmt::Debug for AuthSecret {
     }
 }
 
-/// Everything `hangup serve` can be told.
+/// Where `hangup serve` listens unless told otherwise (SPEC §5 `--listen`).
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, DEFAULT_PORT));
+
+/// Where `hangup serve`'s admin endpoint listens unless told otherwise (SPEC §5
+/// `--admin`). A [`ServerConfig`] has none unless given one.
+pub const DEFAULT_ADMIN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, DEFAULT_PORT + 1));
+
+/// Connections served at once unless configured otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = NonZeroUsize::new(10_000).unwrap();
+
+/// How long jobs may still run after `GOAWAY` unless configured otherwise (SPEC §5).
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything `hangup serve` can be told. [`Default`] is SPEC §5's defaults.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Where to listen.
@@ -85,10 +101,10 @@ pub struct ServerConfig {
     pub policy: LivenessPolicy,
     /// What to do on FIN while jobs are pending.
     pub half_close: HalfClosePolicy,
-    /// Jobs running at once across all connections.
-    pub workers: usize,
-    /// Connections served at once.
-    pub max_connections: usize,
+    /// Jobs running at once across all connections; by default one per CPU.
+    pub workers: NonZeroUsize,
+    /// Connections served at once; the next one gets `ERR busy`.
+    pub max_connections: NonZeroUsize,
     /// Largest accepted `JOB <rounds>`.
     pub max_rounds: u64,
     /// Where the admin endpoint listens; `None`: no admin endpoint.
@@ -104,20 +120,21 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Defaults of SPEC §5 with dead-after `dead_after`.
+    /// Defaults of SPEC §5, listening on `listen`, with everything derived from
+    /// dead-after `dead_after`; no admin endpoint, no presence store.
     pub fn new(listen: SocketAddr, dead_after: Duration) -> Self {
         Self {
             listen,
             reuse_port: false,
             policy: LivenessPolicy::from_dead_after(dead_after),
-            half_close: HalfClosePolicy::Probe,
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            max_connections: 10_000,
-            max_rounds: 10_000_000_000,
+            half_close: HalfClosePolicy::default(),
+            workers: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_rounds: DEFAULT_MAX_ROUNDS,
             admin: None,
             admin_token: None,
             auth_secret: None,
-            drain_timeout: Duration::from_secs(10),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             presence: None,
         }
     }
@@ -128,6 +145,13 @@ impl ServerConfig {
             half_close: self.half_close,
             ..ConnectionConfig::new(&self.policy)
         }
+    }
+}
+
+impl Default for ServerConfig {
+    /// [`DEFAULT_LISTEN`] and [`DEFAULT_DEAD_AFTER`].
+    fn default() -> Self {
+        Self::new(DEFAULT_LISTEN, DEFAULT_DEAD_AFTER)
     }
 }
 
@@ -230,7 +254,7 @@ impl Server {
             metrics: Metrics::new(),
             draining: CancellationToken::new(),
             connection_config: Arc::new(config.connection_config()),
-            workers: WorkerPool::new(config.workers.max(1)),
+            workers: WorkerPool::new(config.workers),
             counters: Counters::default(),
             next_connection_id: AtomicU64::new(1),
             connection_ended: Notify::new(),
@@ -271,14 +295,12 @@ impl Server {
                 admin_stop.clone(),
             ))
         });
-        tracing::info!(
-            target: "hangup::event",
-            event = "listening",
-            ts_ns = ts_ns(),
+        hangup::emit!(
+            "listening",
             addr = %addr,
             admin = admin_addr.map(|a| a.to_string()).unwrap_or_default(),
             dead_after_ms = shared.config.policy.dead_after.as_millis() as u64,
-            workers = shared.config.workers,
+            workers = shared.config.workers.get(),
             on_half_close = %shared.config.half_close,
         );
         let tracker = TaskTracker::new();
@@ -292,9 +314,10 @@ impl Server {
                     // The gauge counts slots: taken here, given back once the
                     // connection's socket is closed (its descriptor is free again).
                     let open = shared.metrics.connections_open.get().max(0) as usize;
-                    if open >= shared.config.max_connections {
+                    let limit = shared.config.max_connections.get();
+                    if open >= limit {
                         shared.metrics.connections_refused.inc();
-                        tracker.spawn(refuse_busy(stream, peer, shared.config.max_connections));
+                        tracker.spawn(refuse_busy(stream, peer, limit));
                         continue;
                     }
                     shared.metrics.connections_open.inc();
@@ -308,10 +331,8 @@ impl Server {
                 Err(err) if is_resource_exhaustion(&err) => {
                     // Out of descriptors or memory: the pending connection stays in the
                     // backlog. Wait for one of ours to end (or a moment), never spin.
-                    tracing::warn!(
-                        target: "hangup::event",
-                        event = "accept_paused",
-                        ts_ns = ts_ns(),
+                    hangup::emit!(
+                        WARN, "accept_paused",
                         error = %err,
                     );
                     tokio::select! {
@@ -382,7 +403,8 @@ fn reserve_descriptors(config: &mut ServerConfig) {
     } else {
         0
     };
-    let needed = (config.max_connections + admin + RESERVED_DESCRIPTORS) as u64;
+    let asked = config.max_connections.get();
+    let needed = (asked + admin + RESERVED_DESCRIPTORS) as u64;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -403,18 +425,20 @@ fn reserve_descriptors(config: &mut ServerConfig) {
         }
     }
     let room = (limit.rlim_cur as usize).saturating_sub(admin + RESERVED_DESCRIPTORS);
-    if config.max_connections > room && room >= 64 {
-        tracing::warn!(
-            target: "hangup::event",
-            event = "max_connections_lowered",
-            ts_ns = ts_ns(),
-            asked = config.max_connections,
+    let Some(granted) = NonZeroUsize::new(room).filter(|room| room.get() >= 64) else {
+        return;
+    };
+    if asked > granted.get() {
+        hangup::emit!(
+            WARN,
+            "max_connections_lowered",
+            asked,
             granted = room,
             nofile = limit.rlim_cur,
             "the descriptor limit (ulimit -n) holds only {room} connections beside the admin \
              endpoint's {admin} and {RESERVED_DESCRIPTORS} reserved; raise it to serve more"
         );
-        config.max_connections = room;
+        config.max_connections = granted;
     }
 }
 
@@ -430,10 +454,8 @@ fn is_resource_exhaustion(err: &io::Error) -> bool {
 
 /// At the connection limit: say so, then close gracefully.
 async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr, limit: usize) {
-    tracing::info!(
-        target: "hangup::event",
-        event = "connection_refused",
-        ts_ns = ts_ns(),
+    hangup::emit!(
+        "connection_refused",
         peer = %peer,
         reason = "busy",
     );

@@ -59,6 +59,9 @@ use hangup_core::Cause;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::{Serialize, Serializer};
 
+/// The data directory `hangup serve` and `hangup presence` use unless told otherwise.
+pub const DEFAULT_DATA_DIR: &str = "./hangup-data";
+
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "presence.sqlite3";
 

@@ -1,6 +1,7 @@
 //! The bounded worker pool that runs jobs: at most `workers` chains hash at once, each
 //! on a blocking thread, each checking its cancellation token between slices.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use hangup_core::run_chain;
@@ -16,9 +17,10 @@ pub(crate) struct WorkerPool {
 }
 
 impl WorkerPool {
-    pub(crate) fn new(workers: usize) -> Self {
+    /// At least one worker: a pool of none would queue every job for ever.
+    pub(crate) fn new(workers: NonZeroUsize) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(workers)),
+            permits: Arc::new(Semaphore::new(workers.get())),
         }
     }
 

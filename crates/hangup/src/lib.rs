@@ -85,3 +85,7 @@ pub use socket::{apply_policy, read_liveness, SocketLiveness};
 pub use sys::{tcp_info, TcpInfo};
 pub use tokio_util::sync::CancellationToken;
 pub use watch::{peer_gone, HalfClose, PeerGone, PeerState, PeerWatch};
+
+// For `emit!`, so that its callers need no `tracing` dependency of their own.
+#[doc(hidden)]
+pub use tracing as __tracing;

@@ -36,10 +36,13 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `--watch SECS` as a duration: positive and finite.
-fn watch_interval(secs: f64) -> anyhow::Result<Duration> {
-    if !(secs.is_finite() && secs > 0.0) {
-        bail!("--watch needs a positive number of seconds, got {secs}");
+/// `--watch DURATION`: positive.
+fn watch_interval(interval: Duration) -> anyhow::Result<Duration> {
+    if interval.is_zero() {
+        bail!(
+            "--watch needs a positive duration, got {}",
+            hangup_core::format_duration(interval)
+        );
     }
-    Duration::try_from_secs_f64(secs).with_context(|| format!("--watch {secs}"))
+    Ok(interval)
 }

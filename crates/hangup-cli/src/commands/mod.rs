@@ -14,9 +14,9 @@ pub use config::expand as expand_config;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use hangup_core::LivenessPolicy;
+use hangup_core::{LivenessPolicy, LivenessSettings};
 
-use crate::args::{AutoDuration, BenchCommand, Cli, Command, LivenessArgs};
+use crate::args::{BenchCommand, Cli, Command, LivenessArgs};
 
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -35,22 +35,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Resolves the liveness flags into a policy.
+/// Resolves the liveness flags into a policy: the flags are the core's
+/// [`LivenessSettings`], and the core derives everything that says `auto` from D.
 pub(crate) fn resolve_policy(args: &LivenessArgs) -> anyhow::Result<LivenessPolicy> {
-    let mut policy = LivenessPolicy::resolve(args.dead_after, args.keepalive, args.user_timeout)
-        .with_context(|| {
-            format!(
-                "--dead-after {}",
-                hangup_core::format_duration(args.dead_after)
-            )
-        })?;
-    policy.watch_hangup = args.watch_hangup;
-    policy.write_timeout = match args.write_timeout {
-        AutoDuration::Auto => Some(args.dead_after),
-        AutoDuration::Off => None,
-        AutoDuration::Fixed(d) => Some(d),
+    let settings = LivenessSettings {
+        dead_after: args.dead_after,
+        keepalive: args.keepalive,
+        user_timeout: args.user_timeout,
+        watch_hangup: args.watch_hangup,
+        write_timeout: args.write_timeout,
     };
-    Ok(policy)
+    settings.resolve().with_context(|| {
+        format!(
+            "--dead-after {}",
+            hangup_core::format_duration(args.dead_after)
+        )
+    })
 }
 
 /// Reads an `--auth-secret` file: its bytes without trailing line breaks.

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 
 use anyhow::Context;
 use hangup_server::presence::PresenceStore;
@@ -35,38 +36,7 @@ fn read_admin_token(path: &std::path::Path) -> anyhow::Result<std::sync::Arc<str
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     logging::init(args.log_format);
-    let policy = resolve_policy(&args.liveness)?;
-    if args.max_connections == 0 {
-        anyhow::bail!("--max-connections must be at least 1");
-    }
-    if args.workers == Some(0) {
-        anyhow::bail!("--workers must be at least 1 (or leave it out for one per CPU)");
-    }
-    let mut config = ServerConfig::new(args.listen, args.liveness.dead_after);
-    config.policy = policy;
-    config.half_close = args.on_half_close;
-    config.max_connections = args.max_connections;
-    config.max_rounds = args.max_rounds;
-    if let Some(workers) = args.workers {
-        config.workers = workers;
-    }
-    config.drain_timeout = args.drain_timeout;
-    config.reuse_port = args.reuse_port;
-    config.admin = match args.admin {
-        AdminAddr::Off => None,
-        AdminAddr::At(addr) => Some(addr),
-    };
-    config.auth_secret = args.auth_secret.as_deref().map(read_secret).transpose()?;
-    config.admin_token = match &args.admin_token {
-        Some(path) => Some(read_admin_token(path)?),
-        None => None,
-    };
-    if config.auth_secret.is_none() && !args.insecure {
-        refuse_exposed("--listen", args.listen)?;
-        if let Some(admin) = config.admin {
-            refuse_exposed("--admin", admin)?;
-        }
-    }
+    let mut config = server_config(&args)?;
     let (store, recovery) = PresenceStore::open(&args.data_dir).with_context(|| {
         format!(
             "could not open the presence store in {} (--data-dir)",
@@ -74,10 +44,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     if recovery.closed_sessions > 0 {
-        tracing::info!(
-            target: "hangup::event",
-            event = "presence_recovered",
-            ts_ns = hangup::events::ts_ns(),
+        hangup::emit!(
+            "presence_recovered",
             closed_sessions = recovery.closed_sessions,
             cause = "shutdown",
         );
@@ -98,15 +66,55 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let stats = recorder.stats();
     served?;
     closed?;
-    tracing::info!(
-        target: "hangup::event",
-        event = "shutdown_complete",
-        ts_ns = hangup::events::ts_ns(),
+    hangup::emit!(
+        "shutdown_complete",
         presence_rows_written = stats.rows_written,
         presence_max_pending = stats.max_pending,
         presence_max_batch_us = stats.max_batch_micros,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The flags (and the config file, already merged into them) as the server's settings,
+/// in one step; whatever a flag leaves out is [`ServerConfig`]'s default.
+fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
+    let policy = resolve_policy(&args.liveness)?;
+    let max_connections =
+        NonZeroUsize::new(args.max_connections).context("--max-connections must be at least 1")?;
+    let defaults = ServerConfig::default();
+    let workers = match args.workers {
+        None => defaults.workers,
+        Some(workers) => NonZeroUsize::new(workers)
+            .context("--workers must be at least 1 (or leave it out for one per CPU)")?,
+    };
+    let config = ServerConfig {
+        listen: args.listen,
+        reuse_port: args.reuse_port,
+        policy,
+        half_close: args.on_half_close,
+        workers,
+        max_connections,
+        max_rounds: args.max_rounds,
+        admin: match args.admin {
+            AdminAddr::Off => None,
+            AdminAddr::At(addr) => Some(addr),
+        },
+        admin_token: args
+            .admin_token
+            .as_deref()
+            .map(read_admin_token)
+            .transpose()?,
+        auth_secret: args.auth_secret.as_deref().map(read_secret).transpose()?,
+        drain_timeout: args.drain_timeout,
+        presence: None,
+    };
+    if config.auth_secret.is_none() && !args.insecure {
+        refuse_exposed("--listen", args.listen)?;
+        if let Some(admin) = config.admin {
+            refuse_exposed("--admin", admin)?;
+        }
+    }
+    Ok(config)
 }
 
 /// Without a secret, anyone who can reach the port could take over any device's
@@ -130,7 +138,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         return;
     };
     tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-    tracing::info!(target: "hangup::event", event = "shutdown_started", ts_ns = hangup::events::ts_ns());
+    hangup::emit!("shutdown_started");
     shutdown.cancel();
     tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
     std::process::exit(130);

@@ -211,7 +211,7 @@ pub fn mass_death(args: &BenchMassDeathArgs) -> anyhow::Result<ExitCode> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("bench mass-death needs root: it creates a network namespace and a veth pair");
     }
-    super::catch_interrupts();
+    super::catch_interrupts()?;
     let limits = Limits::read();
     let fd_room = limits.nofile.0.saturating_sub(300) as usize;
     let per_worker = args

@@ -24,29 +24,17 @@ pub use mass_death::mass_death;
 pub use scale::scale;
 pub use takeover::takeover;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
+/// Turns SIGINT, SIGTERM and SIGHUP into a flag that the benches' loops check, so that
+/// they return through their guards (killing their children, deleting namespaces)
+/// instead of dying with them still in place. The flag is the lab's: one handler for
+/// every command that cleans up after itself.
+pub(crate) fn catch_interrupts() -> anyhow::Result<()> {
+    hangup_lab::install_interrupt_handler().context("could not install the Ctrl-C handler")
 }
 
-/// Turns SIGINT and SIGTERM into a flag that the benches' loops check, so that they
-/// return through their guards (killing their children, deleting namespaces) instead
-/// of dying with them still in place.
-pub(crate) fn catch_interrupts() {
-    let handler = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
-}
-
-/// An error once SIGINT or SIGTERM arrived.
+/// An error once SIGINT, SIGTERM or SIGHUP arrived.
 pub(crate) fn check_interrupt() -> anyhow::Result<()> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
+    if hangup_lab::interrupted() {
         anyhow::bail!("interrupted");
     }
     Ok(())
@@ -230,22 +218,14 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// CPU model, core count and kernel, for the record.
+/// CPU model, core count and kernel, for the record (the lab's description, in the
+/// benches' format).
 pub(crate) fn machine_description() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|k| k.trim().to_owned())
-        .unwrap_or_default();
-    format!("{cpu}, {cores} cores, Linux {kernel}")
+    let machine = hangup_lab::Machine::describe();
+    format!(
+        "{}, {} cores, Linux {}",
+        machine.cpu, machine.cpus, machine.kernel
+    )
 }
 
 /// A command as the line a client sends, `\n` included.

@@ -110,7 +110,7 @@ pub fn scale(args: &BenchScaleArgs) -> anyhow::Result<ExitCode> {
     if args.connections == 0 || args.per_worker == 0 || args.heartbeat == 0 {
         bail!("--connections, --per-worker and --heartbeat must be at least 1");
     }
-    super::catch_interrupts();
+    super::catch_interrupts()?;
     let limits = Limits::read();
     let fd_room = limits.nofile.0.saturating_sub(FD_MARGIN) as usize;
     let port_room = limits.ports_per_address() as usize;
