@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use hangup::client::{ClientEvent, SessionClient, SessionConfig, SessionSender};
-use hangup::events::ts_ns;
 use hangup::{Cause, Reply, MAX_LINE};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -51,14 +50,10 @@ pub fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
                 ClientEvent::Connected { peer: addr } => {
                     peer = Some(addr);
                     eprintln!("hangup: connected to {addr}");
-                    tracing::info!(target: "hangup::event", event = "connection_opened", ts_ns = ts_ns(), peer = %addr);
+                    hangup::emit!("connection_opened", peer = %addr);
                 }
                 ClientEvent::SessionOpened { session, heartbeat } => {
-                    tracing::info!(
-                        target: "hangup::event",
-                        event = "session_started",
-                        ts_ns = ts_ns(),
-                        session = %session,
+                    hangup::emit!("session_started", session = %session,
                         heartbeat_ms = heartbeat.interval.as_millis() as u64,
                     );
                     print_line(Reply::Welcome(session, heartbeat));
@@ -69,19 +64,19 @@ pub fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
                     "(a line longer than {MAX_LINE} bytes from the server was discarded)"
                 )),
                 ClientEvent::Finished => {
-                    tracing::info!(target: "hangup::event", event = "connection_closed", ts_ns = ts_ns(), peer = %peer_text, cause = %Cause::Local);
+                    hangup::emit!("connection_closed", peer = %peer_text, cause = %Cause::Local);
                     return Ok(ExitCode::SUCCESS);
                 }
                 ClientEvent::Kicked => {
                     print_line(Reply::KickedTakeover);
-                    tracing::info!(target: "hangup::event", event = "connection_closed", ts_ns = ts_ns(), peer = %peer_text, cause = %Cause::Takeover);
+                    hangup::emit!("connection_closed", peer = %peer_text, cause = %Cause::Takeover);
                     eprintln!(
                         "hangup: another connection took over this device's session (KICKED takeover); not reconnecting, so the two do not evict each other in turn"
                     );
                     return Ok(ExitCode::from(3));
                 }
                 ClientEvent::GoingAway { .. } => {
-                    tracing::info!(target: "hangup::event", event = "connection_closed", ts_ns = ts_ns(), peer = %peer_text, cause = %Cause::Shutdown);
+                    hangup::emit!("connection_closed", peer = %peer_text, cause = %Cause::Shutdown);
                     if args.once {
                         eprintln!("hangup: the server is shutting down (GOAWAY) and closed the connection");
                         return Ok(ExitCode::SUCCESS);
@@ -93,11 +88,7 @@ pub fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
                     silent_for,
                     connected_for,
                 } => {
-                    tracing::info!(
-                        target: "hangup::event",
-                        event = "connection_closed",
-                        ts_ns = ts_ns(),
-                        peer = %peer_text,
+                    hangup::emit!("connection_closed", peer = %peer_text,
                         cause = %cause,
                         silent_ms = silent_for.as_millis() as u64,
                     );
