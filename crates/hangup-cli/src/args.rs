@@ -17,6 +17,7 @@ use hangup_core::{
 use hangup_server::presence::DEFAULT_DATA_DIR;
 use hangup_server::{
     DEFAULT_ADMIN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_QUEUED_BYTES,
 };
 
 /// A duration constant as clap's `default_value`: formatted once, the way the flag reads
@@ -168,6 +169,11 @@ pub struct ServeArgs {
     /// Largest accepted `JOB <rounds>`.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ROUNDS)]
     pub max_rounds: u64,
+
+    /// Bytes of queued jobs (seeds included) across all connections; past it `JOB` gets
+    /// `ERR too-many-jobs`. Seeds are at most 256 bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_QUEUED_BYTES)]
+    pub max_queued_bytes: usize,
 
     /// Event log format on stderr: human `text`, or `json` (one object a line, with `ts_ns`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

@@ -177,3 +177,85 @@ fn a_text_log_in_a_file_has_no_colour_codes() {
         "colour codes in a log file: {text:?}"
     );
 }
+
+#[test]
+fn a_bare_cr_inside_a_line_is_refused_and_never_echoed() {
+    let server = TestServer::start(&[]);
+    let mut client = LineClient::connect(server.addr());
+    client.send_raw(b"PING a\rb\n");
+    let reply = client.reply();
+    assert!(reply.starts_with("ERR bad-request "), "{reply:?}");
+    assert!(!reply.contains('\r'), "{reply:?}");
+    client.assert_alive("after a bare CR");
+}
+
+#[test]
+fn queued_work_is_bounded_across_connections() {
+    let server = TestServer::start(&["--max-queued-bytes", "8000", "--workers", "1"]);
+    let seed = "s".repeat(256);
+    let fill = |client: &mut LineClient| -> usize {
+        for accepted in 0..64 {
+            client.send(&format!("JOB 10000000000 {seed}"));
+            let reply = client.reply();
+            if reply.starts_with("ERR too-many-jobs ") {
+                assert!(reply.contains("server's job queue is full"), "{reply}");
+                return accepted;
+            }
+            assert!(reply.starts_with("ACCEPTED "), "{reply}");
+        }
+        64
+    };
+    let mut first = LineClient::connect(server.addr());
+    let accepted_first = fill(&mut first);
+    assert!(
+        accepted_first < 64,
+        "the per-connection limit hit first: {accepted_first}"
+    );
+    let mut second = LineClient::connect(server.addr());
+    assert_eq!(fill(&mut second), 0, "the whole server's budget is spent");
+    second.assert_alive("refused work leaves the connection usable");
+    // The first connection ends: its queue is given back.
+    drop(first);
+    let again = common::poll_until(PATIENCE, Duration::from_millis(50), || {
+        second.send(&format!("JOB 10000000000 {seed}"));
+        let reply = second.reply();
+        reply.starts_with("ACCEPTED ").then_some(reply)
+    });
+    assert!(again.is_some(), "the budget never came back");
+}
+
+#[test]
+fn a_read_only_data_dir_is_named_with_the_fix() {
+    if !common::privileged("a_read_only_data_dir_is_named_with_the_fix") {
+        return;
+    }
+    struct Mount(std::path::PathBuf);
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let dir = TempDir::new("readonly");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount a read-only tmpfs");
+    let _mount = Mount(data.clone());
+    let output = common::run_hangup(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("not writable"), "{stderr}");
+    assert!(stderr.contains("--data-dir"), "{stderr}");
+}

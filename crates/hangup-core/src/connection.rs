@@ -14,6 +14,7 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,8 +30,50 @@ use crate::timer::{Timer, TimerTable};
 /// `--max-rounds`).
 pub const DEFAULT_MAX_ROUNDS: u64 = 10_000_000_000;
 
+/// Bytes of queued work (jobs waiting behind a running one, their seeds included) across
+/// every connection that shares it. Past its limit a `JOB` gets `ERR too-many-jobs`, so
+/// the memory all peers together can make the server hold for later is bounded, not
+/// only each connection's share.
+#[derive(Debug)]
+pub struct QueueBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl QueueBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The limit, in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn try_charge(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|&after| after <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
 /// Settings of a connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionConfig {
     /// Largest `JOB <rounds>`.
     pub max_rounds: u64,
@@ -51,6 +94,9 @@ pub struct ConnectionConfig {
     /// get `ERR rate-limited` and the connection is closed. `None`: no limit. Anonymous
     /// connections are not limited (their replies are bounded by back-pressure).
     pub session_pings_per_sec: Option<u32>,
+    /// Shared with the server's other connections: the bound on all queued work.
+    /// `None`: only the per-connection `max_queued_jobs`.
+    pub queue_budget: Option<Arc<QueueBudget>>,
 }
 
 impl ConnectionConfig {
@@ -65,6 +111,7 @@ impl ConnectionConfig {
             probe_window: Duration::from_millis(200),
             outbox_high_water: 64 * 1024,
             session_pings_per_sec: Some(10),
+            queue_budget: None,
         }
     }
 }
@@ -153,6 +200,13 @@ struct QueuedJob {
     seed: String,
 }
 
+impl QueuedJob {
+    /// What it holds in memory, as charged to the [`QueueBudget`].
+    fn cost(&self) -> usize {
+        std::mem::size_of::<Self>() + self.seed.capacity()
+    }
+}
+
 #[derive(Debug)]
 struct RunningJob {
     id: JobId,
@@ -220,6 +274,15 @@ pub struct Connection {
     /// The kernel is retransmitting bytes the peer never acknowledged (the driver's
     /// last reading of TCP_INFO).
     retransmitting: bool,
+}
+
+impl Drop for Connection {
+    /// Whatever is still queued gives its bytes back to the shared budget.
+    fn drop(&mut self) {
+        for job in &self.queued {
+            self.release(job);
+        }
+    }
 }
 
 impl Connection {
@@ -666,10 +729,24 @@ impl Connection {
                     self.send(now, &Reply::Err(ErrorCode::TooManyJobs, message));
                     return;
                 }
-                let id = self.next_job_id;
+                let job = QueuedJob {
+                    id: self.next_job_id,
+                    rounds,
+                    seed,
+                };
+                if let Some(budget) = &self.config.queue_budget {
+                    if !budget.try_charge(job.cost()) {
+                        let message = format!(
+                            "the server's job queue is full ({} bytes across all connections); try again later",
+                            budget.limit()
+                        );
+                        self.send(now, &Reply::Err(ErrorCode::TooManyJobs, message));
+                        return;
+                    }
+                }
                 self.next_job_id += 1;
-                self.send(now, &Reply::Accepted(id));
-                self.queued.push_back(QueuedJob { id, rounds, seed });
+                self.send(now, &Reply::Accepted(job.id));
+                self.queued.push_back(job);
                 self.start_next_job();
             }
             Command::Cancel(id) => self.cancel_by_client(now, id),
@@ -719,7 +796,9 @@ impl Connection {
             }
             self.send(now, &Reply::Cancelled(id));
         } else if let Some(pos) = self.queued.iter().position(|job| job.id == id) {
-            self.queued.remove(pos);
+            if let Some(job) = self.queued.remove(pos) {
+                self.release(&job);
+            }
             self.events.push_back(Event::JobCancelled {
                 id,
                 cause: Cause::Local,
@@ -732,11 +811,18 @@ impl Connection {
         }
     }
 
+    fn release(&self, job: &QueuedJob) {
+        if let Some(budget) = &self.config.queue_budget {
+            budget.release(job.cost());
+        }
+    }
+
     fn start_next_job(&mut self) {
         if self.running.is_some() || matches!(self.phase, Phase::Closing { .. } | Phase::Closed) {
             return;
         }
         if let Some(job) = self.queued.pop_front() {
+            self.release(&job);
             self.events.push_back(Event::StartJob {
                 id: job.id,
                 rounds: job.rounds,
@@ -825,7 +911,8 @@ impl Connection {
                     .push_back(Event::CancelJob { id: job.id, cause });
             }
         }
-        for job in self.queued.drain(..) {
+        for job in std::mem::take(&mut self.queued) {
+            self.release(&job);
             self.events.push_back(Event::JobCancelled {
                 id: job.id,
                 cause,
@@ -890,7 +977,7 @@ mod tests {
     fn outbox_memory_is_bounded_when_never_fully_drained() {
         let policy = LivenessPolicy::from_dead_after(Duration::from_secs(2));
         let config = ConnectionConfig::new(&policy);
-        let mut conn = Connection::new(config);
+        let mut conn = Connection::new(config.clone());
         let now = Instant::now();
         let chunk = "PING 0123456789\n".repeat(1024);
         for _ in 0..1000 {

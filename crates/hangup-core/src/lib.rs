@@ -46,7 +46,9 @@ mod timer;
 #[cfg(feature = "auth")]
 pub use auth::{device_token, verify_token};
 pub use cause::{classify_readiness, Cause, UnknownCause};
-pub use connection::{Connection, ConnectionConfig, Event, Interest, DEFAULT_MAX_ROUNDS};
+pub use connection::{
+    Connection, ConnectionConfig, Event, Interest, QueueBudget, DEFAULT_MAX_ROUNDS,
+};
 pub use duration::{format_duration, parse_duration, DurationError};
 #[cfg(feature = "job")]
 pub use job::{run_chain, HashChain, ROUNDS_PER_SLICE};
@@ -56,7 +58,7 @@ pub use policy::{
 };
 pub use protocol::{
     parse_line, valid_device_id, Command, ErrorCode, Frame, JobId, LineDecoder, ParseError, Reply,
-    ReplyParseError, StatusCounts, DEFAULT_PORT, DEFAULT_SEED, MAX_LINE,
+    ReplyParseError, StatusCounts, DEFAULT_PORT, DEFAULT_SEED, MAX_LINE, MAX_SEED_LEN,
 };
 pub use session::{
     Heartbeat, HeartbeatAction, HeartbeatClock, Opened, SessionId, SessionRegistry,

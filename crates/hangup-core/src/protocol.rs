@@ -193,6 +193,10 @@ fn whole_secs_up(duration: Duration) -> u64 {
 /// The line protocol's TCP port unless configured otherwise (SPEC §3).
 pub const DEFAULT_PORT: u16 = 7557;
 
+/// The longest `JOB` seed, in bytes: a chain's start needs no more, and 64 queued jobs
+/// per connection stay small.
+pub const MAX_SEED_LEN: usize = 256;
+
 /// The seed a `JOB` without one starts from.
 pub const DEFAULT_SEED: &str = "hangup";
 
@@ -284,6 +288,13 @@ pub fn parse_line(line: &[u8], max_rounds: u64) -> Result<Option<Command>, Parse
     if line.contains(&0) {
         return Err(ParseError::bad("line contains a NUL byte"));
     }
+    // The line's own `\r\n` ending is gone by now: a CR left inside would be echoed
+    // back (`PING a\rb`) and put a bare CR on the wire.
+    if line.contains(&b'\r') {
+        return Err(ParseError::bad(
+            "line contains a carriage return (CR) inside it; end lines with \\n or \\r\\n",
+        ));
+    }
     let line = std::str::from_utf8(line).map_err(|_| ParseError::bad("line is not valid UTF-8"))?;
     let trimmed = line.trim();
     if trimmed.is_empty() || trimmed.starts_with('#') {
@@ -310,6 +321,13 @@ pub fn parse_line(line: &[u8], max_rounds: u64) -> Result<Option<Command>, Parse
                 .ok_or_else(|| ParseError::bad(format!("missing rounds; usage: {USAGE}")))?;
             let rounds = parse_rounds(rounds, max_rounds)?;
             let seed = args.next().unwrap_or(DEFAULT_SEED).to_owned();
+            if seed.len() > MAX_SEED_LEN {
+                return Err(ParseError::bad(format!(
+                    "seed is {} bytes; at most {} are accepted",
+                    seed.len(),
+                    MAX_SEED_LEN
+                )));
+            }
             no_more(&mut args, USAGE)?;
             Command::Job { rounds, seed }
         }

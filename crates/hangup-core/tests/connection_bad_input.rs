@@ -56,6 +56,10 @@ fn each_malformed_line_gets_its_error_and_the_connection_continues() {
         (b"HELLO\n", "bad-request"),
         (b"HELLO dev/1\n", "bad-request"),
         (b"HELLO dev-1 heartbeat=-1\n", "bad-request"),
+        // A CR inside a line would be echoed back as a bare CR on the wire.
+        (b"PING a\rb\n", "bad-request"),
+        (b"PING a\rb\r\n", "bad-request"),
+        (b"\rPING\n", "bad-request"),
     ];
     for &(bad, code) in cases {
         assert_err_then_usable(bad, code);
@@ -159,4 +163,20 @@ fn an_over_long_last_line_at_eof_is_too_long() {
     assert_eq!(lines.len(), 1);
     assert_eq!(err_code(&lines[0]), Some(ErrorCode::TooLong), "{lines:?}");
     assert!(d.closed().is_some());
+}
+
+#[test]
+fn a_seed_longer_than_the_limit_is_refused_and_one_at_the_limit_accepted() {
+    let long = format!("JOB 1 {}\n", "s".repeat(hangup_core::MAX_SEED_LEN + 1));
+    assert_err_then_usable(long.as_bytes(), "bad-request");
+    let mut d = driver();
+    d.bytes(format!("JOB 1 {}\n", "s".repeat(hangup_core::MAX_SEED_LEN)));
+    assert_eq!(d.take_lines(), vec!["ACCEPTED 1"]);
+}
+
+#[test]
+fn a_crlf_line_is_still_fine() {
+    let mut d = driver();
+    d.bytes("PING crlf\r\n");
+    assert_eq!(d.take_lines(), vec!["PONG crlf"]);
 }

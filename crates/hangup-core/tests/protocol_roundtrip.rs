@@ -12,7 +12,8 @@ use proptest::prelude::*;
 const MAX_ROUNDS: u64 = 10_000_000_000;
 
 /// A command as a client would send it: single-word device, token and seed, PING data
-/// without leading or trailing whitespace (the server trims the line), whole seconds.
+/// without leading or trailing whitespace (the server trims the line) or a CR inside
+/// (refused), whole seconds.
 fn command() -> impl Strategy<Value = Command> {
     let word = "[^\\s\\x00]{1,20}";
     prop_oneof![
@@ -27,7 +28,7 @@ fn command() -> impl Strategy<Value = Command> {
                 heartbeat
             }),
         Just(Command::Ping(String::new())),
-        "[^\\s\\x00]([^\\n\\x00]{0,60}[^\\s\\x00])?".prop_map(Command::Ping),
+        "[^\\s\\x00]([^\\n\\r\\x00]{0,60}[^\\s\\x00])?".prop_map(Command::Ping),
         (1..=MAX_ROUNDS, word).prop_map(|(rounds, seed)| Command::Job { rounds, seed }),
         any::<u64>().prop_map(Command::Cancel),
         Just(Command::Status),

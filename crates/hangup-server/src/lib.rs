@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hangup_core::{
-    ConnectionConfig, HalfClosePolicy, LivenessPolicy, SessionRegistry, StatusCounts,
+    ConnectionConfig, HalfClosePolicy, LivenessPolicy, QueueBudget, SessionRegistry, StatusCounts,
     DEFAULT_DEAD_AFTER, DEFAULT_MAX_ROUNDS, DEFAULT_PORT,
 };
 use tokio::io::AsyncWriteExt;
@@ -88,6 +88,10 @@ pub const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = NonZeroUsize::new(10_000).unwr
 /// How long jobs may still run after `GOAWAY` unless configured otherwise (SPEC §5).
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Bytes of queued jobs (seeds included) the whole server holds at most; past it a
+/// `JOB` gets `ERR too-many-jobs`. 32 MiB is ~100 000 jobs of the longest seed.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 32 << 20;
+
 /// Everything `hangup serve` can be told. [`Default`] is SPEC §5's defaults.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -115,6 +119,8 @@ pub struct ServerConfig {
     pub auth_secret: Option<AuthSecret>,
     /// On shutdown, how long jobs in flight may still run after `GOAWAY`.
     pub drain_timeout: Duration,
+    /// Bytes of queued work across all connections (see [`DEFAULT_MAX_QUEUED_BYTES`]).
+    pub max_queued_bytes: usize,
     /// Where sessions are recorded; `None`: nowhere.
     pub presence: Option<PresenceRecorder>,
 }
@@ -135,6 +141,7 @@ impl ServerConfig {
             admin_token: None,
             auth_secret: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             presence: None,
         }
     }
@@ -143,6 +150,7 @@ impl ServerConfig {
         ConnectionConfig {
             max_rounds: self.max_rounds,
             half_close: self.half_close,
+            queue_budget: Some(Arc::new(QueueBudget::new(self.max_queued_bytes))),
             ..ConnectionConfig::new(&self.policy)
         }
     }

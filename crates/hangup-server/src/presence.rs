@@ -94,6 +94,19 @@ pub enum PresenceError {
         #[source]
         source: io::Error,
     },
+    /// The data directory exists but this process cannot write there (a read-only
+    /// filesystem, or permissions).
+    #[error(
+        "the data directory {} is not writable ({source}); the server records sessions there: \
+         make it writable or choose another with --data-dir",
+        path.display()
+    )]
+    NotWritable {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// There is no presence database where a reader looked for one.
     #[error("no presence database at {}", path.display())]
     NotFound {
@@ -461,6 +474,7 @@ impl PresenceStore {
             path: data_dir.to_owned(),
             source,
         })?;
+        check_writable(data_dir)?;
         let path = data_dir.join(DATABASE_FILE);
         let db_error = |source| PresenceError::Database {
             path: path.clone(),
@@ -1047,6 +1061,23 @@ pub fn query(data_dir: &Path, filter: &PresenceFilter) -> Result<Vec<SessionRow>
         }
     }
     Ok(sessions)
+}
+
+/// SQLite says only "unable to open database file" when it cannot write its files:
+/// ask the kernel first, so the error names the directory and the reason.
+fn check_writable(dir: &Path) -> Result<(), PresenceError> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return Ok(()); // a NUL in the path: let SQLite report it
+    };
+    // SAFETY: a valid NUL-terminated path; access reads it and nothing else.
+    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK) } == 0 {
+        return Ok(());
+    }
+    Err(PresenceError::NotWritable {
+        path: dir.to_owned(),
+        source: io::Error::last_os_error(),
+    })
 }
 
 #[cfg(test)]

@@ -95,6 +95,7 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         workers,
         max_connections,
         max_rounds: args.max_rounds,
+        max_queued_bytes: args.max_queued_bytes,
         admin: match args.admin {
             AdminAddr::Off => None,
             AdminAddr::At(addr) => Some(addr),
