@@ -78,8 +78,9 @@ pub struct LivenessArgs {
     )]
     pub keepalive: KeepaliveSetting,
 
-    /// TCP_USER_TIMEOUT: `auto` (= D), `off`, or a duration. Bounds how long sent data may
-    /// stay unacknowledged before the kernel gives up with ETIMEDOUT.
+    /// TCP_USER_TIMEOUT: `auto` (D − min(D/8, 250 ms): Linux counts it from the first
+    /// retransmission, one RTO after the send), `off`, or a duration. Bounds how long
+    /// sent data may stay unacknowledged before the kernel gives up with ETIMEDOUT.
     #[arg(long, value_name = "auto|off|DURATION", default_value_t = LivenessSettings::default().user_timeout, value_parser = parse_user_timeout)]
     pub user_timeout: AutoDuration,
 

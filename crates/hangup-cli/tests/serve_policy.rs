@@ -75,13 +75,14 @@ fn library_applies_the_policy_derived_from_thirty_seconds() {
         count: 5,
     };
     assert_eq!(read.keepalive, Some(timers));
-    assert_eq!(read.user_timeout, Some(secs(30)));
+    // D − 250 ms: Linux counts the user timeout from the first retransmission.
+    assert_eq!(read.user_timeout, Some(Duration::from_millis(29_750)));
     assert_eq!(
         kernel_liveness(socket.as_raw_fd()),
         KernelLiveness {
             keepalive_on: true,
             timers: (15, 3, 5),
-            user_timeout_ms: 30_000,
+            user_timeout_ms: 29_750,
         }
     );
 }
@@ -97,13 +98,13 @@ fn library_clamps_a_two_second_budget_to_whole_kernel_seconds() {
         count: 5,
     };
     assert_eq!(read.keepalive, Some(timers));
-    assert_eq!(read.user_timeout, Some(secs(2)));
+    assert_eq!(read.user_timeout, Some(Duration::from_millis(1_750)));
     assert_eq!(
         kernel_liveness(socket.as_raw_fd()),
         KernelLiveness {
             keepalive_on: true,
             timers: (1, 1, 5),
-            user_timeout_ms: 2_000,
+            user_timeout_ms: 1_750,
         }
     );
 }
@@ -248,10 +249,10 @@ fn the_server_derives_its_policy_from_dead_after() {
         KernelLiveness {
             keepalive_on: true,
             timers: (4, 1, 5),
-            user_timeout_ms: 8_000,
+            user_timeout_ms: 7_750,
         }
     );
-    assert_eq!(read.user_timeout, Some(secs(8)));
+    assert_eq!(read.user_timeout, Some(Duration::from_millis(7_750)));
 }
 
 #[test]

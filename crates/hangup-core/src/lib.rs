@@ -53,8 +53,9 @@ pub use duration::{format_duration, parse_duration, DurationError};
 #[cfg(feature = "job")]
 pub use job::{run_chain, HashChain, ROUNDS_PER_SLICE};
 pub use policy::{
-    AutoDuration, HalfClosePolicy, Keepalive, KeepaliveSetting, KeepaliveTimers, LivenessPolicy,
-    LivenessSettings, PolicyError, DEFAULT_DEAD_AFTER, DERIVED_KEEPALIVE_PROBES,
+    derive_user_timeout, AutoDuration, HalfClosePolicy, Keepalive, KeepaliveSetting,
+    KeepaliveTimers, LivenessPolicy, LivenessSettings, PolicyError, DEFAULT_DEAD_AFTER,
+    DERIVED_KEEPALIVE_PROBES, FIRST_RETRANSMISSION_ALLOWANCE,
 };
 pub use protocol::{
     parse_line, valid_device_id, Command, ErrorCode, Frame, JobId, LineDecoder, ParseError, Reply,

@@ -32,7 +32,7 @@ use socket2::{SockRef, TcpKeepalive};
 /// assert_eq!(keepalive.idle, Duration::from_secs(15)); // D/2
 /// assert_eq!(keepalive.interval, Duration::from_secs(3)); // D/10
 /// # #[cfg(target_os = "linux")]
-/// assert_eq!(live.user_timeout, Some(Duration::from_secs(30))); // D
+/// assert_eq!(live.user_timeout, Some(Duration::from_millis(29_750))); // D − 250 ms
 /// # Ok(())
 /// # }
 /// ```
