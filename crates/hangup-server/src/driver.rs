@@ -66,6 +66,9 @@ struct OpenSession {
 /// every state of its future even after they were moved into a local, so a task that
 /// builds its driver from the stream and address would carry them twice.
 pub(super) struct Driver {
+    /// First field, so dropped first: out of the live table before the socket closes
+    /// (the admin endpoint reads TCP_INFO from the descriptor of every entry).
+    _listed: Listed,
     stream: TcpStream,
     shared: Arc<Shared>,
     conn: Connection,
@@ -78,15 +81,65 @@ pub(super) struct Driver {
     /// nowhere else: every byte of this struct is memory per connection).
     live: Arc<LiveConnection>,
     session: Option<OpenSession>,
+    /// Last field, so dropped last: the slot is free once the descriptor is.
+    _slot: Slot,
+}
+
+/// The connection's entry in the live table, removed on drop — also when the
+/// connection's task panics, so a panic leaks no entry.
+struct Listed {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.shared.live.remove(self.id);
+    }
+}
+
+/// The connection's slot in the `connections_open` gauge (taken at accept), given back
+/// on drop — also on a panic, so the server never thinks itself fuller than it is.
+pub(super) struct Slot {
+    shared: Arc<Shared>,
+}
+
+impl Slot {
+    /// Takes a slot.
+    pub(super) fn take(shared: &Arc<Shared>) -> Self {
+        shared.metrics.connections_open.inc();
+        Self {
+            shared: shared.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.metrics.connections_open.dec();
+        self.shared.connection_ended.notify_waiters();
+    }
 }
 
 impl Driver {
-    /// A driver for an accepted connection (its slot in the `connections_open` gauge is
-    /// taken by the caller and given back by [`Driver::serve`]).
-    pub(super) fn new(stream: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>) -> Self {
+    /// A driver for an accepted connection, holding the slot the caller took; listed in
+    /// the live table until it is dropped.
+    pub(super) fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        id: u64,
+        shared: Arc<Shared>,
+        slot: Slot,
+    ) -> Self {
         let now = Instant::now();
         let live = Arc::new(LiveConnection::new(id, peer, stream.as_raw_fd(), now));
+        shared.live.insert(live.clone());
         Self {
+            _listed: Listed {
+                shared: shared.clone(),
+                id,
+            },
+            _slot: slot,
             conn: Connection::with_shared_config(shared.connection_config.clone()),
             stream,
             shared,
@@ -118,15 +171,9 @@ impl Driver {
                 peer = %self.live.peer,
             );
             self.shared.metrics.connections_opened.inc();
-            self.shared.live.insert(self.live.clone());
             self.run(shutdown).await;
-            // Out of the table before the socket closes: the admin endpoint reads
-            // TCP_INFO from the descriptor of every connection in it.
-            self.shared.live.remove(self.live.id);
-            let shared = self.shared.clone();
-            drop(self);
-            shared.metrics.connections_open.dec();
-            shared.connection_ended.notify_waiters();
+            // Dropping the driver takes it out of the live table, closes the socket and
+            // gives the slot back, in that order (its fields' order).
         }
     }
 }

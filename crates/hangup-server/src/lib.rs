@@ -328,12 +328,12 @@ impl Server {
                         tracker.spawn(refuse_busy(stream, peer, limit));
                         continue;
                     }
-                    shared.metrics.connections_open.inc();
+                    let slot = driver::Slot::take(&shared);
                     let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
                     // Connections drain on `draining`, which is cancelled only after
                     // the accept loop stopped: by the time a client reads GOAWAY,
                     // /healthz already answers 503 and new connections are refused.
-                    let driver = driver::Driver::new(stream, peer, id, shared.clone());
+                    let driver = driver::Driver::new(stream, peer, id, shared.clone(), slot);
                     tracker.spawn(driver.serve(shared.draining.clone()));
                 }
                 Err(err) if is_resource_exhaustion(&err) => {
@@ -492,10 +492,39 @@ mod tests {
         let addr = server.local_addr().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();
         let (stream, peer) = server.listener.accept().await.unwrap();
-        let driver = driver::Driver::new(stream, peer, 1, server.shared.clone());
+        let slot = driver::Slot::take(&server.shared);
+        let driver = driver::Driver::new(stream, peer, 1, server.shared.clone(), slot);
         let future = driver.serve(CancellationToken::new());
         let size = std::mem::size_of_val(&future);
         eprintln!("connection future: {size} bytes");
         assert!(size <= 2048, "the connection future grew to {size} bytes");
+    }
+
+    /// A connection whose task panics gives back its live-table entry and its slot:
+    /// the guards run while the panic unwinds.
+    #[tokio::test]
+    async fn a_panicking_connection_leaks_neither_its_slot_nor_its_entry() {
+        let config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Duration::from_secs(30));
+        let server = Server::bind(config).await.unwrap();
+        let _client = TcpStream::connect(server.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = server.listener.accept().await.unwrap();
+        let shared = server.shared.clone();
+        let slot = driver::Slot::take(&shared);
+        let driver = driver::Driver::new(stream, peer, 7, shared.clone(), slot);
+        assert_eq!(shared.metrics.connections_open.get(), 1);
+        assert_eq!(shared.live.connections().len(), 1);
+        let task = tokio::spawn(async move {
+            let _driver = driver;
+            panic!("a bug in one connection");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(
+            shared.metrics.connections_open.get(),
+            0,
+            "the slot came back"
+        );
+        assert!(shared.live.connections().is_empty(), "the entry is gone");
     }
 }
