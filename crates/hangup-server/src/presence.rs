@@ -422,13 +422,26 @@ impl Pending {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     pending: Mutex<Pending>,
     /// Wakes the writer (flush request, close, many pending entries).
     wake_writer: Condvar,
     /// Wakes `flush` callers when a batch committed or failed.
     batch_done: Condvar,
+    /// `flush_completed`, for async waiters ([`PresenceRecorder::session_started_durably`]).
+    committed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            pending: Mutex::default(),
+            wake_writer: Condvar::new(),
+            batch_done: Condvar::new(),
+            committed: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl Shared {
@@ -632,6 +645,37 @@ impl PresenceRecorder {
         self.record(session, entry);
     }
 
+    /// Like [`PresenceRecorder::session_started`], and resolves once the start is
+    /// committed to disk: the writer is woken at once, and every start recorded
+    /// meanwhile goes into the same transaction (group commit), so a storm of HELLOs
+    /// costs one fsync-free SQLite commit per batch, not one per session.
+    ///
+    /// `false` if the store could not commit within `limit` (a failing or slow disk, or
+    /// the store is closing); the start then stays pending like any other.
+    pub async fn session_started_durably(
+        &self,
+        session: u64,
+        device: &str,
+        peer: SocketAddr,
+        at: SystemTime,
+        limit: std::time::Duration,
+    ) -> bool {
+        let mut committed = self.shared.committed.subscribe();
+        self.session_started(session, device, peer, at);
+        let target = {
+            let mut pending = self.shared.lock();
+            if pending.closing {
+                return false;
+            }
+            pending.flush_requested += 1;
+            pending.flush_requested
+        };
+        self.shared.wake_writer.notify_one();
+        let done = committed.wait_for(|&completed| completed >= target);
+        let committed_in_time = matches!(tokio::time::timeout(limit, done).await, Ok(Ok(_)));
+        committed_in_time
+    }
+
     /// The session's peer was heard from at `at`.
     ///
     /// Called at most about once per heartbeat per session; cheap, coalesced: only the
@@ -755,9 +799,11 @@ impl Writer {
                     }
                     pending.last_error = None;
                     pending.flush_completed = pending.flush_completed.max(flush_target);
+                    let completed = pending.flush_completed;
                     let finished = closing && pending.entries.is_empty();
                     drop(pending);
                     self.shared.batch_done.notify_all();
+                    self.shared.committed.send_replace(completed);
                     // Freeing a large batch's strings takes a while: not under the lock
                     // the recorders wait for.
                     batch.clear();

@@ -564,3 +564,62 @@ fn recovery_leaves_the_sessions_of_a_live_server_alone() {
     assert_eq!(find(&rows, 3).cause, Some(Cause::PeerClosed));
     store.close().unwrap();
 }
+
+/// A start recorded durably is on disk when the call resolves (another reader sees it
+/// with no flush), and concurrent durable starts share batches.
+#[test]
+fn a_durable_start_is_committed_when_it_resolves_and_starts_share_batches() {
+    let dir = TempDir::new("durable");
+    let (store, _) = PresenceStore::open(dir.path()).unwrap();
+    let recorder = store.recorder();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let durable = recorder
+            .session_started_durably(1, "durable-1", peer(1), at_millis(1_000), PATIENCE)
+            .await;
+        assert!(durable);
+        let rows = query(dir.path(), &PresenceFilter::default()).unwrap();
+        assert_eq!(
+            rows.len(),
+            1,
+            "committed before the call resolved: {rows:?}"
+        );
+        assert_eq!(rows[0].device, "durable-1");
+
+        let before = recorder.stats().batches;
+        let starts: Vec<_> = (2..202u64)
+            .map(|id| {
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    recorder
+                        .session_started_durably(
+                            id,
+                            &format!("d-{id}"),
+                            peer(2),
+                            at_millis(2_000),
+                            PATIENCE,
+                        )
+                        .await
+                })
+            })
+            .collect();
+        for start in starts {
+            assert!(start.await.unwrap());
+        }
+        let batches = recorder.stats().batches - before;
+        assert_eq!(
+            query(dir.path(), &PresenceFilter::default()).unwrap().len(),
+            201
+        );
+        assert!(
+            batches < 200,
+            "{batches} batches for 200 starts: no group commit"
+        );
+        eprintln!("200 durable starts in {batches} batches");
+    });
+    store.close().unwrap();
+}
