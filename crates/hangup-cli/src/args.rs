@@ -245,6 +245,12 @@ pub struct BenchHttpArgs {
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub throughput_runs: usize,
 
+    /// The route the throughput client requests: `/ok` (the hangup variants take the
+    /// request's token) or `/no-token` (they do not: only their listener or wrapper
+    /// costs).
+    #[arg(long, value_name = "PATH", default_value = "/ok", value_parser = ["/ok", "/no-token"])]
+    pub throughput_path: String,
+
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

@@ -109,6 +109,7 @@ fn bench_http_reports_every_server_and_case() {
     for s in servers {
         assert_eq!(s["runs_rps"].as_array().map(Vec::len), Some(1), "{s}");
         assert!(s["mean_rps"].as_f64().is_some_and(|r| r > 0.0), "{s}");
+        assert!(s["mean_cpu_us_per_request"].as_f64().is_some(), "{s}");
     }
     let pairs = throughput["pairs"].as_array().expect("throughput pairs");
     assert_eq!(pairs.len(), 2, "{throughput}");

@@ -16,7 +16,9 @@
 //! waits until it ends at its cap, so that no stale work burns the CPU of later
 //! measurements. Both clocks are the same CLOCK_REALTIME of this machine.
 //!
-//! Throughput: the same keep-alive load on `/ok`, plain against hangup, interleaved.
+//! Throughput: the same keep-alive load on `/ok`, plain against hangup, interleaved;
+//! besides requests/s (which other load on the machine disturbs), the server's CPU time
+//! per request (from /proc/PID/stat, all threads).
 
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -28,6 +30,7 @@ use anyhow::{bail, Context};
 use hangup::events::ts_ns;
 use serde::Serialize;
 
+use super::procfs::ProcessSample;
 use super::{
     catch_interrupts, check_interrupt, machine_description, percentile, write_json, ServerProcess,
 };
@@ -139,6 +142,10 @@ struct ServerThroughput {
     /// Requests per second of each run, in the order run.
     runs_rps: Vec<f64>,
     mean_rps: f64,
+    /// The server's CPU time (user + system) per request of each run, warm-up
+    /// included, microseconds.
+    runs_cpu_us_per_request: Vec<f64>,
+    mean_cpu_us_per_request: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -149,10 +156,13 @@ struct ThroughputPair {
     ratio: f64,
     /// (1 − ratio) in percent: what the hangup variant costs.
     cost_pct: f64,
+    /// Mean server CPU per request of the hangup variant over the plain server's.
+    cpu_ratio: f64,
 }
 
 #[derive(Debug, Serialize)]
 struct Throughput {
+    path: String,
     connections: usize,
     run_ms: u128,
     runs: usize,
@@ -450,6 +460,7 @@ fn throughput(peers: &[Peer], args: &BenchHttpArgs) -> anyhow::Result<Throughput
     let mut ratios = Vec::new();
     for (plain, hangup) in pairs {
         let (mut plain_runs, mut hangup_runs) = (Vec::new(), Vec::new());
+        let (mut plain_cpu, mut hangup_cpu) = (Vec::new(), Vec::new());
         for run in 0..args.throughput_runs {
             let order = if run % 2 == 0 {
                 [plain, hangup]
@@ -458,21 +469,27 @@ fn throughput(peers: &[Peer], args: &BenchHttpArgs) -> anyhow::Result<Throughput
             };
             for kind in order {
                 check_interrupt()?;
-                let rps = load(
-                    find(kind).main.addr,
+                let server = &find(kind).main;
+                let cpu_before = cpu_seconds(server.pid())?;
+                let (rps, requests) = load(
+                    server.addr,
+                    &args.throughput_path,
                     args.throughput_connections,
                     args.throughput_time,
                 )
                 .with_context(|| format!("throughput of {}", kind.as_str()))?;
+                let cpu_us = (cpu_seconds(server.pid())? - cpu_before) * 1e6 / requests as f64;
                 eprintln!(
-                    "bench http: throughput {:<12} run {} {rps:>10.0} requests/s",
+                    "bench http: throughput {:<12} run {} {rps:>10.0} requests/s, {cpu_us:.2} µs server CPU a request",
                     kind.as_str(),
                     run + 1
                 );
                 if kind == plain {
                     plain_runs.push(rps);
+                    plain_cpu.push(cpu_us);
                 } else {
                     hangup_runs.push(rps);
+                    hangup_cpu.push(cpu_us);
                 }
             }
         }
@@ -483,16 +500,23 @@ fn throughput(peers: &[Peer], args: &BenchHttpArgs) -> anyhow::Result<Throughput
             hangup: hangup.as_str(),
             ratio,
             cost_pct: (1.0 - ratio) * 100.0,
+            cpu_ratio: mean(&hangup_cpu) / mean(&plain_cpu),
         });
-        for (kind, runs) in [(plain, plain_runs), (hangup, hangup_runs)] {
+        for (kind, runs, cpu) in [
+            (plain, plain_runs, plain_cpu),
+            (hangup, hangup_runs, hangup_cpu),
+        ] {
             servers.push(ServerThroughput {
                 server: kind.as_str(),
                 mean_rps: mean(&runs),
                 runs_rps: runs,
+                mean_cpu_us_per_request: mean(&cpu),
+                runs_cpu_us_per_request: cpu,
             });
         }
     }
     Ok(Throughput {
+        path: args.throughput_path.clone(),
         connections: args.throughput_connections,
         run_ms: args.throughput_time.as_millis(),
         runs: args.throughput_runs,
@@ -501,14 +525,28 @@ fn throughput(peers: &[Peer], args: &BenchHttpArgs) -> anyhow::Result<Throughput
     })
 }
 
-/// `connections` keep-alive connections, one thread each, requesting `/ok` one after
-/// the other: a tenth of `time` to warm up, then `time` counted. Requests per second.
-fn load(addr: SocketAddr, connections: usize, time: Duration) -> anyhow::Result<f64> {
+/// A process's CPU time so far (user + system, every thread, also those gone).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let sample = ProcessSample::read(pid).context("cannot read the server's /proc/PID/stat")?;
+    Ok(sample.utime_s + sample.stime_s)
+}
+
+/// `connections` keep-alive connections, one thread each, requesting `path` one after
+/// the other: a tenth of `time` to warm up, then `time` counted. Requests per second
+/// counted, and requests made in all.
+fn load(
+    addr: SocketAddr,
+    path: &str,
+    connections: usize,
+    time: Duration,
+) -> anyhow::Result<(f64, u64)> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
     let barrier = Arc::new(Barrier::new(connections));
     let workers: Vec<_> = (0..connections)
         .map(|_| {
             let barrier = barrier.clone();
-            std::thread::spawn(move || -> anyhow::Result<u64> {
+            let request = request.clone();
+            std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
                 let connected = TcpStream::connect(addr).context("connect");
                 barrier.wait();
                 let mut stream = connected?;
@@ -517,29 +555,32 @@ fn load(addr: SocketAddr, connections: usize, time: Duration) -> anyhow::Result<
                 let mut response = ResponseReader::default();
                 let warm_until = Instant::now() + time / 10;
                 let count_until = warm_until + time;
-                let mut counted = 0u64;
+                let (mut counted, mut all) = (0u64, 0u64);
                 for _ in 0..MAX_REQUESTS_PER_CONNECTION {
                     let now = Instant::now();
                     if now >= count_until {
                         break;
                     }
-                    stream.write_all(b"GET /ok HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+                    stream.write_all(request.as_bytes())?;
                     response.read_one(&mut stream)?;
+                    all += 1;
                     if now >= warm_until {
                         counted += 1;
                     }
                 }
-                Ok(counted)
+                Ok((counted, all))
             })
         })
         .collect();
-    let mut total = 0;
+    let (mut counted, mut all) = (0, 0);
     for worker in workers {
-        total += worker
+        let (c, a) = worker
             .join()
             .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        counted += c;
+        all += a;
     }
-    Ok(total as f64 / time.as_secs_f64())
+    Ok((counted as f64 / time.as_secs_f64(), all.max(1)))
 }
 
 /// Reads keep-alive responses with a `content-length` off a stream.
@@ -623,22 +664,23 @@ fn print_table(report: &Report) {
     }
     if let Some(t) = &report.throughput {
         println!(
-            "throughput on /ok: {} keep-alive connections, {} runs of {} ms each, interleaved",
-            t.connections, t.runs, t.run_ms
+            "throughput on {}: {} keep-alive connections, {} runs of {} ms each, interleaved",
+            t.path, t.connections, t.runs, t.run_ms
         );
         for s in &t.servers {
             let runs: Vec<String> = s.runs_rps.iter().map(|r| format!("{r:.0}")).collect();
             println!(
-                "{:<12} {:>10.0} requests/s (runs: {})",
+                "{:<12} {:>10.0} requests/s (runs: {}), {:.2} µs server CPU a request",
                 s.server,
                 s.mean_rps,
-                runs.join(", ")
+                runs.join(", "),
+                s.mean_cpu_us_per_request
             );
         }
         for p in &t.pairs {
             println!(
-                "{} / {}: {:.3} (cost {:+.1} %)",
-                p.hangup, p.plain, p.ratio, p.cost_pct
+                "{} / {}: {:.3} requests/s (cost {:+.1} %), {:.3} server CPU a request",
+                p.hangup, p.plain, p.ratio, p.cost_pct, p.cpu_ratio
             );
         }
     }

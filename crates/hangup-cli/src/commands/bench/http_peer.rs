@@ -13,7 +13,8 @@
 //!
 //! `/work?ms=N` runs the work until its token fires or N ms pass (default 60 s);
 //! `/ok` answers `ok` (the hangup variants take the request's token there too, and do
-//! nothing with it). The server prints `listening` with its address, then
+//! nothing with it); `/no-token` answers `ok` without taking a token (in the hangup
+//! variants only their listener or wrapper is in the way). The server prints `listening` with its address, then
 //! `work_started` and `work_stopped` (with `cancelled`) for each work, one JSON object
 //! a line on stderr, each with `ts_ns` (Unix ns) taken where it happened, and the
 //! client's address as `peer`.
@@ -153,7 +154,8 @@ async fn serve_axum(listener: TcpListener) -> anyhow::Result<()> {
     }
     let app = Router::new()
         .route("/work", get(work_route).post(work_route))
-        .route("/ok", get(|| async { "ok" }));
+        .route("/ok", get(|| async { "ok" }))
+        .route("/no-token", get(|| async { "ok" }));
     // TCP_NODELAY as hangup's listener sets it, so that throughput compares the
     // integration, not Nagle.
     let listener = listener.tap_io(|tcp| {
@@ -175,7 +177,8 @@ async fn serve_axum_hangup(listener: TcpListener, on_fin: OnFin) -> anyhow::Resu
     }
     let app = Router::new()
         .route("/work", get(work_route).post(work_route))
-        .route("/ok", get(|_hangup: Hangup| async { "ok" }));
+        .route("/ok", get(|_hangup: Hangup| async { "ok" }))
+        .route("/no-token", get(|| async { "ok" }));
     let listener = HangupListener::new(listener, policy()).on_fin(on_fin);
     axum::serve(
         listener,
@@ -220,7 +223,7 @@ async fn serve_hyper(listener: TcpListener) -> anyhow::Result<()> {
                             let _cancel_on_drop = token.clone().drop_guard();
                             Response::new(run_work(peer, token, cap).await)
                         }
-                        "/ok" => Response::new("ok".into()),
+                        "/ok" | "/no-token" => Response::new("ok".into()),
                         _ => not_found(),
                     })
                 }
@@ -250,7 +253,7 @@ async fn serve_hyper_hangup(listener: TcpListener, on_fin: OnFin) -> anyhow::Res
                 async move {
                     Ok::<_, Infallible>(match path.as_str() {
                         "/work" => Response::new(run_work(peer, hangup.token(), cap).await),
-                        "/ok" => Response::new("ok".into()),
+                        "/ok" | "/no-token" => Response::new("ok".into()),
                         _ => not_found(),
                     })
                 }
