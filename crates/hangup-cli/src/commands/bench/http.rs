@@ -179,6 +179,8 @@ struct Report {
     give_up_after: usize,
     half_close_work_ms: u128,
     machine: String,
+    /// /proc/loadavg at the start and at the end: the machine may be shared.
+    load_average: [String; 2],
     results: Vec<CaseResult>,
     throughput: Option<Throughput>,
 }
@@ -225,6 +227,7 @@ pub fn http(args: &BenchHttpArgs) -> anyhow::Result<ExitCode> {
         bail!("--throughput-connections must be at least 1");
     }
     catch_interrupts();
+    let load_before = load_average();
     // Above the miss limit, so that a work ending at its cap is never taken for a stop.
     let work_cap = args.miss_limit + args.miss_limit / 2;
     let peers = SERVERS
@@ -271,6 +274,7 @@ pub fn http(args: &BenchHttpArgs) -> anyhow::Result<ExitCode> {
         give_up_after: args.give_up_after,
         half_close_work_ms: args.half_close_work.as_millis(),
         machine: machine_description(),
+        load_average: [load_before, load_average()],
         results,
         throughput,
     };
@@ -298,6 +302,13 @@ pub fn http(args: &BenchHttpArgs) -> anyhow::Result<ExitCode> {
         );
         ExitCode::from(1)
     })
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// What one trial saw.
@@ -635,7 +646,10 @@ fn print_table(report: &Report) {
         "hangup bench http: {} trials per server and case, miss limit {} ms, work cap {} ms, half-close work {} ms",
         report.trials, report.miss_limit_ms, report.work_cap_ms, report.half_close_work_ms
     );
-    println!("machine: {}", report.machine);
+    println!(
+        "machine: {}; load average {} at the start, {} at the end",
+        report.machine, report.load_average[0], report.load_average[1]
+    );
     println!(
         "{:<12} {:<12} {:>9} {:>9} {:>10} {:>10} {:>10}",
         "case", "server", "stopped", "answered", "p50 µs", "p99 µs", "max µs"
