@@ -234,6 +234,111 @@ pub enum BenchCommand {
     /// One load process of `scale` and `mass-death` (internal).
     #[command(hide = true)]
     LoadWorker(LoadWorkerArgs),
+    /// Plain axum and hyper against their hangup variants, side by side with one client:
+    /// how fast each stops a handler's work when the client hangs up (FIN, RST, a
+    /// pipelined request, an unread body), whether a half-closed client is answered, and
+    /// what the hangup variants cost in requests per second.
+    Http(BenchHttpArgs),
+    /// One reference HTTP server of `bench http` (internal).
+    #[command(hide = true)]
+    HttpPeer(BenchHttpPeerArgs),
+}
+
+/// `hangup bench http`.
+#[derive(Debug, Args)]
+pub struct BenchHttpArgs {
+    /// Hangups measured per server and case.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub trials: usize,
+
+    /// A hangup whose work is not stopped within this counts as missed.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub miss_limit: Duration,
+
+    /// Stop a case after this many misses in a row (each costs the miss limit plus the
+    /// work's cap); the case then reports the trials it ran. 0: run every trial.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub give_up_after: usize,
+
+    /// The bounded work the half-close case asks for; a client that half-closed is
+    /// answered once it is done.
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
+    pub half_close_work: Duration,
+
+    /// How long one throughput run loads a server (each run first warms up for a tenth
+    /// of it).
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub throughput_time: Duration,
+
+    /// Keep-alive connections of the throughput client, one thread each.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub throughput_connections: usize,
+
+    /// Throughput runs per server, interleaved plain / hangup (0: skip throughput).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub throughput_runs: usize,
+
+    /// The route the throughput client requests: `/ok` (the hangup variants take the
+    /// request's token) or `/no-token` (they do not: only their listener or wrapper
+    /// costs).
+    #[arg(long, value_name = "PATH", default_value = "/ok", value_parser = ["/ok", "/no-token"])]
+    pub throughput_path: String,
+
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// `hangup bench http-peer`: serves `/work?ms=` (CPU work until the request's token
+/// fires or `ms` pass) and `/ok`; prints `listening` and one JSON line per work start
+/// and stop on stderr.
+#[derive(Debug, Args)]
+pub struct BenchHttpPeerArgs {
+    /// Which server to run.
+    #[arg(long, value_enum)]
+    pub server: HttpServerKind,
+
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+
+    /// With a hangup server: serve a client that half-closes (`OnFin::Finish`) instead of
+    /// cancelling on its FIN.
+    #[arg(long)]
+    pub finish_on_fin: bool,
+}
+
+/// The reference servers of `bench http`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HttpServerKind {
+    /// Plain axum 0.8 (`axum::serve`); the handler cancels its work with a drop guard.
+    Axum,
+    /// axum with `hangup::http::axum::HangupListener` and the `Hangup` extractor.
+    AxumHangup,
+    /// Plain hyper 1 `http1::serve_connection`, with the same drop guard.
+    Hyper,
+    /// hyper with `hangup::http::hyper::wrap` and `Connection::request()`.
+    HyperHangup,
+}
+
+impl HttpServerKind {
+    /// The name on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpServerKind::Axum => "axum",
+            HttpServerKind::AxumHangup => "axum-hangup",
+            HttpServerKind::Hyper => "hyper",
+            HttpServerKind::HyperHangup => "hyper-hangup",
+        }
+    }
+
+    /// Whether this is one of the hangup variants.
+    pub fn is_hangup(self) -> bool {
+        matches!(
+            self,
+            HttpServerKind::AxumHangup | HttpServerKind::HyperHangup
+        )
+    }
 }
 
 /// `hangup bench scale`.

@@ -28,6 +28,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Scale(args)) => bench::scale(&args),
         Command::Bench(BenchCommand::MassDeath(args)) => bench::mass_death(&args),
         Command::Bench(BenchCommand::LoadWorker(args)) => bench::load_worker(&args),
+        Command::Bench(BenchCommand::Http(args)) => bench::http(&args),
+        Command::Bench(BenchCommand::HttpPeer(args)) => bench::http_peer(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Lab(args) => lab::run(args),
         Command::Token(args) => token::run(&args),

@@ -2,6 +2,8 @@
 
 mod cancel;
 mod histogram;
+mod http;
+mod http_peer;
 mod load;
 mod mass_death;
 mod procfs;
@@ -19,6 +21,8 @@ use anyhow::Context;
 use serde_json::Value;
 
 pub use cancel::cancel;
+pub use http::http;
+pub use http_peer::http_peer;
 pub use load::load_worker;
 pub use mass_death::mass_death;
 pub use scale::scale;
@@ -56,15 +60,17 @@ pub(crate) struct ServerProcess {
     child: Child,
     pub addr: SocketAddr,
     events: mpsc::Receiver<Value>,
-    /// Its presence store, removed with it.
-    data_dir: PathBuf,
+    /// Its presence store, removed with it (a `hangup serve`; none for other children).
+    data_dir: Option<PathBuf>,
 }
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if let Some(data_dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(data_dir);
+        }
     }
 }
 
@@ -88,17 +94,37 @@ impl ServerProcess {
             std::process::id(),
             fastrand::u32(..)
         ));
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(["serve", "--listen", listen, "--log-format", "json"])
             .args(["--admin", "off", "--data-dir"])
             .arg(&data_dir)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info");
+        Self::spawn(command, "hangup serve", wanted, Some(data_dir))
+    }
+
+    /// Starts this same executable with `args`: a child that prints `listening` with its
+    /// `addr` and then its events, one JSON object a line, on stderr.
+    pub fn start_child(args: &[&str], wanted: &'static [&'static str]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the hangup executable")?;
+        let mut command = Command::new(exe);
+        command.args(args);
+        Self::spawn(command, &format!("hangup {}", args.join(" ")), wanted, None)
+    }
+
+    fn spawn(
+        mut command: Command,
+        what: &str,
+        wanted: &'static [&'static str],
+        data_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .context("could not start `hangup serve`")?;
+            .with_context(|| format!("could not start `{what}`"))?;
         let stderr = child.stderr.take().context("no stderr")?;
         let (tx, events) = mpsc::channel();
         // Lines that are not events (a usage error, a panic), kept for the error report.
@@ -165,7 +191,9 @@ impl ServerProcess {
 
     /// The server's presence store.
     pub fn data_dir(&self) -> &std::path::Path {
-        &self.data_dir
+        self.data_dir
+            .as_deref()
+            .expect("only a `hangup serve` has a presence store")
     }
 
     /// SIGTERM, then waits up to `limit` for a clean exit.
