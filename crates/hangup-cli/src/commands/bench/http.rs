@@ -226,7 +226,7 @@ pub fn http(args: &BenchHttpArgs) -> anyhow::Result<ExitCode> {
     if args.throughput_connections == 0 {
         bail!("--throughput-connections must be at least 1");
     }
-    catch_interrupts();
+    catch_interrupts()?;
     let load_before = load_average();
     // Above the miss limit, so that a work ending at its cap is never taken for a stop.
     let work_cap = args.miss_limit + args.miss_limit / 2;
