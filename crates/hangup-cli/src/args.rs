@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use hangup_bench::HangupMode;
 use hangup_core::{
     AutoDuration, HalfClosePolicy, KeepaliveSetting, LivenessSettings, DEFAULT_HEARTBEAT,
     DEFAULT_MAX_ROUNDS,
@@ -391,7 +392,7 @@ pub struct BenchCancelArgs {
     pub iterations: usize,
 
     /// Which hangups to measure.
-    #[arg(long, value_enum, default_value_t = HangupMode::Both)]
+    #[arg(long, value_name = "fin|rst|both", default_value_t = HangupMode::default())]
     pub mode: HangupMode,
 
     /// Server policy for FIN during a job (passed to the server under test).
@@ -401,17 +402,6 @@ pub struct BenchCancelArgs {
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-}
-
-/// Which kind of hangup `bench cancel` measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum HangupMode {
-    /// The client closes normally: FIN.
-    Fin,
-    /// The client closes with SO_LINGER 0: RST.
-    Rst,
-    /// Both, one after the other.
-    Both,
 }
 
 /// `hangup token`.

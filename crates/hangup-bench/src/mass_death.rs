@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +40,29 @@ use super::load::{shares, sum_reasons, Fleet, WorkerPlan, SESSIONS_PER_ADDRESS};
 use super::procfs::Limits;
 use super::scale::{limits_from_errors, start_servers_at, SESSIONS_PER_INSTANCE};
 use super::{check_interrupt, machine_description, sleep_checked, write_json};
-use crate::args::BenchMassDeathArgs;
+
+/// What `bench mass-death` measures.
+#[derive(Debug, Clone)]
+pub struct MassDeathSettings {
+    /// Sessions that die at once.
+    pub connections: usize,
+    /// The servers' dead-after D, against which detection is measured.
+    pub dead_after: Duration,
+    /// The sessions' heartbeat H, in whole seconds.
+    pub heartbeat: u64,
+    /// Server instances sharing the port; `None`: about 18 000 sessions each.
+    pub instances: Option<usize>,
+    /// Sessions per load-worker process.
+    pub per_worker: usize,
+    /// Connects plus HELLOs in flight per load worker during ramp-up.
+    pub concurrency: usize,
+    /// Fresh connect-plus-PING probes per second from outside the namespace.
+    pub probe_rate: u32,
+    /// Give up if ramp-up takes longer than this.
+    pub ramp_limit: Duration,
+    /// Write the results as JSON to this file.
+    pub json: Option<PathBuf>,
+}
 
 /// How long after the link went down the bench waits for detections at most, in D.
 const WAIT_FOR_DEATHS: u32 = 3;
@@ -203,7 +226,8 @@ struct Report {
     limits_hit: Vec<String>,
 }
 
-pub fn mass_death(args: &BenchMassDeathArgs) -> anyhow::Result<ExitCode> {
+/// Runs `bench mass-death`.
+pub fn mass_death(args: &MassDeathSettings) -> anyhow::Result<ExitCode> {
     if args.connections == 0 || args.per_worker == 0 || args.heartbeat == 0 {
         bail!("--connections, --per-worker and --heartbeat must be at least 1");
     }
