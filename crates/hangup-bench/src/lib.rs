@@ -18,6 +18,12 @@
 //! Each bench is a function that returns the process's exit code: success when its
 //! checks held.
 //!
+//! Whatever a bench makes carries the lab's run prefix (`hlab-<pid in hex>`): the
+//! mass-death namespace and veth pair are the lab's guards ([`hangup_lab::Netns`],
+//! [`hangup_lab::Veth`]), the servers' presence stores are `hlab-<pid>-bench-*`
+//! directories, and every child process carries [`hangup_lab::RUN_MARKER_ENV`]. So
+//! `hangup lab --cleanup` removes what a killed bench left, with the lab's one helper.
+//!
 //! ```no_run
 //! // Inside the `hangup` binary:
 //! let settings = hangup_bench::TakeoverSettings {
@@ -115,8 +121,8 @@ impl ServerProcess {
     ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the hangup executable")?;
         let data_dir = std::env::temp_dir().join(format!(
-            "hangup-bench-{}-{}",
-            std::process::id(),
+            "{}-bench-{}",
+            hangup_lab::run_prefix(),
             fastrand::u32(..)
         ));
         let mut child = Command::new(exe)
@@ -125,6 +131,7 @@ impl ServerProcess {
             .arg(&data_dir)
             .args(extra)
             .env("RUST_LOG", "info")
+            .env(hangup_lab::RUN_MARKER_ENV, hangup_lab::run_prefix())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

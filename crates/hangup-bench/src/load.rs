@@ -445,6 +445,7 @@ impl Fleet {
                 None => Command::new(&exe),
             };
             command
+                .env(hangup_lab::RUN_MARKER_ENV, hangup_lab::run_prefix())
                 .args(["bench", "load-worker", "--target"])
                 .arg(plan.target.to_string())
                 .args(

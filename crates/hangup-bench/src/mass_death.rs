@@ -2,9 +2,9 @@
 //! notice every one within the liveness budget D.
 //!
 //! ```text
-//!   root namespace                              namespace hgmd-<pid>
+//!   root namespace                              namespace hlab-<pid>-md
 //!   K × hangup serve --reuse-port  ◀── veth ──▶  load workers, sources 10.o.1.x
-//!       on 10.o.0.1:P              hgmd<pid>h    hgmd<pid>c  ◀── `ip link set down`
+//!       on 10.o.0.1:P              hl<pid>x0s    hl<pid>x0c  ◀── `ip link set down`
 //!   prober: connect + PING + close, every 1/rate s, through the local route
 //! ```
 //!
@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use hangup::events::ts_ns;
 use hangup_core::Reply;
-use hangup_lab::ip;
+use hangup_lab::{ip, Netns, Side, Veth};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -69,69 +69,55 @@ const WAIT_FOR_DEATHS: u32 = 3;
 /// The detection budget, in D, that the bench reports against.
 const BUDGET: f64 = 1.1;
 
-/// The clients' namespace and the veth pair into it; both deleted when dropped.
+/// The clients' namespace and the veth pair into it, made with the lab's guards
+/// (`hlab-<pid>-md`, so that `hangup lab --cleanup` finds what a killed bench left);
+/// both deleted when dropped.
 struct ClientNetwork {
-    netns: String,
-    host_dev: String,
-    client_dev: String,
+    // Field order: the pair goes before the namespace its client end is in.
+    veth: Veth,
+    netns: Netns,
     /// 10.`octet`.0.0/16.
     octet: u8,
 }
 
 impl ClientNetwork {
     fn create(addresses: usize) -> anyhow::Result<Self> {
-        let pid = std::process::id();
-        let octet = 100 + (pid % 150) as u8;
-        let network = Self {
-            netns: format!("hgmd-{pid}"),
-            host_dev: format!("hgmd{pid}h"),
-            client_dev: format!("hgmd{pid}c"),
-            octet,
-        };
-        ip(&["netns", "add", &network.netns])?;
-        // From here on, Drop removes what was made.
-        ip(&["-n", &network.netns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "link",
-            "add",
-            &network.host_dev,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &network.client_dev,
-            "netns",
-            &network.netns,
-        ])?;
+        let octet = 100 + (std::process::id() % 150) as u8;
+        let netns = Netns::for_run("md")?;
+        // The server end stays in this (the root) namespace, with the servers.
+        let veth = Veth::create(Some(&netns), None)?;
+        let network = Self { veth, netns, octet };
+        let (host_dev, client_dev) = (network.dev(Side::Server), network.dev(Side::Client));
         ip(&[
             "addr",
             "add",
             &format!("{}/16", network.host_ip()),
             "dev",
-            &network.host_dev,
+            host_dev,
         ])?;
-        ip(&["link", "set", &network.host_dev, "up"])?;
+        ip(&["link", "set", host_dev, "up"])?;
         for address in 0..addresses {
             let addr = format!("{}/16", network.client_ip(address));
             ip(&[
                 "-n",
-                &network.netns,
+                network.netns(),
                 "addr",
                 "add",
                 &addr,
                 "dev",
-                &network.client_dev,
+                client_dev,
             ])?;
         }
-        ip(&[
-            "-n",
-            &network.netns,
-            "link",
-            "set",
-            &network.client_dev,
-            "up",
-        ])?;
+        ip(&["-n", network.netns(), "link", "set", client_dev, "up"])?;
         Ok(network)
+    }
+
+    fn netns(&self) -> &str {
+        self.netns.name()
+    }
+
+    fn dev(&self, side: Side) -> &str {
+        self.veth.dev(side)
     }
 
     fn host_ip(&self) -> IpAddr {
@@ -153,20 +139,15 @@ impl ClientNetwork {
     }
 
     fn pull_link(&self) -> anyhow::Result<()> {
-        ip(&["-n", &self.netns, "link", "set", &self.client_dev, "down"])?;
+        ip(&[
+            "-n",
+            self.netns(),
+            "link",
+            "set",
+            self.dev(Side::Client),
+            "down",
+        ])?;
         Ok(())
-    }
-}
-
-impl Drop for ClientNetwork {
-    fn drop(&mut self) {
-        // Deleting either end deletes the pair; the namespace goes with its last process.
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_dev])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .output();
     }
 }
 
@@ -290,7 +271,7 @@ pub fn mass_death(args: &MassDeathSettings) -> anyhow::Result<ExitCode> {
                 device_prefix: format!("death{}", std::process::id()),
                 heartbeat,
                 concurrency: args.concurrency,
-                netns: Some(network.netns.clone()),
+                netns: Some(network.netns().to_owned()),
             };
             first += count as u64;
             plan
@@ -298,7 +279,7 @@ pub fn mass_death(args: &MassDeathSettings) -> anyhow::Result<ExitCode> {
         .collect();
     eprintln!(
         "bench mass-death: {} sessions in namespace {}, heartbeat {} s, D = {dead_after:?}, {instances} server instance(s) at {target}, {} load workers",
-        args.connections, network.netns, args.heartbeat, plans.len()
+        args.connections, network.netns(), args.heartbeat, plans.len()
     );
     let (fleet, ready, ramp, memory) = Fleet::ramp_up(&plans, args.connections, args.ramp_limit)?;
     let reached: u64 = ready.iter().map(|l| l["open"].as_u64().unwrap_or(0)).sum();

@@ -1,21 +1,56 @@
 //! `hangup bench mass-death` end to end (SPEC §8), small: 200 sessions in a network
 //! namespace whose link is pulled. Correctness only: every death detected by the
 //! servers with the expected cause, nothing closed early, the JSON well-formed. No
-//! speed is asserted. Needs root (skips with a reason otherwise, never under CI=true).
+//! speed is asserted. And what a killed mass-death bench leaves, `hangup lab --cleanup`
+//! removes. Needs root (skips with a reason otherwise, never under CI=true).
 #![cfg(target_os = "linux")]
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{privileged, run_hangup_within};
+use common::{hangup_bin, privileged, run_hangup_within};
 use serde_json::Value;
+
+/// Both tests build the same kind of namespace and address plan: one at a time.
+static ONE_BENCH_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    ONE_BENCH_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `hlab-<pid in hex>`: the lab's prefix, which the bench's names carry too.
+fn prefix_of(pid: u32) -> String {
+    format!("{}{pid:x}", hangup_lab::NETNS_PREFIX)
+}
+
+/// Namespaces and marked processes of the `hangup` process `pid` still on the machine.
+fn leftovers(pid: u32) -> Vec<String> {
+    let prefix = prefix_of(pid);
+    let mut left: Vec<String> = hangup_lab::namespaces_with_prefix(&format!("{prefix}-"))
+        .into_iter()
+        .map(|ns| format!("namespace {ns}"))
+        .collect();
+    left.extend(
+        hangup_lab::processes_with_marker()
+            .into_iter()
+            .filter(|(_, marker)| *marker == prefix)
+            .map(|(pid, _)| format!("process {pid}")),
+    );
+    left
+}
 
 #[test]
 fn bench_mass_death_detects_every_death_with_its_cause() {
     if !privileged("bench_mass_death_detects_every_death_with_its_cause") {
         return;
     }
+    let _bench = lock();
     let json_path = std::env::temp_dir().join(format!(
         "hangup-bench-mass-death-{}.json",
         std::process::id()
@@ -71,8 +106,8 @@ fn bench_mass_death_detects_every_death_with_its_cause() {
     // The namespace made for the run is gone.
     let made = stderr
         .split_whitespace()
-        .find(|w| w.starts_with("hgmd-"))
-        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_digit()))
+        .find(|w| w.starts_with(hangup_lab::NETNS_PREFIX))
+        .map(|w| w.trim_end_matches(','))
         .expect("the bench names its namespace");
     let netns = std::process::Command::new("ip")
         .args(["netns", "list"])
@@ -85,4 +120,87 @@ fn bench_mass_death_detects_every_death_with_its_cause() {
             .any(|l| l.split_whitespace().next() == Some(made)),
         "a mass-death namespace was left behind: {listed}"
     );
+}
+
+#[test]
+fn lab_cleanup_removes_what_a_killed_mass_death_bench_left() {
+    if !privileged("lab_cleanup_removes_what_a_killed_mass_death_bench_left") {
+        return;
+    }
+    let _bench = lock();
+    let mut bench = Command::new(hangup_bin())
+        .args(["bench", "mass-death", "--connections", "200"])
+        .args([
+            "--dead-after",
+            "2s",
+            "--heartbeat",
+            "1",
+            "--probe-rate",
+            "50",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hangup bench mass-death");
+    let pid = bench.id();
+    // Killed once its namespace, servers and load workers are up: the line that names
+    // the namespace comes after the servers started, before the workers ramp up.
+    let stderr = BufReader::new(bench.stderr.take().unwrap());
+    let mut said = String::new();
+    for line in stderr.lines() {
+        let line = line.expect("read the bench's stderr");
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains("sessions open in") {
+            break;
+        }
+    }
+    assert!(
+        said.contains("sessions open in"),
+        "the bench ended before its sessions were open:\n{said}"
+    );
+    bench.kill().unwrap();
+    bench.wait().unwrap();
+    let left = leftovers(pid);
+    assert!(
+        left.contains(&format!("namespace {}-md", prefix_of(pid))),
+        "expected the killed bench's namespace: {left:?}"
+    );
+    assert!(
+        left.iter().any(|l| l.starts_with("process")),
+        "expected the killed bench's servers and workers, marked: {left:?}"
+    );
+
+    let output = Command::new(hangup_bin())
+        .args(["lab", "--cleanup"])
+        .output()
+        .expect("run hangup lab --cleanup");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("removed namespace {}-md", prefix_of(pid))),
+        "{stdout}"
+    );
+    // Killed processes may take a moment to be gone from /proc.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !leftovers(pid).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        leftovers(pid),
+        Vec::<String>::new(),
+        "left behind after --cleanup"
+    );
+    let directories: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&format!("{}-", prefix_of(pid))))
+        .collect();
+    assert!(directories.is_empty(), "left behind: {directories:?}");
 }
