@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{hangup_bin, privileged, run_hangup_within};
+use common::{hangup_bin, lab_cleanup, leftovers, prefix_of, privileged, run_hangup_within};
 use serde_json::Value;
 
 /// Both tests build the same kind of namespace and address plan: one at a time.
@@ -24,26 +24,20 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// `hlab-<pid in hex>`: the lab's prefix, which the bench's names carry too.
-fn prefix_of(pid: u32) -> String {
-    format!("{}{pid:x}", hangup_lab::NETNS_PREFIX)
-}
-
-/// Namespaces and marked processes of the `hangup` process `pid` still on the machine.
-fn leftovers(pid: u32) -> Vec<String> {
-    let prefix = prefix_of(pid);
-    let mut left: Vec<String> = hangup_lab::namespaces_with_prefix(&format!("{prefix}-"))
-        .into_iter()
-        .map(|ns| format!("namespace {ns}"))
-        .collect();
-    left.extend(
-        hangup_lab::processes_with_marker()
-            .into_iter()
-            .filter(|(_, marker)| *marker == prefix)
-            .map(|(pid, _)| format!("process {pid}")),
-    );
-    left
-}
+/// A small mass death: 1.5 × H = 1.5 s is below D = 2 s, so the heartbeat must catch
+/// every death.
+const SMALL_RUN: [&str; 10] = [
+    "bench",
+    "mass-death",
+    "--connections",
+    "200",
+    "--dead-after",
+    "2s",
+    "--heartbeat",
+    "1",
+    "--probe-rate",
+    "50",
+];
 
 #[test]
 fn bench_mass_death_detects_every_death_with_its_cause() {
@@ -56,22 +50,8 @@ fn bench_mass_death_detects_every_death_with_its_cause() {
         std::process::id()
     ));
     let _ = std::fs::remove_file(&json_path);
-    // 1.5 × H = 1.5 s is below D = 2 s: the heartbeat must catch every death.
     let (status, _stdout, stderr) = run_hangup_within(
-        &[
-            "bench",
-            "mass-death",
-            "--connections",
-            "200",
-            "--dead-after",
-            "2s",
-            "--heartbeat",
-            "1",
-            "--probe-rate",
-            "50",
-            "--json",
-            json_path.to_str().unwrap(),
-        ],
+        &[&SMALL_RUN[..], &["--json", json_path.to_str().unwrap()]].concat(),
         Duration::from_secs(120),
     );
     assert!(status.success(), "{status}; stderr:\n{stderr}");
@@ -129,23 +109,15 @@ fn lab_cleanup_removes_what_a_killed_mass_death_bench_left() {
     }
     let _bench = lock();
     let mut bench = Command::new(hangup_bin())
-        .args(["bench", "mass-death", "--connections", "200"])
-        .args([
-            "--dead-after",
-            "2s",
-            "--heartbeat",
-            "1",
-            "--probe-rate",
-            "50",
-        ])
+        .args(SMALL_RUN)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start hangup bench mass-death");
     let pid = bench.id();
-    // Killed once its namespace, servers and load workers are up: the line that names
-    // the namespace comes after the servers started, before the workers ramp up.
+    // Killed once its namespace, servers and load workers are up and every session is
+    // open: SIGKILL runs none of its guards.
     let stderr = BufReader::new(bench.stderr.take().unwrap());
     let mut said = String::new();
     for line in stderr.lines() {
@@ -171,17 +143,12 @@ fn lab_cleanup_removes_what_a_killed_mass_death_bench_left() {
         left.iter().any(|l| l.starts_with("process")),
         "expected the killed bench's servers and workers, marked: {left:?}"
     );
-
-    let output = Command::new(hangup_bin())
-        .args(["lab", "--cleanup"])
-        .output()
-        .expect("run hangup lab --cleanup");
-    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
+        left.iter().any(|l| l.starts_with("directory")),
+        "expected the killed bench's server presence stores: {left:?}"
     );
+
+    let stdout = lab_cleanup();
     assert!(
         stdout.contains(&format!("removed namespace {}-md", prefix_of(pid))),
         "{stdout}"
@@ -196,11 +163,4 @@ fn lab_cleanup_removes_what_a_killed_mass_death_bench_left() {
         Vec::<String>::new(),
         "left behind after --cleanup"
     );
-    let directories: Vec<String> = std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| name.starts_with(&format!("{}-", prefix_of(pid))))
-        .collect();
-    assert!(directories.is_empty(), "left behind: {directories:?}");
 }

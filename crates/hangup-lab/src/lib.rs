@@ -22,6 +22,9 @@
 //! process it did not create. Everything carries the prefix `hlab-<lab pid in hex>`
 //! and is removed when a cell ends, on error and on SIGINT/SIGTERM (after
 //! [`install_interrupt_handler`]); [`cleanup_leftovers`] removes what a killed run left.
+//! The namespace and veth guards ([`Netns`], [`Veth`]) are public: `hangup bench
+//! mass-death` (in hangup-bench) builds its network with them, under the same prefix,
+//! so the one cleanup covers it too.
 //!
 //! It needs Linux, root and iproute2 ([`preflight`] says which is missing).
 //!
