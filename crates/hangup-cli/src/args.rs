@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use hangup_bench::{HangupMode, HttpServerKind};
 use hangup_core::{
     AutoDuration, HalfClosePolicy, KeepaliveSetting, LivenessSettings, DEFAULT_HEARTBEAT,
     DEFAULT_MAX_ROUNDS,
@@ -295,7 +296,7 @@ pub struct BenchHttpArgs {
 #[derive(Debug, Args)]
 pub struct BenchHttpPeerArgs {
     /// Which server to run.
-    #[arg(long, value_enum)]
+    #[arg(long, value_name = "axum|axum-hangup|hyper|hyper-hangup")]
     pub server: HttpServerKind,
 
     /// Address to listen on.
@@ -306,39 +307,6 @@ pub struct BenchHttpPeerArgs {
     /// cancelling on its FIN.
     #[arg(long)]
     pub finish_on_fin: bool,
-}
-
-/// The reference servers of `bench http`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum HttpServerKind {
-    /// Plain axum 0.8 (`axum::serve`); the handler cancels its work with a drop guard.
-    Axum,
-    /// axum with `hangup::http::axum::HangupListener` and the `Hangup` extractor.
-    AxumHangup,
-    /// Plain hyper 1 `http1::serve_connection`, with the same drop guard.
-    Hyper,
-    /// hyper with `hangup::http::hyper::wrap` and `Connection::request()`.
-    HyperHangup,
-}
-
-impl HttpServerKind {
-    /// The name on the command line and in reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HttpServerKind::Axum => "axum",
-            HttpServerKind::AxumHangup => "axum-hangup",
-            HttpServerKind::Hyper => "hyper",
-            HttpServerKind::HyperHangup => "hyper-hangup",
-        }
-    }
-
-    /// Whether this is one of the hangup variants.
-    pub fn is_hangup(self) -> bool {
-        matches!(
-            self,
-            HttpServerKind::AxumHangup | HttpServerKind::HyperHangup
-        )
-    }
 }
 
 /// `hangup bench scale`.
@@ -503,7 +471,7 @@ pub struct BenchCancelArgs {
     pub iterations: usize,
 
     /// Which hangups to measure.
-    #[arg(long, value_enum, default_value_t = HangupMode::Both)]
+    #[arg(long, value_name = "fin|rst|both", default_value_t = HangupMode::default())]
     pub mode: HangupMode,
 
     /// Server policy for FIN during a job (passed to the server under test).
@@ -513,17 +481,6 @@ pub struct BenchCancelArgs {
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-}
-
-/// Which kind of hangup `bench cancel` measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum HangupMode {
-    /// The client closes normally: FIN.
-    Fin,
-    /// The client closes with SO_LINGER 0: RST.
-    Rst,
-    /// Both, one after the other.
-    Both,
 }
 
 /// `hangup token`.

@@ -1,4 +1,14 @@
-//! The `hangup` command.
+//! The `hangup` command: parses its flags (args.rs, the one place of clap derive),
+//! turns them into the settings of the crate that does the work, and runs it.
+//!
+//! ```text
+//!  args.rs ──▶ commands/serve.rs     ──▶ hangup-server  (hangup serve)
+//!              commands/client.rs    ──▶ hangup         (the session client)
+//!              commands/bench.rs     ──▶ hangup-bench   (cancel, takeover, scale, mass-death)
+//!              commands/lab.rs       ──▶ hangup-lab     (the fault lab, --cleanup)
+//!              commands/inspect.rs   ──▶ hangup-inspect (sock_diag)
+//!              commands/{presence,token,config}.rs
+//! ```
 
 mod args;
 mod commands;

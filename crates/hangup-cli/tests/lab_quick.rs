@@ -11,7 +11,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{hangup_bin, privileged};
+use common::{hangup_bin, lab_cleanup, leftovers, prefix_of, privileged};
 use serde_json::Value;
 
 /// Lab runs measure timing and share the machine: one at a time.
@@ -74,36 +74,6 @@ const EXPECTED: [(&str, &[&str], Within); 13] = [
 
 fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("lab-test-{}-{name}", std::process::id()))
-}
-
-/// `hlab-<pid in hex>`: the prefix of everything the lab process `pid` creates.
-fn prefix_of(pid: u32) -> String {
-    format!("{}{pid:x}", hangup_lab::NETNS_PREFIX)
-}
-
-/// What a lab run with pid `pid` still has on the machine.
-fn leftovers(pid: u32) -> Vec<String> {
-    let prefix = prefix_of(pid);
-    let mut left: Vec<String> = hangup_lab::namespaces_with_prefix(&format!("{prefix}-"))
-        .into_iter()
-        .map(|ns| format!("namespace {ns}"))
-        .collect();
-    left.extend(
-        hangup_lab::processes_with_marker()
-            .into_iter()
-            .filter(|(_, marker)| *marker == prefix)
-            .map(|(pid, _)| format!("process {pid}")),
-    );
-    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
-        left.extend(
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|name| name.starts_with(&format!("{prefix}-")))
-                .map(|name| format!("directory {name}")),
-        );
-    }
-    left
 }
 
 fn wait_with_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
@@ -322,16 +292,7 @@ fn cleanup_removes_what_a_killed_run_left() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let output = Command::new(hangup_bin())
-        .args(["lab", "--cleanup"])
-        .output()
-        .expect("run hangup lab --cleanup");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = lab_cleanup();
     assert!(
         stdout.contains(&format!("removed namespace {}-", prefix_of(pid))),
         "{stdout}"

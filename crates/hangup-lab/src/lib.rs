@@ -22,6 +22,9 @@
 //! process it did not create. Everything carries the prefix `hlab-<lab pid in hex>`
 //! and is removed when a cell ends, on error and on SIGINT/SIGTERM (after
 //! [`install_interrupt_handler`]); [`cleanup_leftovers`] removes what a killed run left.
+//! The namespace and veth guards ([`Netns`], [`Veth`]) are public: `hangup bench
+//! mass-death` (in hangup-bench) builds its network with them, under the same prefix,
+//! so the one cleanup covers it too.
 //!
 //! It needs Linux, root and iproute2 ([`preflight`] says which is missing).
 //!
@@ -57,8 +60,8 @@ pub use error::LabError;
 pub use interrupt::{install_handler as install_interrupt_handler, requested as interrupted};
 pub use netns::{
     cleanup_leftovers, ip, namespaces_with_prefix, owner_pid, preflight, processes_with_marker,
-    run_prefix, server_addr, Cleanup, Side, CLIENT_IP, NETNS_PREFIX, RUN_MARKER_ENV, SERVER_IP,
-    SERVER_PORT,
+    run_prefix, server_addr, Cleanup, Netns, Side, Veth, CLIENT_IP, NETNS_PREFIX, RUN_MARKER_ENV,
+    SERVER_IP, SERVER_PORT,
 };
 pub use peer::{run_peer, PeerMode, STREAMING_AFTER_BYTES};
 pub use report::{format_duration, Machine, Report};

@@ -10,9 +10,12 @@
 //!   └──────────────────────┘               └──────────────────────┘
 //! ```
 //!
-//! Every name starts with [`NETNS_PREFIX`] and the lab's pid (in hex), so that
-//! `--cleanup` can find what a killed run left and never touches anything else.
-//! Deleting a namespace removes the veth end inside it, and with it the pair.
+//! Every name starts with [`NETNS_PREFIX`] and the pid (in hex) of the `hangup`
+//! process that made it, so that `--cleanup` can find what a killed run left and never
+//! touches anything else. Deleting a namespace removes the veth end inside it, and with
+//! it the pair. [`Netns`] and [`Veth`] are public so that other commands that need a
+//! namespace (`hangup bench mass-death`) make theirs under the same names, and
+//! `--cleanup` finds their leftovers too.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -22,7 +25,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::error::LabError;
 use crate::events::ts_ns;
 
-/// Every namespace the lab creates is named `hlab-<pid in hex>-<cell><c|s>`.
+/// Every namespace the lab creates is named `hlab-<pid in hex>-<cell><c|s>`; others
+/// made through [`Netns::for_run`] are `hlab-<pid in hex>-<name>`.
 pub const NETNS_PREFIX: &str = "hlab-";
 /// Where `ip netns` keeps its named namespaces.
 const NETNS_DIR: &str = "/run/netns";
@@ -57,13 +61,6 @@ impl Side {
         match self {
             Side::Client => CLIENT_IP,
             Side::Server => SERVER_IP,
-        }
-    }
-
-    fn other(self) -> Side {
-        match self {
-            Side::Client => Side::Server,
-            Side::Server => Side::Client,
         }
     }
 }
@@ -118,13 +115,19 @@ fn which_ip() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A named network namespace made by the lab, deleted on drop.
+/// A named network namespace with its loopback up, deleted on drop.
 #[derive(Debug)]
-pub(crate) struct Netns {
+pub struct Netns {
     name: String,
 }
 
 impl Netns {
+    /// Creates `<run prefix>-<name>` ([`run_prefix`]): a name [`cleanup_leftovers`]
+    /// recognises once this process is gone.
+    pub fn for_run(name: &str) -> Result<Self, LabError> {
+        Self::create(format!("{}-{name}", run_prefix()))
+    }
+
     fn create(name: String) -> Result<Self, LabError> {
         ip(&["netns", "add", &name])?;
         let netns = Netns { name };
@@ -132,7 +135,8 @@ impl Netns {
         Ok(netns)
     }
 
-    pub(crate) fn name(&self) -> &str {
+    /// Its name, as `ip netns` knows it.
+    pub fn name(&self) -> &str {
         &self.name
     }
 }
@@ -141,9 +145,78 @@ impl Drop for Netns {
     fn drop(&mut self) {
         if let Err(err) = ip(&["netns", "del", &self.name]) {
             eprintln!(
-                "hangup lab: warning: could not delete netns {}: {err}",
+                "hangup: warning: could not delete netns {}: {err}",
                 self.name
             );
+        }
+    }
+}
+
+/// A veth pair, `hl<pid in hex>x<n>c` and `hl<pid in hex>x<n>s`, between the namespace
+/// of its client end and that of its server end (`None`: this process's own). Deleted
+/// on drop, unless a namespace it was in took it along already.
+#[derive(Debug)]
+pub struct Veth {
+    client_dev: String,
+    server_dev: String,
+    /// Where the client end is, to delete it from there.
+    client_netns: Option<String>,
+}
+
+impl Veth {
+    /// Creates the pair, both ends still down and without addresses.
+    pub fn create(client: Option<&Netns>, server: Option<&Netns>) -> Result<Self, LabError> {
+        let n = VETH_COUNTER.fetch_add(1, Ordering::Relaxed);
+        // Interface names have at most 15 bytes: "hl" + pid (≤ 6 hex) + "x" + counter.
+        let base = format!("hl{:x}x{n}", std::process::id());
+        let veth = Veth {
+            client_dev: format!("{base}c"),
+            server_dev: format!("{base}s"),
+            client_netns: client.map(|netns| netns.name().to_owned()),
+        };
+        let mut args = vec!["link", "add", &veth.client_dev];
+        if let Some(netns) = client {
+            args.extend(["netns", netns.name()]);
+        }
+        args.extend(["type", "veth", "peer", "name", &veth.server_dev]);
+        if let Some(netns) = server {
+            args.extend(["netns", netns.name()]);
+        }
+        ip(&args)?;
+        Ok(veth)
+    }
+
+    /// The interface name of `side`'s end.
+    pub fn dev(&self, side: Side) -> &str {
+        match side {
+            Side::Client => &self.client_dev,
+            Side::Server => &self.server_dev,
+        }
+    }
+
+    /// Deletes the pair now, reporting a failure.
+    pub fn delete(mut self) -> Result<(), LabError> {
+        let result = ip(&self.delete_args()).map(drop);
+        // Nothing left for Drop to delete.
+        self.client_dev.clear();
+        result
+    }
+
+    fn delete_args(&self) -> Vec<&str> {
+        let mut args = Vec::new();
+        if let Some(netns) = &self.client_netns {
+            args.extend(["-n", netns.as_str()]);
+        }
+        args.extend(["link", "del", self.client_dev.as_str()]);
+        args
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        // Fails harmlessly when a deleted namespace took the pair with it.
+        if !self.client_dev.is_empty() {
+            let _ = ip(&self.delete_args());
         }
     }
 }
@@ -152,8 +225,7 @@ impl Drop for Netns {
 #[derive(Debug)]
 pub(crate) struct Topology {
     // Field order: the namespaces go last, after everything that lives in them.
-    client_dev: String,
-    server_dev: String,
+    veth: Option<Veth>,
     client: Option<Netns>,
     server: Option<Netns>,
 }
@@ -162,8 +234,7 @@ impl Topology {
     /// Creates `<prefix>c` and `<prefix>s`, the veth pair, addresses and links up.
     pub(crate) fn create(prefix: &str) -> Result<Self, LabError> {
         let mut topology = Topology {
-            client_dev: String::new(),
-            server_dev: String::new(),
+            veth: None,
             client: None,
             server: None,
         };
@@ -183,33 +254,12 @@ impl Topology {
     }
 
     fn dev(&self, side: Side) -> &str {
-        match side {
-            Side::Client => &self.client_dev,
-            Side::Server => &self.server_dev,
-        }
+        self.veth.as_ref().map_or("", |veth| veth.dev(side))
     }
 
     /// A new veth pair between the two namespaces, addressed and up.
     fn connect(&mut self) -> Result<(), LabError> {
-        let n = VETH_COUNTER.fetch_add(1, Ordering::Relaxed);
-        // Interface names have at most 15 bytes: "hl" + pid (≤ 6 hex) + "x" + counter.
-        let base = format!("hl{:x}x{n}", std::process::id());
-        self.client_dev = format!("{base}c");
-        self.server_dev = format!("{base}s");
-        ip(&[
-            "link",
-            "add",
-            &self.client_dev,
-            "netns",
-            self.netns(Side::Client),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.server_dev,
-            "netns",
-            self.netns(Side::Server),
-        ])?;
+        self.veth = Some(Veth::create(self.client.as_ref(), self.server.as_ref())?);
         for side in [Side::Client, Side::Server] {
             self.address(side, "add")?;
             ip(&["-n", self.netns(side), "link", "set", self.dev(side), "up"])?;
@@ -263,8 +313,9 @@ impl Topology {
     /// namespace alive, unnamed and without a link, until the kernel gives up on them:
     /// they can never send anything, as on a host that lost power.
     pub(crate) fn reboot(&mut self, side: Side) -> Result<(), LabError> {
-        let other = side.other();
-        ip(&["-n", self.netns(other), "link", "del", self.dev(other)])?;
+        if let Some(veth) = self.veth.take() {
+            veth.delete()?;
+        }
         let name = self.netns(side).to_owned();
         let slot = match side {
             Side::Client => &mut self.client,
@@ -289,7 +340,8 @@ pub struct Cleanup {
     pub kept_live: Vec<String>,
 }
 
-/// Removes what killed lab runs left behind: namespaces named `hlab-<pid>-…`, the
+/// Removes what killed lab runs (and benches: `bench mass-death` makes its namespace
+/// with [`Netns::for_run`]) left behind: namespaces named `hlab-<pid>-…`, the
 /// processes in them or carrying [`RUN_MARKER_ENV`], and `hlab-<pid>-…` temporary
 /// directories, for every `<pid>` that is no running `hangup` process. Nothing else
 /// is touched.

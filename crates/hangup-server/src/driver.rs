@@ -10,7 +10,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use hangup_core::{verify_token, Cause, Connection, ErrorCode, Event, Heartbeat, JobId, SessionId};
+use hangup_core::{
+    classify_readiness, verify_token, Cause, Connection, ErrorCode, Event, Heartbeat, JobId,
+    SessionId,
+};
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -305,14 +308,14 @@ impl Driver {
         // still taken: epoll reports EPOLLERR whatever was asked, and leaving it pending
         // would make `ready()` return at once forever (a spin that never cancels).
         if ready.is_error() || (watch && ready.is_read_closed()) {
-            // An RST also shows as read-closed; the socket error tells them apart.
-            match self.stream.take_error() {
-                Ok(Some(err)) => return self.conn.handle_error(now, Cause::from_io_error(&err)),
-                Ok(None) if ready.is_error() => {
-                    return self.conn.handle_error(now, Cause::PeerReset)
-                }
-                Ok(None) => self.conn.handle_read_closed(now),
-                Err(err) => return self.conn.handle_error(now, Cause::from_io_error(&err)),
+            // An RST also shows as read-closed; the socket error tells them apart (and
+            // an error reading it counts as that error).
+            let pending = self.stream.take_error().unwrap_or_else(Some);
+            let read_closed = watch && ready.is_read_closed();
+            match classify_readiness(ready.is_error(), read_closed, pending.as_ref()) {
+                Some(Cause::PeerClosed) => self.conn.handle_read_closed(now),
+                Some(cause) => return self.conn.handle_error(now, cause),
+                None => {}
             }
         }
         if ready.is_readable() || ready.is_read_closed() {

@@ -7,7 +7,8 @@
 //!
 //! ```text
 //!  accept loop ──▶ one task per connection (driver.rs)
-//!                    ├─ socket readiness: bytes, FIN (EPOLLRDHUP), RST (EPOLLERR)
+//!                    ├─ socket readiness: bytes, FIN (EPOLLRDHUP), RST (EPOLLERR),
+//!                    │    a cause by hangup_core::classify_readiness
 //!                    ├─ hangup_core::Connection: replies, job starts/cancels, timers
 //!                    ├─ HELLO ──▶ session registry: takeover kicks the old connection
 //!                    └─ running job ──▶ worker pool (workers.rs), cancelled by token

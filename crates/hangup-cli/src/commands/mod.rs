@@ -16,20 +16,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use hangup_core::{LivenessPolicy, LivenessSettings};
 
-use crate::args::{BenchCommand, Cli, Command, LivenessArgs};
+use crate::args::{Cli, Command, LivenessArgs};
 
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Client(args) => client::run(args),
-        Command::Bench(BenchCommand::Cancel(args)) => bench::cancel(args),
-        Command::Bench(BenchCommand::Takeover(args)) => bench::takeover(&args),
-        Command::Bench(BenchCommand::Scale(args)) => bench::scale(&args),
-        Command::Bench(BenchCommand::MassDeath(args)) => bench::mass_death(&args),
-        Command::Bench(BenchCommand::LoadWorker(args)) => bench::load_worker(&args),
-        Command::Bench(BenchCommand::Http(args)) => bench::http(&args),
-        Command::Bench(BenchCommand::HttpPeer(args)) => bench::http_peer(&args),
+        Command::Bench(command) => bench::run(command),
         Command::Inspect(args) => inspect::run(&args),
         Command::Lab(args) => lab::run(args),
         Command::Token(args) => token::run(&args),

@@ -831,3 +831,50 @@ pub fn err_code(line: &str) -> Option<hangup_core::ErrorCode> {
         _ => None,
     }
 }
+
+/// `hlab-<pid in hex>`: the prefix of everything the `hangup` process `pid` creates in
+/// the lab's names (a lab run, or bench mass-death).
+pub fn prefix_of(pid: u32) -> String {
+    format!("{}{pid:x}", hangup_lab::NETNS_PREFIX)
+}
+
+/// What the lab run (or bench) with pid `pid` still has on the machine: namespaces,
+/// marked processes, temporary directories.
+pub fn leftovers(pid: u32) -> Vec<String> {
+    let prefix = prefix_of(pid);
+    let mut left: Vec<String> = hangup_lab::namespaces_with_prefix(&format!("{prefix}-"))
+        .into_iter()
+        .map(|ns| format!("namespace {ns}"))
+        .collect();
+    left.extend(
+        hangup_lab::processes_with_marker()
+            .into_iter()
+            .filter(|(_, marker)| *marker == prefix)
+            .map(|(pid, _)| format!("process {pid}")),
+    );
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        left.extend(
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|name| name.starts_with(&format!("{prefix}-")))
+                .map(|name| format!("directory {name}")),
+        );
+    }
+    left
+}
+
+/// Runs `hangup lab --cleanup`, asserts that it succeeded, and returns what it printed.
+pub fn lab_cleanup() -> String {
+    let output = Command::new(hangup_bin())
+        .args(["lab", "--cleanup"])
+        .output()
+        .expect("run hangup lab --cleanup");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}

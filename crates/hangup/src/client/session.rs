@@ -18,8 +18,8 @@ use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use hangup_core::{
-    Cause, Command, Frame, Heartbeat, HeartbeatAction, HeartbeatClock, LineDecoder, LivenessPolicy,
-    Reply, ReplyParseError, SessionId, MAX_LINE,
+    classify_readiness, Cause, Command, Frame, Heartbeat, HeartbeatAction, HeartbeatClock,
+    LineDecoder, LivenessPolicy, Reply, ReplyParseError, SessionId, MAX_LINE,
 };
 use socket2::SockRef;
 use tokio::io::Interest;
@@ -512,11 +512,11 @@ impl Open {
             Err(err) => return Some(End::Lost(Cause::from_io_error(&err))),
         };
         if ready.is_error() && ctx.config.policy.watch_hangup {
-            let cause = match self.stream.take_error() {
-                Ok(Some(err)) => Cause::from_io_error(&err),
-                _ => Cause::PeerReset,
-            };
-            return Some(End::Lost(cause));
+            let pending = self.stream.take_error().ok().flatten();
+            if let Some(cause) = classify_readiness(true, ready.is_read_closed(), pending.as_ref())
+            {
+                return Some(End::Lost(cause));
+            }
         }
         if ready.is_writable() && !self.outbox.is_empty() {
             match self.stream.try_write(&self.outbox) {

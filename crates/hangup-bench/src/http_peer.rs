@@ -41,12 +41,82 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{BenchHttpPeerArgs, HttpServerKind};
+/// The reference servers of `bench http`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpServerKind {
+    /// Plain axum 0.8 (`axum::serve`); the handler cancels its work with a drop guard.
+    Axum,
+    /// axum with `hangup::http::axum::HangupListener` and the `Hangup` extractor.
+    AxumHangup,
+    /// Plain hyper 1 `http1::serve_connection`, with the same drop guard.
+    Hyper,
+    /// hyper with `hangup::http::hyper::wrap` and `Connection::request()`.
+    HyperHangup,
+}
+
+impl HttpServerKind {
+    /// Every kind, in report order.
+    pub const ALL: [HttpServerKind; 4] = [
+        HttpServerKind::Axum,
+        HttpServerKind::AxumHangup,
+        HttpServerKind::Hyper,
+        HttpServerKind::HyperHangup,
+    ];
+
+    /// The name on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpServerKind::Axum => "axum",
+            HttpServerKind::AxumHangup => "axum-hangup",
+            HttpServerKind::Hyper => "hyper",
+            HttpServerKind::HyperHangup => "hyper-hangup",
+        }
+    }
+
+    /// Whether this is one of the hangup variants.
+    pub fn is_hangup(self) -> bool {
+        matches!(
+            self,
+            HttpServerKind::AxumHangup | HttpServerKind::HyperHangup
+        )
+    }
+}
+
+impl std::fmt::Display for HttpServerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for HttpServerKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == s)
+            .ok_or_else(|| {
+                format!("expected `axum`, `axum-hangup`, `hyper` or `hyper-hangup`, got `{s}`")
+            })
+    }
+}
+
+/// What `hangup bench http-peer` runs.
+#[derive(Debug, Clone)]
+pub struct HttpPeerSettings {
+    /// Which server.
+    pub server: HttpServerKind,
+    /// Where it listens.
+    pub listen: std::net::SocketAddr,
+    /// With a hangup server: serve a client that half-closes (`OnFin::Finish`).
+    pub finish_on_fin: bool,
+}
 
 /// The work's cap when the request names none.
 const DEFAULT_CAP: Duration = Duration::from_secs(60);
 
-pub fn http_peer(args: &BenchHttpPeerArgs) -> anyhow::Result<ExitCode> {
+/// Runs one reference server until killed (`hangup bench http-peer`).
+pub fn http_peer(args: &HttpPeerSettings) -> anyhow::Result<ExitCode> {
     if args.finish_on_fin && !args.server.is_hangup() {
         bail!("--finish-on-fin needs a hangup server (plain axum and hyper cancel on FIN)");
     }
@@ -56,7 +126,7 @@ pub fn http_peer(args: &BenchHttpPeerArgs) -> anyhow::Result<ExitCode> {
     } else {
         OnFin::Cancel
     };
-    let runtime = super::super::runtime()?;
+    let runtime = super::runtime()?;
     runtime.block_on(async {
         let listener = TcpListener::bind(args.listen)
             .await

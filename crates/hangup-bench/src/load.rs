@@ -43,7 +43,25 @@ use hangup_core::{Command as Request, Reply, ReplyParseError};
 
 use super::histogram::Histogram;
 use super::{command_line, first_words};
-use crate::args::LoadWorkerArgs;
+
+/// One load worker's share, as `bench load-worker` takes it.
+#[derive(Debug, Clone)]
+pub struct LoadWorkerSettings {
+    /// The server.
+    pub target: SocketAddr,
+    /// Source addresses, used in turn.
+    pub source: Vec<IpAddr>,
+    /// Sessions to open.
+    pub connections: usize,
+    /// Number of the first device (devices are `<prefix>-<n>`).
+    pub first_device: u64,
+    /// Device id prefix.
+    pub device_prefix: String,
+    /// Heartbeat, in whole seconds.
+    pub heartbeat: u64,
+    /// Connects plus HELLOs in flight.
+    pub concurrency: usize,
+}
 
 /// Sessions per source address: about 14 % of a default port range (32768–60999).
 pub(crate) const SESSIONS_PER_ADDRESS: usize = 4_000;
@@ -113,7 +131,7 @@ fn emit(line: &Line<'_>) {
 }
 
 /// `hangup bench load-worker` (hidden): runs one worker until told to stop.
-pub fn load_worker(args: &LoadWorkerArgs) -> anyhow::Result<ExitCode> {
+pub fn load_worker(args: &LoadWorkerSettings) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -122,7 +140,7 @@ pub fn load_worker(args: &LoadWorkerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run_worker(args: &LoadWorkerArgs) {
+async fn run_worker(args: &LoadWorkerSettings) {
     let state = Arc::new(WorkerState::default());
     // Commands from the parent; its end of stdin closing means it is gone: stop.
     let commands = state.clone();
@@ -427,6 +445,7 @@ impl Fleet {
                 None => Command::new(&exe),
             };
             command
+                .env(hangup_lab::RUN_MARKER_ENV, hangup_lab::run_prefix())
                 .args(["bench", "load-worker", "--target"])
                 .arg(plan.target.to_string())
                 .args(

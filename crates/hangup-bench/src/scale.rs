@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -24,7 +25,34 @@ use serde::Serialize;
 use super::load::{merged_rtt, shares, sum_reasons, Fleet, WorkerPlan, SESSIONS_PER_ADDRESS};
 use super::procfs::{Limits, MachineSample, ProcessSample};
 use super::{check_interrupt, machine_description, sleep_checked, write_json, ServerProcess};
-use crate::args::BenchScaleArgs;
+
+/// What `bench scale` measures, and against what.
+#[derive(Debug, Clone)]
+pub struct ScaleSettings {
+    /// Sessions to open and hold.
+    pub connections: usize,
+    /// The heartbeat every session asks for, in whole seconds (the protocol's unit).
+    pub heartbeat: u64,
+    /// Server instances sharing the port; `None`: about 18 000 sessions each.
+    pub instances: Option<usize>,
+    /// Load a server already running here instead of starting instances.
+    pub target: Option<SocketAddr>,
+    /// With `target`: the server processes to measure (memory, CPU).
+    pub server_pid: Vec<u32>,
+    /// How long to hold every session once all are open; `None`: 2 heartbeats, at
+    /// least 20 s.
+    pub hold: Option<Duration>,
+    /// Sessions per load-worker process.
+    pub per_worker: usize,
+    /// Connects plus HELLOs in flight per load worker during ramp-up.
+    pub concurrency: usize,
+    /// The servers' dead-after D; `None`: 3 × heartbeat.
+    pub dead_after: Option<Duration>,
+    /// Give up if ramp-up takes longer than this.
+    pub ramp_limit: Duration,
+    /// Write the results as JSON to this file.
+    pub json: Option<PathBuf>,
+}
 
 /// Sessions per server instance when the count of instances is left to the bench: under
 /// the 20 000 descriptors a process may hold, with room for the uneven spread of
@@ -106,7 +134,8 @@ struct Report {
     limits_changed: Vec<String>,
 }
 
-pub fn scale(args: &BenchScaleArgs) -> anyhow::Result<ExitCode> {
+/// Runs `bench scale`.
+pub fn scale(args: &ScaleSettings) -> anyhow::Result<ExitCode> {
     if args.connections == 0 || args.per_worker == 0 || args.heartbeat == 0 {
         bail!("--connections, --per-worker and --heartbeat must be at least 1");
     }

@@ -16,6 +16,7 @@
 //! every evicted one ended with cause `takeover`, and the writer's largest backlog.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +31,20 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use super::{command_line, machine_description, percentile, write_json, ServerProcess};
-use crate::args::BenchTakeoverArgs;
+
+/// What `bench takeover` measures.
+#[derive(Debug, Clone)]
+pub struct TakeoverSettings {
+    /// Devices that reconnect, in total.
+    pub devices: usize,
+    /// Devices per wave: each wave holds this many old sessions plus as many new
+    /// connections (two descriptors a device).
+    pub wave: usize,
+    /// Reconnects in flight at once during the storm.
+    pub concurrency: usize,
+    /// Write the results as JSON to this file.
+    pub json: Option<PathBuf>,
+}
 
 /// The most descriptors this process may hold (hard RLIMIT_NOFILE here), less a margin.
 const FD_BUDGET: usize = 19_000;
@@ -100,7 +114,8 @@ struct Report {
     presence_max_batch_ms: f64,
 }
 
-pub fn takeover(args: &BenchTakeoverArgs) -> anyhow::Result<ExitCode> {
+/// Runs `bench takeover`.
+pub fn takeover(args: &TakeoverSettings) -> anyhow::Result<ExitCode> {
     if args.devices == 0 || args.wave == 0 || args.concurrency == 0 {
         bail!("--devices, --wave and --concurrency must be at least 1");
     }
@@ -122,7 +137,7 @@ pub fn takeover(args: &BenchTakeoverArgs) -> anyhow::Result<ExitCode> {
         "bench takeover: server at {addr}; {} devices in waves of {wave}, {} reconnects in flight",
         args.devices, args.concurrency
     );
-    let runtime = super::super::runtime()?;
+    let runtime = super::runtime()?;
     let waves = runtime.block_on(run_waves(addr, args, wave))?;
     server
         .terminate(STEP_LIMIT)
@@ -201,7 +216,7 @@ struct Waves {
 
 async fn run_waves(
     addr: SocketAddr,
-    args: &BenchTakeoverArgs,
+    args: &TakeoverSettings,
     wave: usize,
 ) -> anyhow::Result<Waves> {
     let mut waves = Waves {

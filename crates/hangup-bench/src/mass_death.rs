@@ -2,9 +2,9 @@
 //! notice every one within the liveness budget D.
 //!
 //! ```text
-//!   root namespace                              namespace hgmd-<pid>
+//!   root namespace                              namespace hlab-<pid>-md
 //!   K × hangup serve --reuse-port  ◀── veth ──▶  load workers, sources 10.o.1.x
-//!       on 10.o.0.1:P              hgmd<pid>h    hgmd<pid>c  ◀── `ip link set down`
+//!       on 10.o.0.1:P              hl<pid>x0s    hl<pid>x0c  ◀── `ip link set down`
 //!   prober: connect + PING + close, every 1/rate s, through the local route
 //! ```
 //!
@@ -22,7 +22,8 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::process::{Command, ExitCode};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use hangup::events::ts_ns;
 use hangup_core::Reply;
-use hangup_lab::ip;
+use hangup_lab::{ip, Netns, Side, Veth};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -39,76 +40,84 @@ use super::load::{shares, sum_reasons, Fleet, WorkerPlan, SESSIONS_PER_ADDRESS};
 use super::procfs::Limits;
 use super::scale::{limits_from_errors, start_servers_at, SESSIONS_PER_INSTANCE};
 use super::{check_interrupt, machine_description, sleep_checked, write_json};
-use crate::args::BenchMassDeathArgs;
+
+/// What `bench mass-death` measures.
+#[derive(Debug, Clone)]
+pub struct MassDeathSettings {
+    /// Sessions that die at once.
+    pub connections: usize,
+    /// The servers' dead-after D, against which detection is measured.
+    pub dead_after: Duration,
+    /// The sessions' heartbeat H, in whole seconds.
+    pub heartbeat: u64,
+    /// Server instances sharing the port; `None`: about 18 000 sessions each.
+    pub instances: Option<usize>,
+    /// Sessions per load-worker process.
+    pub per_worker: usize,
+    /// Connects plus HELLOs in flight per load worker during ramp-up.
+    pub concurrency: usize,
+    /// Fresh connect-plus-PING probes per second from outside the namespace.
+    pub probe_rate: u32,
+    /// Give up if ramp-up takes longer than this.
+    pub ramp_limit: Duration,
+    /// Write the results as JSON to this file.
+    pub json: Option<PathBuf>,
+}
 
 /// How long after the link went down the bench waits for detections at most, in D.
 const WAIT_FOR_DEATHS: u32 = 3;
 /// The detection budget, in D, that the bench reports against.
 const BUDGET: f64 = 1.1;
 
-/// The clients' namespace and the veth pair into it; both deleted when dropped.
+/// The clients' namespace and the veth pair into it, made with the lab's guards
+/// (`hlab-<pid>-md`, so that `hangup lab --cleanup` finds what a killed bench left);
+/// both deleted when dropped.
 struct ClientNetwork {
-    netns: String,
-    host_dev: String,
-    client_dev: String,
+    // Field order: the pair goes before the namespace its client end is in.
+    veth: Veth,
+    netns: Netns,
     /// 10.`octet`.0.0/16.
     octet: u8,
 }
 
 impl ClientNetwork {
     fn create(addresses: usize) -> anyhow::Result<Self> {
-        let pid = std::process::id();
-        let octet = 100 + (pid % 150) as u8;
-        let network = Self {
-            netns: format!("hgmd-{pid}"),
-            host_dev: format!("hgmd{pid}h"),
-            client_dev: format!("hgmd{pid}c"),
-            octet,
-        };
-        ip(&["netns", "add", &network.netns])?;
-        // From here on, Drop removes what was made.
-        ip(&["-n", &network.netns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "link",
-            "add",
-            &network.host_dev,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &network.client_dev,
-            "netns",
-            &network.netns,
-        ])?;
+        let octet = 100 + (std::process::id() % 150) as u8;
+        let netns = Netns::for_run("md")?;
+        // The server end stays in this (the root) namespace, with the servers.
+        let veth = Veth::create(Some(&netns), None)?;
+        let network = Self { veth, netns, octet };
+        let (host_dev, client_dev) = (network.dev(Side::Server), network.dev(Side::Client));
         ip(&[
             "addr",
             "add",
             &format!("{}/16", network.host_ip()),
             "dev",
-            &network.host_dev,
+            host_dev,
         ])?;
-        ip(&["link", "set", &network.host_dev, "up"])?;
+        ip(&["link", "set", host_dev, "up"])?;
         for address in 0..addresses {
             let addr = format!("{}/16", network.client_ip(address));
             ip(&[
                 "-n",
-                &network.netns,
+                network.netns(),
                 "addr",
                 "add",
                 &addr,
                 "dev",
-                &network.client_dev,
+                client_dev,
             ])?;
         }
-        ip(&[
-            "-n",
-            &network.netns,
-            "link",
-            "set",
-            &network.client_dev,
-            "up",
-        ])?;
+        ip(&["-n", network.netns(), "link", "set", client_dev, "up"])?;
         Ok(network)
+    }
+
+    fn netns(&self) -> &str {
+        self.netns.name()
+    }
+
+    fn dev(&self, side: Side) -> &str {
+        self.veth.dev(side)
     }
 
     fn host_ip(&self) -> IpAddr {
@@ -130,20 +139,15 @@ impl ClientNetwork {
     }
 
     fn pull_link(&self) -> anyhow::Result<()> {
-        ip(&["-n", &self.netns, "link", "set", &self.client_dev, "down"])?;
+        ip(&[
+            "-n",
+            self.netns(),
+            "link",
+            "set",
+            self.dev(Side::Client),
+            "down",
+        ])?;
         Ok(())
-    }
-}
-
-impl Drop for ClientNetwork {
-    fn drop(&mut self) {
-        // Deleting either end deletes the pair; the namespace goes with its last process.
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_dev])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .output();
     }
 }
 
@@ -203,7 +207,8 @@ struct Report {
     limits_hit: Vec<String>,
 }
 
-pub fn mass_death(args: &BenchMassDeathArgs) -> anyhow::Result<ExitCode> {
+/// Runs `bench mass-death`.
+pub fn mass_death(args: &MassDeathSettings) -> anyhow::Result<ExitCode> {
     if args.connections == 0 || args.per_worker == 0 || args.heartbeat == 0 {
         bail!("--connections, --per-worker and --heartbeat must be at least 1");
     }
@@ -266,7 +271,7 @@ pub fn mass_death(args: &BenchMassDeathArgs) -> anyhow::Result<ExitCode> {
                 device_prefix: format!("death{}", std::process::id()),
                 heartbeat,
                 concurrency: args.concurrency,
-                netns: Some(network.netns.clone()),
+                netns: Some(network.netns().to_owned()),
             };
             first += count as u64;
             plan
@@ -274,7 +279,7 @@ pub fn mass_death(args: &BenchMassDeathArgs) -> anyhow::Result<ExitCode> {
         .collect();
     eprintln!(
         "bench mass-death: {} sessions in namespace {}, heartbeat {} s, D = {dead_after:?}, {instances} server instance(s) at {target}, {} load workers",
-        args.connections, network.netns, args.heartbeat, plans.len()
+        args.connections, network.netns(), args.heartbeat, plans.len()
     );
     let (fleet, ready, ramp, memory) = Fleet::ramp_up(&plans, args.connections, args.ramp_limit)?;
     let reached: u64 = ready.iter().map(|l| l["open"].as_u64().unwrap_or(0)).sum();

@@ -1,4 +1,41 @@
-//! `hangup bench`: measurements against a real `hangup serve` (this same executable).
+//! The benches of `hangup bench`: measurements against a real `hangup serve`, started
+//! as a child process of this same executable, and the reference peers they drive.
+//!
+//! ```text
+//!  hangup bench <name> ── hangup-cli args.rs ──▶ <Name>Settings ──▶ hangup_bench::<name>
+//!   cancel.rs      FIN/RST → job_cancelled latency      ─┐
+//!   takeover.rs    reconnect storm, eviction latency     │  ServerProcess (lib.rs):
+//!   scale.rs       N heartbeating sessions, K instances  ├─ `<current exe> serve …`,
+//!   mass_death.rs  N sessions die at once in a netns     │  JSON events on stderr
+//!   load.rs        the load workers (`bench load-worker`)┘
+//!   histogram.rs · procfs.rs   log-bucket latencies · /proc samples and limits
+//! ```
+//!
+//! What it does not do: parse command-line flags (the `hangup` binary's args.rs does,
+//! and hands each bench a plain settings struct), or run without the `hangup`
+//! executable: every bench starts `hangup serve` and its load workers through
+//! [`std::env::current_exe`], so it must be called from within the `hangup` binary.
+//! Each bench is a function that returns the process's exit code: success when its
+//! checks held.
+//!
+//! Whatever a bench makes carries the lab's run prefix (`hlab-<pid in hex>`): the
+//! mass-death namespace and veth pair are the lab's guards ([`hangup_lab::Netns`],
+//! [`hangup_lab::Veth`]), the servers' presence stores are `hlab-<pid>-bench-*`
+//! directories, and every child process carries [`hangup_lab::RUN_MARKER_ENV`]. So
+//! `hangup lab --cleanup` removes what a killed bench left, with the lab's one helper.
+//!
+//! ```no_run
+//! // Inside the `hangup` binary:
+//! let settings = hangup_bench::TakeoverSettings {
+//!     devices: 1_000,
+//!     wave: 500,
+//!     concurrency: 4,
+//!     json: None,
+//! };
+//! let code = hangup_bench::takeover(&settings)?;
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+#![warn(missing_docs)]
 
 mod cancel;
 mod histogram;
@@ -20,13 +57,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::Value;
 
-pub use cancel::cancel;
-pub use http::http;
-pub use http_peer::http_peer;
-pub use load::load_worker;
-pub use mass_death::mass_death;
-pub use scale::scale;
-pub use takeover::takeover;
+pub use cancel::{cancel, CancelSettings, HangupMode};
+pub use http::{http, HttpSettings};
+pub use http_peer::{http_peer, HttpPeerSettings, HttpServerKind};
+pub use load::{load_worker, LoadWorkerSettings};
+pub use mass_death::{mass_death, MassDeathSettings};
+pub use scale::{scale, ScaleSettings};
+pub use takeover::{takeover, TakeoverSettings};
 
 /// Turns SIGINT, SIGTERM and SIGHUP into a flag that the benches' loops check, so that
 /// they return through their guards (killing their children, deleting namespaces)
@@ -90,8 +127,8 @@ impl ServerProcess {
     ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the hangup executable")?;
         let data_dir = std::env::temp_dir().join(format!(
-            "hangup-bench-{}-{}",
-            std::process::id(),
+            "{}-bench-{}",
+            hangup_lab::run_prefix(),
             fastrand::u32(..)
         ));
         let mut command = Command::new(exe);
@@ -119,7 +156,9 @@ impl ServerProcess {
         wanted: &'static [&'static str],
         data_dir: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
+        // Marked as this run's, so that `hangup lab --cleanup` ends it if we are killed.
         let mut child = command
+            .env(hangup_lab::RUN_MARKER_ENV, hangup_lab::run_prefix())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -254,6 +293,11 @@ pub(crate) fn machine_description() -> String {
         "{}, {} cores, Linux {}",
         machine.cpu, machine.cpus, machine.kernel
     )
+}
+
+/// A multi-threaded tokio runtime.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("could not start the tokio runtime")
 }
 
 /// A command as the line a client sends, `\n` included.

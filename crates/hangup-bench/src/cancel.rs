@@ -10,16 +10,71 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hangup::events::ts_ns;
-use hangup_core::{Command, Reply, DEFAULT_SEED};
+use hangup_core::{Command, HalfClosePolicy, Reply, DEFAULT_SEED};
 use serde::Serialize;
 
 use super::{command_line, machine_description, percentile, write_json, ServerProcess};
-use crate::args::{BenchCancelArgs, HangupMode};
+
+/// What `bench cancel` measures.
+#[derive(Debug, Clone)]
+pub struct CancelSettings {
+    /// Idle connections held open against the server during the measurement.
+    pub idle: usize,
+    /// Hangups measured per mode.
+    pub iterations: usize,
+    /// Which hangups to measure.
+    pub mode: HangupMode,
+    /// The server's policy for FIN during a job (passed to the server under test).
+    pub on_half_close: HalfClosePolicy,
+    /// Write the results as JSON to this file.
+    pub json: Option<PathBuf>,
+}
+
+/// Which kind of hangup `bench cancel` measures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HangupMode {
+    /// The client closes normally: FIN.
+    Fin,
+    /// The client closes with SO_LINGER 0: RST.
+    Rst,
+    /// Both, one after the other.
+    #[default]
+    Both,
+}
+
+impl HangupMode {
+    /// The name as `--mode` takes it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Fin => "fin",
+            Self::Rst => "rst",
+            Self::Both => "both",
+        }
+    }
+}
+
+impl std::fmt::Display for HangupMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for HangupMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Fin, Self::Rst, Self::Both]
+            .into_iter()
+            .find(|mode| mode.as_str() == s)
+            .ok_or_else(|| format!("expected `fin`, `rst` or `both`, got `{s}`"))
+    }
+}
 
 /// A job long enough never to finish during a measurement (minutes of CPU).
 const ENDLESS_ROUNDS: u64 = 10_000_000_000;
@@ -51,7 +106,8 @@ struct Report {
     results: Vec<ModeResult>,
 }
 
-pub fn cancel(args: BenchCancelArgs) -> anyhow::Result<ExitCode> {
+/// Runs `bench cancel`.
+pub fn cancel(args: &CancelSettings) -> anyhow::Result<ExitCode> {
     if args.iterations == 0 {
         bail!("--iterations must be at least 1");
     }

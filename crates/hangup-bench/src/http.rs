@@ -34,7 +34,30 @@ use super::procfs::ProcessSample;
 use super::{
     catch_interrupts, check_interrupt, machine_description, percentile, write_json, ServerProcess,
 };
-use crate::args::{BenchHttpArgs, HttpServerKind};
+use crate::http_peer::HttpServerKind;
+
+/// What `hangup bench http` measures, and how much.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Hangups measured per server and case.
+    pub trials: usize,
+    /// A hangup whose work is not stopped within this counts as missed.
+    pub miss_limit: Duration,
+    /// Stop a case after this many misses in a row; 0: run every trial.
+    pub give_up_after: usize,
+    /// The bounded work the half-close case asks for.
+    pub half_close_work: Duration,
+    /// How long one throughput run loads a server.
+    pub throughput_time: Duration,
+    /// Keep-alive connections of the throughput client.
+    pub throughput_connections: usize,
+    /// Throughput runs per server (0: skip throughput).
+    pub throughput_runs: usize,
+    /// The route the throughput client requests (`/ok` or `/no-token`).
+    pub throughput_path: String,
+    /// Write the results as JSON to this file.
+    pub json: Option<std::path::PathBuf>,
+}
 
 const SERVERS: [HttpServerKind; 4] = [
     HttpServerKind::Axum,
@@ -219,7 +242,9 @@ impl Peer {
     }
 }
 
-pub fn http(args: &BenchHttpArgs) -> anyhow::Result<ExitCode> {
+/// Runs `hangup bench http`: the four reference servers, every case, the throughput
+/// runs; prints the table and writes the JSON.
+pub fn http(args: &HttpSettings) -> anyhow::Result<ExitCode> {
     if args.trials == 0 {
         bail!("--trials must be at least 1");
     }
@@ -321,7 +346,7 @@ enum Trial {
 fn measure(
     peer: &Peer,
     case: Case,
-    args: &BenchHttpArgs,
+    args: &HttpSettings,
     work_cap: Duration,
 ) -> anyhow::Result<CaseResult> {
     let server = peer.for_case(case);
@@ -456,7 +481,7 @@ fn read_answer(stream: &mut TcpStream, limit: Duration) -> bool {
 
 /// Plain and hangup variant of each framework, interleaved: plain first in even runs,
 /// the hangup variant first in odd ones.
-fn throughput(peers: &[Peer], args: &BenchHttpArgs) -> anyhow::Result<Throughput> {
+fn throughput(peers: &[Peer], args: &HttpSettings) -> anyhow::Result<Throughput> {
     let find = |kind: HttpServerKind| {
         peers
             .iter()
