@@ -45,6 +45,7 @@ mod load;
 mod mass_death;
 mod procfs;
 mod scale;
+mod soak;
 mod takeover;
 
 use std::io::{BufRead, BufReader};
@@ -63,6 +64,7 @@ pub use http_peer::{http_peer, HttpPeerSettings, HttpServerKind};
 pub use load::{load_worker, LoadWorkerSettings};
 pub use mass_death::{mass_death, MassDeathSettings};
 pub use scale::{scale, ScaleSettings};
+pub use soak::{soak, SoakSettings};
 pub use takeover::{takeover, TakeoverSettings};
 
 /// Turns SIGINT, SIGTERM and SIGHUP into a flag that the benches' loops check, so that
@@ -139,6 +141,24 @@ impl ServerProcess {
             .args(extra)
             .env("RUST_LOG", "info");
         Self::spawn(command, "hangup serve", wanted, Some(data_dir))
+    }
+
+    /// Starts `hangup serve` on `listen` with the presence store in `data_dir`, which it
+    /// leaves in place (for a run that restarts the server on the same store).
+    pub fn start_in(
+        listen: &str,
+        data_dir: &str,
+        extra: &[&str],
+        wanted: &'static [&'static str],
+    ) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the hangup executable")?;
+        let mut command = Command::new(exe);
+        command
+            .args(["serve", "--listen", listen, "--log-format", "json"])
+            .args(["--admin", "off", "--data-dir", data_dir])
+            .args(extra)
+            .env("RUST_LOG", "info");
+        Self::spawn(command, "hangup serve", wanted, None)
     }
 
     /// Starts this same executable with `args`: a child that prints `listening` with its

@@ -232,6 +232,10 @@ pub enum BenchCommand {
     /// servers take to detect every death (against D), with which cause, and the
     /// connect-plus-PING latency of fresh clients meanwhile. Needs root.
     MassDeath(BenchMassDeathArgs),
+    /// A bounded mix of churn, takeovers, bad input, stalled readers and abandoned jobs
+    /// across server restarts; then checks memory and descriptors are back to their
+    /// baseline, every session is stored with a cause, and no ghost is left.
+    Soak(BenchSoakArgs),
     /// One load process of `scale` and `mass-death` (internal).
     #[command(hide = true)]
     LoadWorker(LoadWorkerArgs),
@@ -307,6 +311,31 @@ pub struct BenchHttpPeerArgs {
     /// cancelling on its FIN.
     #[arg(long)]
     pub finish_on_fin: bool,
+}
+
+/// `hangup bench soak`.
+#[derive(Debug, Args)]
+pub struct BenchSoakArgs {
+    /// How long the load runs.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Server restarts during the run (SIGTERM, then a fresh server on the same port and
+    /// presence store), spread evenly.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub restarts: usize,
+
+    /// Client threads.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub clients: usize,
+
+    /// How far the last server's RSS may end above the first's idle baseline, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    pub rss_slack: u64,
+
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// `hangup bench scale`.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use hangup_bench::{
     CancelSettings, HttpPeerSettings, HttpSettings, LoadWorkerSettings, MassDeathSettings,
-    ScaleSettings, TakeoverSettings,
+    ScaleSettings, SoakSettings, TakeoverSettings,
 };
 
 use crate::args::BenchCommand;
@@ -64,6 +64,13 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             server: args.server,
             listen: args.listen,
             finish_on_fin: args.finish_on_fin,
+        }),
+        BenchCommand::Soak(args) => hangup_bench::soak(&SoakSettings {
+            duration: args.duration,
+            restarts: args.restarts,
+            clients: args.clients,
+            rss_slack: args.rss_slack,
+            json: args.json,
         }),
         BenchCommand::LoadWorker(args) => hangup_bench::load_worker(&LoadWorkerSettings {
             target: args.target,
