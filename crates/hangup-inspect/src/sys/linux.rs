@@ -140,42 +140,75 @@ fn dump(netlink: &NetlinkSocket, family: u8, sequence: u32) -> Result<Vec<Socket
     let mut sockets = Vec::new();
     loop {
         let (datagram, _) = netlink.recv_from_full().map_err(InspectError::Netlink)?;
-        let mut offset = 0;
-        while offset + NLMSG_HEADER_LEN <= datagram.len() {
-            let message_bytes = &datagram[offset..];
-            let length = u32::from_ne_bytes(
-                message_bytes[..4]
-                    .try_into()
-                    .map_err(|_| InspectError::Decode("truncated netlink header".into()))?,
-            ) as usize;
-            if length < NLMSG_HEADER_LEN || length > message_bytes.len() {
-                return Err(InspectError::Decode(format!(
-                    "netlink message length {length} does not fit in {} bytes",
-                    message_bytes.len()
-                )));
-            }
-            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&message_bytes[..length])
-                .map_err(|error| InspectError::Decode(error.to_string()))?;
-            match message.payload {
-                NetlinkPayload::Done(_) => return Ok(sockets),
-                NetlinkPayload::Error(error) => {
-                    return Err(InspectError::Kernel {
-                        family: family_name,
-                        source: error.to_io(),
-                    })
-                }
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    let raw = &message_bytes[NLMSG_HEADER_LEN..length];
-                    if let Some(socket) = to_socket(&response, raw) {
-                        sockets.push(socket);
-                    }
-                }
-                _ => {}
-            }
-            // Netlink messages are 4-byte aligned inside a datagram.
-            offset += (length + 3) & !3;
+        let part = parse_dump_datagram(&datagram, family_name)?;
+        sockets.extend(part.sockets);
+        if part.done {
+            return Ok(sockets);
         }
     }
+}
+
+/// What one datagram of a sock_diag dump held.
+#[derive(Debug, Default)]
+pub struct DumpDatagram {
+    /// The TCP sockets it described, in order (messages for unknown states are skipped).
+    pub sockets: Vec<Socket>,
+    /// It ended the dump (`NLMSG_DONE`); later messages in it were not read.
+    pub done: bool,
+}
+
+/// Parses one datagram of the kernel's answer to a sock_diag dump: the netlink
+/// messages in it, 4-byte aligned, each `InetResponse` into a [`Socket`].
+///
+/// `family` (`ipv4` or `ipv6`) names the dump in [`InspectError::Kernel`].
+///
+/// # Errors
+/// [`InspectError::Decode`] for a message that does not fit or does not decode;
+/// [`InspectError::Kernel`] for the kernel's `NLMSG_ERROR`.
+pub fn parse_dump_datagram(
+    datagram: &[u8],
+    family: &'static str,
+) -> Result<DumpDatagram, InspectError> {
+    let mut part = DumpDatagram::default();
+    let mut offset = 0;
+    while offset + NLMSG_HEADER_LEN <= datagram.len() {
+        let message_bytes = &datagram[offset..];
+        let length = u32::from_ne_bytes(
+            message_bytes[..4]
+                .try_into()
+                .map_err(|_| InspectError::Decode("truncated netlink header".into()))?,
+        ) as usize;
+        if length < NLMSG_HEADER_LEN || length > message_bytes.len() {
+            return Err(InspectError::Decode(format!(
+                "netlink message length {length} does not fit in {} bytes",
+                message_bytes.len()
+            )));
+        }
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(&message_bytes[..length])
+            .map_err(|error| InspectError::Decode(error.to_string()))?;
+        match message.payload {
+            NetlinkPayload::Done(_) => {
+                part.done = true;
+                return Ok(part);
+            }
+            NetlinkPayload::Error(error) => {
+                return Err(InspectError::Kernel {
+                    family,
+                    source: error.to_io(),
+                })
+            }
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                let raw = &message_bytes[NLMSG_HEADER_LEN..length];
+                if let Some(socket) = to_socket(&response, raw) {
+                    part.sockets.push(socket);
+                }
+            }
+            _ => {}
+        }
+        // Netlink messages are 4-byte aligned inside a datagram.
+        offset += (length + 3) & !3;
+    }
+    Ok(part)
 }
 
 fn to_socket(response: &InetResponse, raw: &[u8]) -> Option<Socket> {
