@@ -3,7 +3,8 @@
 //! - `parse_line` on the input as one line: no panic, and a parsed command written back
 //!   (`Display`, `encode`) parses to the same command, as `Command`'s docs promise;
 //! - `Reply::parse` on the same bytes: no panic, and a parsed reply other than a `#`
-//!   probe writes back as exactly the line that was read, as its docs promise;
+//!   probe writes back as exactly the line that was read, as its docs promise, which
+//!   parses again to the same reply when it is one line;
 //! - a `Command` built from the input by `Arbitrary`: encoding never panics, and it
 //!   parses back to itself wherever its docs say it round-trips.
 #![no_main]
@@ -100,7 +101,11 @@ fuzz_target!(|data: &[u8]| {
         if reply != Reply::Probe {
             assert_eq!(reply.to_string().as_bytes(), line, "{reply:?}");
         }
-        assert_eq!(Reply::parse(reply.to_string()), Ok(reply));
+        // Read back as a line of its own where it is one: no line break inside, and no
+        // `\r` left at its end for the next parse to take as the line ending.
+        if !line.contains(&b'\n') && !line.ends_with(b"\r") {
+            assert_eq!(Reply::parse(reply.to_string()), Ok(reply));
+        }
     }
 
     let mut u = Unstructured::new(data);
