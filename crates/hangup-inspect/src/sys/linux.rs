@@ -192,10 +192,12 @@ pub fn parse_dump_datagram(
                 return Ok(part);
             }
             NetlinkPayload::Error(error) => {
+                // Not `to_io()`: it negates the code, which overflows on i32::MIN.
+                let errno = error.raw_code().saturating_abs();
                 return Err(InspectError::Kernel {
                     family,
-                    source: error.to_io(),
-                })
+                    source: io::Error::from_raw_os_error(errno),
+                });
             }
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
                 let raw = &message_bytes[NLMSG_HEADER_LEN..length];
@@ -398,6 +400,53 @@ fn resolve_owners(snapshot: &mut Snapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One netlink message: header (length, type, flags, sequence, port) and payload.
+    fn netlink_message(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let length = u32::try_from(NLMSG_HEADER_LEN + payload.len()).unwrap();
+        let mut out = length.to_ne_bytes().to_vec();
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(&[0; 10]);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn kernel_errors_of_any_code_are_errors_not_panics() {
+        // Found by fuzz/sock_diag: netlink-packet-core's `to_io()` negates the code,
+        // which overflowed (a panic in debug builds) on i32::MIN.
+        const NLMSG_ERROR: u16 = 2;
+        for code in [-libc::ENOENT, i32::MIN, i32::MAX] {
+            let mut payload = code.to_ne_bytes().to_vec();
+            payload.extend_from_slice(&[0; 16]);
+            let datagram = netlink_message(NLMSG_ERROR, &payload);
+            match parse_dump_datagram(&datagram, "ipv4") {
+                Err(InspectError::Kernel { family, source }) => {
+                    assert_eq!(family, "ipv4");
+                    if code == -libc::ENOENT {
+                        assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+                    }
+                }
+                other => panic!("code {code}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_datagram_ends_at_done_and_rejects_bad_lengths() {
+        const NLMSG_DONE: u16 = 3;
+        let done = parse_dump_datagram(&netlink_message(NLMSG_DONE, &[0; 4]), "ipv6").unwrap();
+        assert!(done.done);
+        assert!(done.sockets.is_empty());
+        let mut truncated = netlink_message(NLMSG_DONE, &[0; 4]);
+        truncated[0] = 200;
+        assert!(matches!(
+            parse_dump_datagram(&truncated, "ipv4"),
+            Err(InspectError::Decode(_))
+        ));
+        let empty = parse_dump_datagram(&[], "ipv4").unwrap();
+        assert!(!empty.done);
+    }
 
     #[test]
     fn tcp_info_offsets_follow_the_uapi_layout() {
