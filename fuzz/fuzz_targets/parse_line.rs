@@ -47,7 +47,7 @@ fn arbitrary_command(u: &mut Unstructured<'_>) -> arbitrary::Result<(Command, Op
             let promised = !data.contains(['\n', '\0']) && data.trim() == data;
             (
                 Command::Ping(data.clone()),
-                promised.then(|| Command::Ping(data)),
+                promised.then_some(Command::Ping(data)),
             )
         }
         2 => {
