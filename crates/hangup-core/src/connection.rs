@@ -923,6 +923,14 @@ impl Connection {
     }
 
     fn send(&mut self, now: Instant, reply: &Reply) {
+        // Closed without flush (or closed at all): the socket is closed at once, so a
+        // late reply (a session answered after the peer was gone) is never written.
+        if matches!(
+            self.phase,
+            Phase::Closed | Phase::Closing { flush: false, .. }
+        ) {
+            return;
+        }
         if self.sent >= self.outbox.len() {
             if let Some(timeout) = self.config.write_timeout {
                 self.timers.set(Timer::WriteStall, now + timeout);

@@ -104,7 +104,13 @@ impl LineDecoder {
         } else if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
             let line = line.strip_suffix(b"\r").unwrap_or(&line);
-            on_frame(Frame::Line(line));
+            // The buffer holds one byte more than a line for a `\r`; without one, a
+            // last line of `max_line + 1` bytes is too long like any other.
+            if line.len() > self.max_line {
+                on_frame(Frame::TooLong);
+            } else {
+                on_frame(Frame::Line(line));
+            }
         }
     }
 }
@@ -146,9 +152,10 @@ impl fmt::Display for Command {
     /// uppercase, `JOB` without its seed when it is [`DEFAULT_SEED`], `HELLO`'s
     /// heartbeat in whole seconds (a fraction rounds up, as the server counts seconds).
     ///
-    /// A `PING` round-trips when its data is one line without leading or trailing
-    /// whitespace (the server trims it); a `JOB` seed and a `HELLO` device or token
-    /// when they are single words.
+    /// A `PING` round-trips when its data is one line without NUL bytes (no line may
+    /// hold one) or leading or trailing whitespace (the server trims it); a `JOB` seed
+    /// and a `HELLO` token when they are single words, and a `HELLO` device when it is
+    /// a valid device id ([`valid_device_id`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::Hello {
@@ -187,7 +194,10 @@ impl Command {
 
 /// Whole seconds, a fraction rounded up: `HELLO heartbeat=` takes whole seconds.
 fn whole_secs_up(duration: Duration) -> u64 {
-    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+    // Saturating: `Duration::MAX` has a fraction on `u64::MAX` seconds.
+    duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0))
 }
 
 /// The line protocol's TCP port unless configured otherwise (SPEC §3).
@@ -799,6 +809,36 @@ mod tests {
         let mut got = Vec::new();
         d.finish(|f| got.push(matches!(f, Frame::Line(b"JOB 5"))));
         assert_eq!(got, vec![true]);
+    }
+
+    #[test]
+    fn finish_rejects_a_last_line_one_byte_too_long() {
+        // Found by fuzz/line_decoder: the `\r` byte of room let an unterminated last
+        // line of max_line + 1 bytes out as a line.
+        let mut d = LineDecoder::new(4);
+        assert_eq!(frames(&mut d, b"12345"), vec![]);
+        let mut got = Vec::new();
+        d.finish(|f| got.push(f == Frame::TooLong));
+        assert_eq!(got, vec![true]);
+        assert!(!d.has_partial());
+
+        let mut d = LineDecoder::new(4);
+        assert_eq!(frames(&mut d, b"1234\r"), vec![]);
+        let mut got = Vec::new();
+        d.finish(|f| got.push(matches!(f, Frame::Line(b"1234"))));
+        assert_eq!(got, vec![true], "a maximal line with its `\\r` is fine");
+    }
+
+    #[test]
+    fn hello_heartbeat_near_duration_max_does_not_overflow() {
+        // Found by fuzz/parse_line: rounding up Duration::MAX overflowed (a panic in
+        // debug builds, `heartbeat=0` in release).
+        let hello = Command::Hello {
+            device: "d".into(),
+            token: None,
+            heartbeat: Some(Duration::MAX),
+        };
+        assert_eq!(hello.to_string(), format!("HELLO d heartbeat={}", u64::MAX));
     }
 
     #[test]

@@ -341,3 +341,26 @@ fn bad_hellos_get_clear_errors() {
         ["WELCOME 0000000000000001 heartbeat=1 dead-after=1.5 clamped-from=0"]
     );
 }
+
+#[test]
+fn a_session_answered_after_the_peer_is_gone_writes_nothing() {
+    // Found by fuzz/connection: the driver answers a `SessionRequested` that was
+    // queued before the reset, and WELCOME (or ERR) landed in a closed connection.
+    for open in [true, false] {
+        let mut d = driver(Jobs::RunAtOnce);
+        d.sessions = Sessions::Manual;
+        d.bytes("HELLO dev-1\n");
+        d.error(Cause::PeerReset);
+        assert_eq!(d.closed(), Some(&close_event(Cause::PeerReset, false)));
+        let now = d.now();
+        if open {
+            d.conn.handle_session_opened(now, SessionId(7));
+        } else {
+            d.conn
+                .handle_session_refused(now, ErrorCode::Unauthorized, "late");
+        }
+        assert_eq!(d.conn.poll_transmit(), b"", "a reply after Close");
+        assert_eq!(d.conn.poll_timeout(), None);
+        d.assert_dead();
+    }
+}

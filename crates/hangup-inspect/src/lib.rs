@@ -64,6 +64,8 @@ pub use diagnose::{
 pub use error::InspectError;
 pub use model::{KernelTimer, Owner, OwnerStatus, Snapshot, Socket, TcpInfo, TcpState, TimerKind};
 pub use render::{finding_counts, human_duration, render_json, render_table, JSON_SCHEMA};
+#[cfg(target_os = "linux")]
+pub use sys::linux::{parse_dump_datagram, DumpDatagram};
 
 /// Dumps every TCP socket (IPv4 and IPv6, all states) of the calling thread's
 /// network namespace, with TCP_INFO, timers and owning processes.

@@ -140,42 +140,77 @@ fn dump(netlink: &NetlinkSocket, family: u8, sequence: u32) -> Result<Vec<Socket
     let mut sockets = Vec::new();
     loop {
         let (datagram, _) = netlink.recv_from_full().map_err(InspectError::Netlink)?;
-        let mut offset = 0;
-        while offset + NLMSG_HEADER_LEN <= datagram.len() {
-            let message_bytes = &datagram[offset..];
-            let length = u32::from_ne_bytes(
-                message_bytes[..4]
-                    .try_into()
-                    .map_err(|_| InspectError::Decode("truncated netlink header".into()))?,
-            ) as usize;
-            if length < NLMSG_HEADER_LEN || length > message_bytes.len() {
-                return Err(InspectError::Decode(format!(
-                    "netlink message length {length} does not fit in {} bytes",
-                    message_bytes.len()
-                )));
-            }
-            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&message_bytes[..length])
-                .map_err(|error| InspectError::Decode(error.to_string()))?;
-            match message.payload {
-                NetlinkPayload::Done(_) => return Ok(sockets),
-                NetlinkPayload::Error(error) => {
-                    return Err(InspectError::Kernel {
-                        family: family_name,
-                        source: error.to_io(),
-                    })
-                }
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    let raw = &message_bytes[NLMSG_HEADER_LEN..length];
-                    if let Some(socket) = to_socket(&response, raw) {
-                        sockets.push(socket);
-                    }
-                }
-                _ => {}
-            }
-            // Netlink messages are 4-byte aligned inside a datagram.
-            offset += (length + 3) & !3;
+        let part = parse_dump_datagram(&datagram, family_name)?;
+        sockets.extend(part.sockets);
+        if part.done {
+            return Ok(sockets);
         }
     }
+}
+
+/// What one datagram of a sock_diag dump held.
+#[derive(Debug, Default)]
+pub struct DumpDatagram {
+    /// The TCP sockets it described, in order (messages for unknown states are skipped).
+    pub sockets: Vec<Socket>,
+    /// It ended the dump (`NLMSG_DONE`); later messages in it were not read.
+    pub done: bool,
+}
+
+/// Parses one datagram of the kernel's answer to a sock_diag dump: the netlink
+/// messages in it, 4-byte aligned, each `InetResponse` into a [`Socket`].
+///
+/// `family` (`ipv4` or `ipv6`) names the dump in [`InspectError::Kernel`].
+///
+/// # Errors
+/// [`InspectError::Decode`] for a message that does not fit or does not decode;
+/// [`InspectError::Kernel`] for the kernel's `NLMSG_ERROR`.
+pub fn parse_dump_datagram(
+    datagram: &[u8],
+    family: &'static str,
+) -> Result<DumpDatagram, InspectError> {
+    let mut part = DumpDatagram::default();
+    let mut offset = 0;
+    while offset + NLMSG_HEADER_LEN <= datagram.len() {
+        let message_bytes = &datagram[offset..];
+        let length = u32::from_ne_bytes(
+            message_bytes[..4]
+                .try_into()
+                .map_err(|_| InspectError::Decode("truncated netlink header".into()))?,
+        ) as usize;
+        if length < NLMSG_HEADER_LEN || length > message_bytes.len() {
+            return Err(InspectError::Decode(format!(
+                "netlink message length {length} does not fit in {} bytes",
+                message_bytes.len()
+            )));
+        }
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(&message_bytes[..length])
+            .map_err(|error| InspectError::Decode(error.to_string()))?;
+        match message.payload {
+            NetlinkPayload::Done(_) => {
+                part.done = true;
+                return Ok(part);
+            }
+            NetlinkPayload::Error(error) => {
+                // Not `to_io()`: it negates the code, which overflows on i32::MIN.
+                let errno = error.raw_code().saturating_abs();
+                return Err(InspectError::Kernel {
+                    family,
+                    source: io::Error::from_raw_os_error(errno),
+                });
+            }
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                let raw = &message_bytes[NLMSG_HEADER_LEN..length];
+                if let Some(socket) = to_socket(&response, raw) {
+                    part.sockets.push(socket);
+                }
+            }
+            _ => {}
+        }
+        // Netlink messages are 4-byte aligned inside a datagram.
+        offset += (length + 3) & !3;
+    }
+    Ok(part)
 }
 
 fn to_socket(response: &InetResponse, raw: &[u8]) -> Option<Socket> {
@@ -365,6 +400,53 @@ fn resolve_owners(snapshot: &mut Snapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One netlink message: header (length, type, flags, sequence, port) and payload.
+    fn netlink_message(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let length = u32::try_from(NLMSG_HEADER_LEN + payload.len()).unwrap();
+        let mut out = length.to_ne_bytes().to_vec();
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(&[0; 10]);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn kernel_errors_of_any_code_are_errors_not_panics() {
+        // Found by fuzz/sock_diag: netlink-packet-core's `to_io()` negates the code,
+        // which overflowed (a panic in debug builds) on i32::MIN.
+        const NLMSG_ERROR: u16 = 2;
+        for code in [-libc::ENOENT, i32::MIN, i32::MAX] {
+            let mut payload = code.to_ne_bytes().to_vec();
+            payload.extend_from_slice(&[0; 16]);
+            let datagram = netlink_message(NLMSG_ERROR, &payload);
+            match parse_dump_datagram(&datagram, "ipv4") {
+                Err(InspectError::Kernel { family, source }) => {
+                    assert_eq!(family, "ipv4");
+                    if code == -libc::ENOENT {
+                        assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+                    }
+                }
+                other => panic!("code {code}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_datagram_ends_at_done_and_rejects_bad_lengths() {
+        const NLMSG_DONE: u16 = 3;
+        let done = parse_dump_datagram(&netlink_message(NLMSG_DONE, &[0; 4]), "ipv6").unwrap();
+        assert!(done.done);
+        assert!(done.sockets.is_empty());
+        let mut truncated = netlink_message(NLMSG_DONE, &[0; 4]);
+        truncated[0] = 200;
+        assert!(matches!(
+            parse_dump_datagram(&truncated, "ipv4"),
+            Err(InspectError::Decode(_))
+        ));
+        let empty = parse_dump_datagram(&[], "ipv4").unwrap();
+        assert!(!empty.done);
+    }
 
     #[test]
     fn tcp_info_offsets_follow_the_uapi_layout() {
