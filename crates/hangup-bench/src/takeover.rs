@@ -42,6 +42,8 @@ pub struct TakeoverSettings {
     pub wave: usize,
     /// Reconnects in flight at once during the storm.
     pub concurrency: usize,
+    /// The server's presence durability.
+    pub presence_durability: hangup_server::PresenceDurability,
     /// Write the results as JSON to this file.
     pub json: Option<PathBuf>,
 }
@@ -129,7 +131,12 @@ pub fn takeover(args: &TakeoverSettings) -> anyhow::Result<ExitCode> {
     }
     let wave = args.wave.min(args.devices);
     let mut server = ServerProcess::start(
-        &["--max-connections", &(2 * wave + 100).to_string()],
+        &[
+            "--max-connections",
+            &(2 * wave + 100).to_string(),
+            "--presence-durability",
+            args.presence_durability.as_str(),
+        ],
         &["shutdown_complete"],
     )?;
     let addr = server.addr;

@@ -17,8 +17,8 @@ use hangup_core::{
 };
 use hangup_server::presence::DEFAULT_DATA_DIR;
 use hangup_server::{
-    DEFAULT_ADMIN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_QUEUED_BYTES,
+    PresenceDurability, DEFAULT_ADMIN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUED_BYTES,
 };
 
 /// A duration constant as clap's `default_value`: formatted once, the way the flag reads
@@ -171,6 +171,12 @@ pub struct ServeArgs {
     /// Largest accepted `JOB <rounds>`.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ROUNDS)]
     pub max_rounds: u64,
+
+    /// When a session's start reaches the presence store: `batched` (WELCOME at once, the
+    /// start committed within ~100 ms; a kill -9 in that window loses it) or `acked`
+    /// (WELCOME only once the start is committed; concurrent HELLOs share one commit).
+    #[arg(long, value_name = "batched|acked", default_value_t = PresenceDurability::default())]
+    pub presence_durability: PresenceDurability,
 
     /// Bytes of queued jobs (seeds included) across all connections; past it `JOB` gets
     /// `ERR too-many-jobs`. Seeds are at most 256 bytes.
@@ -482,6 +488,10 @@ pub struct BenchTakeoverArgs {
     /// and each reconnect waits behind the others).
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub concurrency: usize,
+
+    /// The server's `--presence-durability` (`acked`: each WELCOME waits for its commit).
+    #[arg(long, value_name = "batched|acked", default_value_t = PresenceDurability::default())]
+    pub presence_durability: PresenceDurability,
 
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]

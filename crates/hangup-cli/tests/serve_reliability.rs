@@ -259,3 +259,45 @@ fn a_read_only_data_dir_is_named_with_the_fix() {
     assert!(stderr.contains("not writable"), "{stderr}");
     assert!(stderr.contains("--data-dir"), "{stderr}");
 }
+
+/// With `--presence-durability acked`, every session a client was welcomed into is on
+/// disk: a `kill -9` right after the last `WELCOME` loses none of them.
+#[test]
+fn acked_durability_survives_a_kill_right_after_welcome() {
+    let mut server = TestServer::start(&["--presence-durability", "acked"]);
+    let data_dir = server.data_dir().unwrap().to_path_buf();
+    // Sessions opened concurrently share commits; each WELCOME comes after its commit.
+    let sessions: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let addr = server.addr();
+                scope.spawn(move || {
+                    (0..50)
+                        .map(|i| {
+                            let (client, session) =
+                                common::hello(addr, &format!("durable-{t}-{i}"), "");
+                            std::mem::forget(client); // keep it open until the kill
+                            session
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    server.kill(); // SIGKILL at once after the last WELCOME: no flush, no shutdown
+    let stored: std::collections::HashSet<String> = common::presence_rows(&data_dir)
+        .into_iter()
+        .map(|row| row.session)
+        .collect();
+    let missing: Vec<&String> = sessions.iter().filter(|s| !stored.contains(*s)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} welcomed sessions missing",
+        missing.len(),
+        sessions.len()
+    );
+}

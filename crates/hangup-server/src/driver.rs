@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::live::{lock, ConnectionState, LiveConnection, LiveSession};
 use crate::workers::JobOutcome;
-use crate::{SessionHandle, Shared};
+use crate::{PresenceDurability, SessionHandle, Shared, DURABLE_WELCOME_LIMIT};
 use hangup::apply_policy;
 
 /// Bytes read from the socket per read call.
@@ -84,8 +84,16 @@ pub(super) struct Driver {
     /// nowhere else: every byte of this struct is memory per connection).
     live: Arc<LiveConnection>,
     session: Option<OpenSession>,
+    /// With durable presence: the session whose `WELCOME` waits for its commit.
+    welcome_after: Option<Box<PendingWelcome>>,
     /// Last field, so dropped last: the slot is free once the descriptor is.
     _slot: Slot,
+}
+
+/// A `WELCOME` held back until the session's start is committed.
+struct PendingWelcome {
+    id: SessionId,
+    committed: std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>,
 }
 
 /// The connection's entry in the live table, removed on drop — also when the
@@ -152,6 +160,7 @@ impl Driver {
             bytes_out: 0,
             live,
             session: None,
+            welcome_after: None,
         }
     }
 
@@ -223,6 +232,8 @@ impl Driver {
             let has_kick = kick.is_some();
             let (stream, job) = (&self.stream, &mut self.job);
             let has_job = job.is_some();
+            let has_welcome = self.welcome_after.is_some();
+            let welcome = self.welcome_after.as_mut();
             tokio::select! {
                 kicked = kicked(kick), if has_kick => {
                     if let Some(session) = self.session.as_mut() {
@@ -238,6 +249,11 @@ impl Driver {
                     match ready {
                         Ok(ready) => self.on_ready(ready),
                         Err(err) => self.conn.handle_error(Instant::now(), Cause::from_io_error(&err)),
+                    }
+                }
+                durable = committed(welcome), if has_welcome => {
+                    if let Some(pending) = self.welcome_after.take() {
+                        self.session_committed(pending.id, durable);
                     }
                 }
                 outcome = job_outcome(job), if has_job => {
@@ -502,8 +518,33 @@ impl Driver {
             (opened, registry.len())
         };
         self.shared.metrics.sessions_open.set(live_sessions as i64);
-        self.conn.handle_session_opened(now, opened.id);
         let wall = SystemTime::now();
+        let durable = self.shared.config.presence_durability == PresenceDurability::Acked;
+        match (&self.shared.config.presence, durable) {
+            (Some(presence), true) => {
+                let presence = presence.clone();
+                let (id, device, peer) = (opened.id, device.clone(), self.live.peer);
+                self.welcome_after = Some(Box::new(PendingWelcome {
+                    id,
+                    committed: Box::pin(async move {
+                        presence
+                            .session_started_durably(
+                                id.0,
+                                &device,
+                                peer,
+                                wall,
+                                DURABLE_WELCOME_LIMIT,
+                            )
+                            .await
+                    }),
+                }));
+            }
+            (Some(presence), false) => {
+                self.conn.handle_session_opened(now, opened.id);
+                presence.session_started(opened.id.0, &device, self.live.peer, wall);
+            }
+            (None, _) => self.conn.handle_session_opened(now, opened.id),
+        }
         if let Some((old_id, old)) = opened.evicted {
             // The old connection may already be closing on its own; then nobody waits
             // on the receiver, and that is fine: it ends either way.
@@ -521,9 +562,6 @@ impl Driver {
             );
         }
         self.shared.metrics.sessions_started.inc();
-        if let Some(presence) = &self.shared.config.presence {
-            presence.session_started(opened.id.0, &device, self.live.peer, wall);
-        }
         hangup::emit!(
             "session_started",
             conn = self.live.id,
@@ -545,6 +583,29 @@ impl Driver {
             kick: Some(kick_rx),
             seen_recorded: now,
         });
+    }
+
+    /// The durable start of session `id` was committed (`WELCOME` now) or not in time
+    /// (`ERR busy`; the session is undone, recorded as ended `local`).
+    fn session_committed(&mut self, id: SessionId, durable: bool) {
+        let now = Instant::now();
+        if durable {
+            return self.conn.handle_session_opened(now, id);
+        }
+        if let Some(session) = self.session.take().filter(|s| s.id == id) {
+            let (current, live_sessions) = {
+                let mut registry = lock(&self.shared.sessions);
+                (registry.close(&session.device, session.id), registry.len())
+            };
+            if current {
+                self.shared.metrics.sessions_open.set(live_sessions as i64);
+                self.end_session_record(id, SystemTime::now(), Cause::Local);
+            }
+            self.live.set_session(None);
+        }
+        let message = "the presence store could not record the session in time; try again later";
+        self.conn
+            .handle_session_refused(now, ErrorCode::Busy, message);
     }
 
     /// The session's end, in the metrics, the presence store and the event log.
@@ -642,6 +703,14 @@ impl Driver {
             .metrics
             .observe_close(cause, self.live.silent_for(now));
         self.count_jobs();
+    }
+}
+
+/// The commit a `WELCOME` waits for; never resolves without one.
+async fn committed(pending: Option<&mut Box<PendingWelcome>>) -> bool {
+    match pending {
+        Some(pending) => pending.committed.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

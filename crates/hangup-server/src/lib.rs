@@ -124,6 +124,8 @@ pub struct ServerConfig {
     pub max_queued_bytes: usize,
     /// Where sessions are recorded; `None`: nowhere.
     pub presence: Option<PresenceRecorder>,
+    /// Whether `WELCOME` waits for the session start to be on disk.
+    pub presence_durability: PresenceDurability,
 }
 
 impl ServerConfig {
@@ -143,6 +145,7 @@ impl ServerConfig {
             auth_secret: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            presence_durability: PresenceDurability::default(),
             presence: None,
         }
     }
@@ -373,6 +376,51 @@ impl Server {
         Ok(())
     }
 }
+
+/// When a session's start reaches the presence store, relative to its `WELCOME`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PresenceDurability {
+    /// `WELCOME` at once; the start is committed with the next batch (within ~100 ms).
+    /// A `kill -9` in that window loses the record of sessions the clients were told
+    /// about (a clean shutdown loses nothing).
+    #[default]
+    Batched,
+    /// `WELCOME` only once the start is committed; concurrent `HELLO`s share one
+    /// commit. If the store cannot commit within [`DURABLE_WELCOME_LIMIT`], the `HELLO`
+    /// gets `ERR busy` and no session is opened.
+    Acked,
+}
+
+impl PresenceDurability {
+    /// The name as `--presence-durability` takes it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Batched => "batched",
+            Self::Acked => "acked",
+        }
+    }
+}
+
+impl std::fmt::Display for PresenceDurability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PresenceDurability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "batched" => Ok(Self::Batched),
+            "acked" => Ok(Self::Acked),
+            _ => Err(format!("expected `batched` or `acked`, got `{s}`")),
+        }
+    }
+}
+
+/// With [`PresenceDurability::Acked`]: how long a `HELLO` waits for its commit.
+pub const DURABLE_WELCOME_LIMIT: Duration = Duration::from_secs(5);
 
 /// After the drain timeout, how long a connection may still take to close gracefully
 /// (flush its replies, FIN, read what the peer still sends) before it is reset. A peer

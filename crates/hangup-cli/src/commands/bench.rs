@@ -23,6 +23,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             devices: args.devices,
             wave: args.wave,
             concurrency: args.concurrency,
+            presence_durability: args.presence_durability,
             json: args.json,
         }),
         BenchCommand::Scale(args) => hangup_bench::scale(&ScaleSettings {

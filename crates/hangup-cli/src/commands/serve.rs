@@ -96,6 +96,7 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         max_connections,
         max_rounds: args.max_rounds,
         max_queued_bytes: args.max_queued_bytes,
+        presence_durability: args.presence_durability,
         admin: match args.admin {
             AdminAddr::Off => None,
             AdminAddr::At(addr) => Some(addr),
