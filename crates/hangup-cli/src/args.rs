@@ -14,6 +14,7 @@ use hangup_core::{
     AutoDuration, HalfClosePolicy, KeepaliveSetting, LivenessSettings, DEFAULT_HEARTBEAT,
     DEFAULT_MAX_ROUNDS,
 };
+use hangup_server::cluster::DEFAULT_CLUSTER_LEASE;
 use hangup_server::presence::DEFAULT_DATA_DIR;
 use hangup_server::{
     DEFAULT_ADMIN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
@@ -172,6 +173,22 @@ pub struct ServeArgs {
     /// Event log format on stderr: human `text`, or `json` (one object a line, with `ts_ns`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Cluster mode: share sessions with every node that uses this Redis
+    /// (`redis://HOST:PORT[/DB]`): a HELLO on any node evicts the device's session on the
+    /// others; a node that dies has its sessions ended (`server_lost`) within the lease
+    /// plus a fifth of it. Without Redis a node keeps serving with local takeover only.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+
+    /// This node's id in the cluster [default: host name and listening port, HOST:PORT].
+    #[arg(long, value_name = "ID", requires = "cluster")]
+    pub node_id: Option<String>,
+
+    /// How long this node's lease in Redis lives unrenewed (renewed every fifth of it).
+    /// Others end a dead or cut-off node's sessions within lease + lease/5.
+    #[arg(long, value_name = "DURATION", default_value = shown!(DEFAULT_CLUSTER_LEASE), value_parser = parse_duration, requires = "cluster")]
+    pub cluster_lease: Duration,
 }
 
 /// `hangup client`.
@@ -559,6 +576,12 @@ pub struct PresenceArgs {
     /// Show at most N sessions, the newest.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+
+    /// Read the whole cluster's view from this Redis (`hangup serve --cluster URL`)
+    /// instead of the local data directory: where each device is online and since when,
+    /// and its last sessions (up to 20, kept 7 days) with their node and cause.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
 }
 
 /// Event log format.
