@@ -235,6 +235,7 @@ impl Cluster {
             ops_rx,
             status: status.clone(),
             stash: VecDeque::new(),
+            incarnation: None,
         };
         Ok((Self { node, ops, status }, task))
     }
@@ -301,6 +302,10 @@ pub(crate) struct ClusterTask {
     status: Arc<ClusterStatus>,
     /// Session ends that could not be sent while Redis was unreachable.
     stash: VecDeque<Op>,
+    /// The Redis data set our epochs belong to (`hangup:incarnation`, set once by the
+    /// first node): a Redis restarted empty starts epochs afresh, and ours mean nothing
+    /// there.
+    incarnation: Option<String>,
 }
 
 /// One session this node holds, as reconciliation sends it.
@@ -450,7 +455,12 @@ impl ClusterTask {
         }
     }
 
-    async fn renew(&self, shared: &Shared, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+    async fn renew(
+        &mut self,
+        shared: &Shared,
+        conn: &mut ConnectionManager,
+    ) -> redis::RedisResult<()> {
+        let incarnation_key = format!("{KEY_PREFIX}incarnation");
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(format!("{KEY_PREFIX}lease:{}", self.node))
@@ -461,9 +471,45 @@ impl ClusterTask {
             .cmd("SADD")
             .arg(format!("{KEY_PREFIX}nodes"))
             .arg(&*self.node)
-            .ignore();
+            .ignore()
+            .cmd("SET")
+            .arg(&incarnation_key)
+            .arg(format!("{:016x}", fastrand::u64(..)))
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&incarnation_key);
         shared.metrics.cluster_round_trips.inc();
-        pipe.query_async::<()>(conn).await
+        let (incarnation,): (String,) = pipe.query_async(conn).await?;
+        if self
+            .incarnation
+            .as_ref()
+            .is_some_and(|known| *known != incarnation)
+        {
+            self.forget_epochs(shared);
+        }
+        self.incarnation = Some(incarnation);
+        Ok(())
+    }
+
+    /// Redis lost its data (restarted empty): every epoch we hold is void. Reconciling
+    /// then decides our sessions as ones opened while Redis was away: by HELLO time.
+    fn forget_epochs(&self, shared: &Shared) {
+        let mut registry = lock(&shared.sessions);
+        let devices: Vec<Box<str>> = registry.iter().map(|(device, ..)| device.into()).collect();
+        for device in &devices {
+            if let Some((_, handle)) = registry.get_mut(device) {
+                handle.epoch = 0;
+                handle.evict_seen = 0;
+            }
+        }
+        hangup::emit!(
+            WARN,
+            "cluster_store_reset",
+            node = %self.node,
+            sessions = devices.len(),
+            "redis came back without our data: claiming every session again"
+        );
     }
 
     async fn sweep(&self, shared: &Shared, conn: &mut ConnectionManager) {
