@@ -30,14 +30,8 @@ fn node(redis: &RedisServer, id: &str) -> TestServer {
 
 fn node_with_lease(redis: &RedisServer, id: &str, lease: &str) -> TestServer {
     let url = redis.url();
-    let mut server = TestServer::start(&[
-        "--cluster",
-        &url,
-        "--node-id",
-        id,
-        "--cluster-lease",
-        lease,
-    ]);
+    let mut server =
+        TestServer::start(&["--cluster", &url, "--node-id", id, "--cluster-lease", lease]);
     server
         .wait_event(|e| e["event"] == "cluster_joined", PATIENCE)
         .unwrap_or_else(|| panic!("{id} never joined; stderr:\n{}", server.stderr_text()));
@@ -213,7 +207,11 @@ fn redis_killed_and_restarted_under_load_loses_no_session_and_leaves_no_ghost() 
             let done = node.events_matching(|e| e["event"] == "cluster_reconciled");
             (done.len() >= 2).then_some(())
         });
-        assert!(reconciled.is_some(), "never reconciled:\n{}", node.stderr_text());
+        assert!(
+            reconciled.is_some(),
+            "never reconciled:\n{}",
+            node.stderr_text()
+        );
     }
     // dev-0-1 said HELLO on x1 after x0's session: x0's is evicted, x1's lives.
     let lines = held[0][1].0.lines_to_eof();
@@ -240,10 +238,7 @@ fn redis_killed_and_restarted_under_load_loses_no_session_and_leaves_no_ghost() 
         for (i, (_, session)) in clients.iter().enumerate().skip(2) {
             let device = format!("dev-{n}-{i}");
             let row = online.iter().find(|r| r.device == device).unwrap();
-            assert_eq!(
-                (row.node.clone(), &row.session),
-                (format!("x{n}"), session)
-            );
+            assert_eq!((row.node.clone(), &row.session), (format!("x{n}"), session));
         }
     }
 
@@ -266,4 +261,32 @@ fn redis_killed_and_restarted_under_load_loses_no_session_and_leaves_no_ghost() 
     for node in &nodes {
         node.assert_no_panic();
     }
+}
+
+#[test]
+fn a_node_restarted_under_the_same_id_ends_its_previous_runs_sessions() {
+    if !redis_available("a_node_restarted_under_the_same_id") {
+        return;
+    }
+    let redis = RedisServer::start();
+    // A lease far longer than the test: only the restart itself can clean up.
+    let mut first = node_with_lease(&redis, "same", "60s");
+    let devices: Vec<String> = (0..20).map(|i| format!("again-{i}")).collect();
+    let _old = hello_all(first.addr(), &devices);
+    let claimed = poll_until(PATIENCE, Duration::from_millis(50), || {
+        (online_devices(&redis).len() == devices.len()).then_some(())
+    });
+    assert!(claimed.is_some());
+    first.kill();
+    let mut second = node_with_lease(&redis, "same", "60s");
+    let reconciled = second
+        .wait_event(|e| e["event"] == "cluster_reconciled", PATIENCE)
+        .expect("reconciled on join");
+    assert_eq!(reconciled["stale"], devices.len() as u64, "{reconciled}");
+    assert!(online_devices(&redis).is_empty());
+    let all = cluster_rows(&redis, ClusterFilter::default());
+    assert_eq!(all.len(), devices.len());
+    assert!(all
+        .iter()
+        .all(|r| r.cause == Some(hangup_core::Cause::ServerLost)));
 }

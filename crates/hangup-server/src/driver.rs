@@ -467,7 +467,7 @@ impl Driver {
         if let Some((old_id, mut old)) = opened.evicted {
             // The old connection may already be closing on its own; then nobody waits
             // on the receiver, and that is fine: it ends either way.
-            old.kick_now(now);
+            let _ = old.kick_now(now);
             self.end_session_record(old_id, wall, Cause::Takeover);
             self.shared.metrics.takeovers.inc();
             hangup::emit!(

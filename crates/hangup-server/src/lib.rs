@@ -188,10 +188,15 @@ pub(crate) struct SessionHandle {
 }
 
 impl SessionHandle {
-    /// Kicks the connection (once).
-    fn kick_now(&mut self, hello_at: Instant) {
-        if let Some(kick) = self.kick.take() {
-            let _ = kick.send(hello_at);
+    /// Kicks the connection; false when it was kicked already.
+    fn kick_now(&mut self, hello_at: Instant) -> bool {
+        match self.kick.take() {
+            Some(kick) => {
+                // The connection may be closing on its own: then nobody listens.
+                let _ = kick.send(hello_at);
+                true
+            }
+            None => false,
         }
     }
 }

@@ -174,6 +174,11 @@ fn release_script() -> &'static str {
     script(&S, include_str!("release.lua"))
 }
 
+fn drop_stale_script() -> &'static str {
+    static S: OnceLock<String> = OnceLock::new();
+    script(&S, include_str!("drop_stale.lua"))
+}
+
 fn sweep_script() -> &'static str {
     static S: OnceLock<String> = OnceLock::new();
     script(&S, include_str!("sweep.lua"))
@@ -339,7 +344,9 @@ impl ClusterTask {
         let mut subscriber: Option<tokio::task::JoinHandle<()>> = None;
         let mut tick = tokio::time::interval(self.config.sweep_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Redis answered once (`cluster_joined`); the outage is announced once.
         let mut joined = false;
+        let mut announced = false;
         loop {
             tokio::select! {
                 biased;
@@ -380,10 +387,11 @@ impl ClusterTask {
                                     lease_ms = self.config.lease.as_millis() as u64,
                                     lost_budget_ms = self.config.lost_budget().as_millis() as u64,
                                 );
+                                self.restored(&shared, &mut conn, announced).await;
+                            } else if self.degraded() {
+                                self.restored(&shared, &mut conn, true).await;
                             }
-                            if self.degraded() {
-                                self.restored(&shared, &mut conn).await;
-                            }
+                            announced = false;
                             if subscriber.is_none() {
                                 subscriber = Some(tokio::spawn(subscribe(
                                     self.client.clone(),
@@ -395,8 +403,8 @@ impl ClusterTask {
                             self.sweep(&shared, &mut conn).await;
                         }
                         Err(err) => {
-                            if !self.degraded() || !joined {
-                                joined = true;
+                            if !self.degraded() || !announced {
+                                announced = true;
                                 self.set_degraded(&shared, &err);
                             }
                             // A subscription over a cut link may never notice: start
@@ -438,16 +446,18 @@ impl ClusterTask {
 
     /// Redis answers again: send the session ends kept meanwhile; the subscriber's
     /// `Ready` then reconciles every session still held.
-    async fn restored(&mut self, shared: &Shared, conn: &mut ConnectionManager) {
+    async fn restored(&mut self, shared: &Shared, conn: &mut ConnectionManager, announce: bool) {
         let since = self.status.degraded_since_ms.load(Ordering::Relaxed);
         self.status.degraded.store(false, Ordering::Relaxed);
         shared.metrics.cluster_degraded.set(0);
-        hangup::emit!(
-            "cluster_restored",
-            node = %self.node,
-            degraded_ms = unix_ms(SystemTime::now()).saturating_sub(since),
-            stashed_releases = self.stash.len(),
-        );
+        if announce {
+            hangup::emit!(
+                "cluster_restored",
+                node = %self.node,
+                degraded_ms = unix_ms(SystemTime::now()).saturating_sub(since),
+                stashed_releases = self.stash.len(),
+            );
+        }
         while !self.stash.is_empty() && !self.degraded() {
             let n = self.stash.len().min(MAX_BATCH);
             let batch: Vec<Op> = self.stash.drain(..n).collect();
@@ -630,7 +640,9 @@ impl ClusterTask {
             if handle.evict_seen > epoch {
                 // A newer HELLO elsewhere was announced before our own claim returned.
                 let by = handle.evict_seen;
-                handle.kick_now(Instant::now());
+                if !handle.kick_now(Instant::now()) {
+                    continue;
+                }
                 shared.metrics.cluster_evictions.inc();
                 hangup::emit!(
                     "cluster_evicted",
@@ -676,7 +688,9 @@ impl ClusterTask {
             .checked_sub(Duration::from_millis(age))
             .unwrap_or_else(Instant::now);
         let own_epoch = handle.epoch;
-        handle.kick_now(hello_at);
+        if !handle.kick_now(hello_at) {
+            return;
+        }
         shared.metrics.cluster_evictions.inc();
         hangup::emit!(
             "cluster_evicted",
@@ -745,7 +759,9 @@ impl ClusterTask {
                 }
                 if verdict == "lost" {
                     lost += 1;
-                    handle.kick_now(Instant::now());
+                    if !handle.kick_now(Instant::now()) {
+                        continue;
+                    }
                     shared.metrics.cluster_evictions.inc();
                     hangup::emit!(
                         "cluster_evicted",
@@ -767,14 +783,69 @@ impl ClusterTask {
                 }
             }
         }
+        let stale = self.drop_stale(shared, conn, &held).await;
         hangup::emit!(
             "cluster_reconciled",
             node = %self.node,
             kept,
             claimed,
             lost,
+            stale,
             elapsed_ms = started.elapsed().as_millis() as u64,
         );
+    }
+
+    /// Devices Redis says this node owns by sessions it does not hold (a previous run
+    /// of this node id that died and came back within its lease): ended `server_lost`.
+    async fn drop_stale(
+        &mut self,
+        shared: &Shared,
+        conn: &mut ConnectionManager,
+        held: &[Held],
+    ) -> u64 {
+        shared.metrics.cluster_round_trips.inc();
+        let owned: Vec<String> = match redis::cmd("SMEMBERS")
+            .arg(format!("{KEY_PREFIX}node-devices:{}", self.node))
+            .query_async(conn)
+            .await
+        {
+            Ok(owned) => owned,
+            Err(err) => {
+                tracing::debug!(error = %err, "cluster: could not list our devices");
+                return 0;
+            }
+        };
+        let held: std::collections::HashSet<&str> = held.iter().map(|h| &*h.device).collect();
+        let stale: Vec<&String> = owned
+            .iter()
+            .filter(|d| !held.contains(d.as_str()))
+            .collect();
+        let mut dropped = 0;
+        for chunk in stale.chunks(MAX_BATCH) {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for device in chunk {
+                pipe.cmd("EVAL")
+                    .arg(drop_stale_script())
+                    .arg(0)
+                    .arg(KEY_PREFIX)
+                    .arg(device.as_str())
+                    .arg(&*self.node)
+                    .arg(unix_ms(SystemTime::now()))
+                    .arg(CLUSTER_RETENTION.as_secs());
+            }
+            shared.metrics.cluster_round_trips.inc();
+            match pipe.query_async::<Vec<redis::RedisResult<i64>>>(conn).await {
+                Ok(replies) => {
+                    dropped += replies.iter().filter(|r| matches!(r, Ok(1))).count() as u64
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "cluster: could not drop stale devices");
+                    break;
+                }
+            }
+        }
+        dropped
     }
 
     /// Shutdown: the last session ends, then the lease and the node's entry go.
