@@ -867,14 +867,22 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    /// `--bind` addresses (loopback unless a test adds one of its own namespaces').
+    bind: String,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_bound(&["127.0.0.1"])
+    }
+
+    /// Bound to these addresses (readiness is checked on loopback, which must be one).
+    pub fn start_bound(bind: &[&str]) -> Self {
         let mut server = Self {
             child: None,
             port: free_port(),
             dir: TempDir::new("redis"),
+            bind: bind.join(" "),
         };
         server.restart();
         server
@@ -906,7 +914,7 @@ impl RedisServer {
                 "--port",
                 &port,
                 "--bind",
-                "127.0.0.1",
+                &self.bind,
                 "--save",
                 "",
                 "--appendonly",
@@ -914,6 +922,9 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            // Bound beyond loopback only to a namespace of the test's own, which protected
+            // mode would refuse (no password here).
+            .args(["--protected-mode", "no"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
