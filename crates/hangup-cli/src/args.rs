@@ -391,6 +391,18 @@ pub struct BenchTakeoverArgs {
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub concurrency: usize,
 
+    /// Cluster nodes to run (`serve --cluster`): each device opens its session on one
+    /// node and reconnects to the next, so every takeover is a cross-node eviction.
+    /// With more than one, a `redis-server` of the bench's own is started unless
+    /// `--redis` names one.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub nodes: usize,
+
+    /// With `--nodes`: use this Redis (`redis://HOST:PORT`) instead of starting one. Its
+    /// `hangup:` keys are written to.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

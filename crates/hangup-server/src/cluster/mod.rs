@@ -150,6 +150,33 @@ pub fn default_node_id(port: u16) -> String {
     format!("{host}:{port}")
 }
 
+/// What an eviction message (`epoch` = the new owner's) means for our session of the
+/// device, whose epoch is `ours` (0: our claim has not returned yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eviction {
+    /// Ours is older: kick it.
+    Kick,
+    /// Our claim is in flight: remember the epoch and decide when it returns.
+    Defer,
+    /// Ours is newer (a stale owner's message): keep it.
+    Ignore,
+}
+
+fn eviction(ours: u64, epoch: u64) -> Eviction {
+    match ours {
+        0 => Eviction::Defer,
+        ours if ours < epoch => Eviction::Kick,
+        _ => Eviction::Ignore,
+    }
+}
+
+/// Our claim came back with `granted`; an eviction message naming `seen` arrived
+/// meanwhile: whether it was for us (a newer HELLO elsewhere) rather than for an older
+/// session of ours.
+fn evicted_in_flight(granted: u64, seen: u64) -> bool {
+    seen > granted
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
@@ -637,7 +664,7 @@ impl ClusterTask {
                 continue;
             }
             handle.epoch = epoch;
-            if handle.evict_seen > epoch {
+            if evicted_in_flight(epoch, handle.evict_seen) {
                 // A newer HELLO elsewhere was announced before our own claim returned.
                 let by = handle.evict_seen;
                 if !handle.kick_now(Instant::now()) {
@@ -673,14 +700,13 @@ impl ClusterTask {
         let Some((session, handle)) = registry.get_mut(device) else {
             return;
         };
-        if handle.epoch == 0 {
-            // Our claim has not returned yet: decide when it does.
-            handle.evict_seen = handle.evict_seen.max(epoch);
-            return;
-        }
-        if handle.epoch >= epoch {
-            // A stale owner's message: we are newer.
-            return;
+        match eviction(handle.epoch, epoch) {
+            Eviction::Defer => {
+                handle.evict_seen = handle.evict_seen.max(epoch);
+                return;
+            }
+            Eviction::Ignore => return,
+            Eviction::Kick => {}
         }
         // The HELLO's instant on this machine's clock, for the eviction latency.
         let age = unix_ms(SystemTime::now()).saturating_sub(since_ms);
@@ -874,7 +900,14 @@ impl ClusterTask {
             .arg(format!("{KEY_PREFIX}node-devices:{}", self.node))
             .ignore();
         let _ = pipe.query_async::<()>(conn).await;
-        hangup::emit!("cluster_left", node = %self.node);
+        let metrics = &shared.metrics;
+        hangup::emit!(
+            "cluster_left",
+            node = %self.node,
+            round_trips = metrics.cluster_round_trips.get(),
+            claims = metrics.cluster_claims.get(),
+            evictions = metrics.cluster_evictions.get(),
+        );
     }
 }
 
@@ -936,6 +969,19 @@ async fn subscribe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_older_session_is_kicked_a_newer_one_kept_a_pending_one_decided_later() {
+        assert_eq!(eviction(3, 4), Eviction::Kick);
+        assert_eq!(eviction(5, 4), Eviction::Ignore);
+        assert_eq!(eviction(4, 4), Eviction::Ignore);
+        assert_eq!(eviction(0, 4), Eviction::Defer);
+        // The message overtook our claim's reply, and was for us.
+        assert!(evicted_in_flight(3, 4));
+        // It was for an older session of ours, replaced locally since.
+        assert!(!evicted_in_flight(5, 4));
+        assert!(!evicted_in_flight(5, 0));
+    }
 
     #[test]
     fn node_ids_are_checked() {
