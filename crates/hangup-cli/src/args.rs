@@ -181,13 +181,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     pub cluster: Option<String>,
 
-    /// This node's id in the cluster [default: host name and listening port, HOST:PORT].
-    #[arg(long, value_name = "ID", requires = "cluster")]
+    /// This node's id in the cluster (1-128 of A-Za-z0-9._:-), stable across restarts
+    /// [default: host name and listening port, HOST:PORT; with --reuse-port
+    /// HOST:PORT:PID].
+    #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
 
     /// How long this node's lease in Redis lives unrenewed (renewed every fifth of it).
     /// Others end a dead or cut-off node's sessions within lease + lease/5.
-    #[arg(long, value_name = "DURATION", default_value = shown!(DEFAULT_CLUSTER_LEASE), value_parser = parse_duration, requires = "cluster")]
+    #[arg(long, value_name = "DURATION", default_value = shown!(DEFAULT_CLUSTER_LEASE), value_parser = parse_duration)]
     pub cluster_lease: Duration,
 }
 

@@ -290,3 +290,48 @@ fn a_node_restarted_under_the_same_id_ends_its_previous_runs_sessions() {
         .iter()
         .all(|r| r.cause == Some(hangup_core::Cause::ServerLost)));
 }
+
+#[test]
+fn a_stalled_node_that_was_swept_claims_its_sessions_back() {
+    if !redis_available("a_stalled_node_that_was_swept_claims_its_sessions_back") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let mut stalled = node(&redis, "stalled");
+    let mut other = node(&redis, "other");
+    let devices: Vec<String> = (0..10).map(|i| format!("stall-{i}")).collect();
+    let mut held = hello_all(stalled.addr(), &devices);
+    let claimed = poll_until(PATIENCE, Duration::from_millis(50), || {
+        (online_devices(&redis).len() == devices.len()).then_some(())
+    });
+    assert!(claimed.is_some());
+
+    // Frozen past its lease: the other node sweeps it.
+    stalled.signal(libc::SIGSTOP);
+    let swept = other.wait_event(
+        |e| e["event"] == "cluster_node_lost" && e["lost_node"] == "stalled",
+        LOST_BUDGET + MARGIN,
+    );
+    let none_online = online_devices(&redis).is_empty();
+    stalled.signal(libc::SIGCONT);
+    assert!(swept.is_some(), "never swept:\n{}", other.stderr_text());
+    assert!(none_online, "swept devices are offline in Redis");
+
+    // Thawed, it notices and claims every session back.
+    stalled
+        .wait_event(|e| e["event"] == "cluster_rejoined", LOST_BUDGET + MARGIN)
+        .unwrap_or_else(|| panic!("never rejoined:\n{}", stalled.stderr_text()));
+    let back = poll_until(PATIENCE, Duration::from_millis(50), || {
+        let online = online_devices(&redis);
+        (online.len() == devices.len() && online.iter().all(|r| r.node == "stalled")).then_some(())
+    });
+    assert!(back.is_some(), "online: {:?}", online_devices(&redis));
+    for (client, _) in &mut held {
+        client.assert_alive("thawed");
+    }
+    // And a device moving away from it is evicted there, as usual.
+    let (mut moved, _) = common::hello(other.addr(), "stall-0", "");
+    let lines = held[0].0.lines_to_eof();
+    assert!(lines.iter().any(|l| l == "KICKED takeover"), "{lines:?}");
+    moved.assert_alive("moved");
+}

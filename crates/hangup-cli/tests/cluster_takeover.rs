@@ -322,3 +322,45 @@ fn a_session_on_one_node_is_taken_over_from_another_with_its_job_cancelled() {
         health.body
     );
 }
+
+#[test]
+fn cluster_settings_come_from_the_config_file_and_the_node_id_has_a_default() {
+    if !redis_available("cluster_settings_come_from_the_config_file") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let dir = common::TempDir::new("cluster-config");
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cluster = \"{}\"\nnode-id = \"from-file\"\ncluster-lease = \"2s\"\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let mut from_file = TestServer::start(&["--config", config.to_str().unwrap()]);
+    let joined = from_file
+        .wait_event(|e| e["event"] == "cluster_joined", PATIENCE)
+        .expect("joined");
+    assert_eq!(joined["node"], "from-file");
+    assert_eq!(joined["lease_ms"], 2000);
+    assert_eq!(joined["lost_budget_ms"], 2400);
+
+    let url = redis.url();
+    let mut unnamed = TestServer::start(&["--cluster", &url]);
+    let joined = unnamed
+        .wait_event(|e| e["event"] == "cluster_joined", PATIENCE)
+        .expect("joined");
+    let port = unnamed.addr().port();
+    let node = joined["node"].as_str().unwrap();
+    assert!(
+        node.ends_with(&format!(":{port}")),
+        "default node id {node}"
+    );
+    let metrics = unnamed.admin_get("/metrics").body;
+    assert!(
+        metrics.contains(&format!("hangup_node_info{{node=\"{node}\"}} 1")),
+        "{metrics}"
+    );
+}

@@ -284,7 +284,15 @@ impl Server {
             Some(cluster_config) => {
                 let node = match &cluster_config.node_id {
                     Some(node) => node.clone(),
-                    None => cluster::default_node_id(listener.local_addr()?.port()),
+                    None => {
+                        let id = cluster::default_node_id(listener.local_addr()?.port());
+                        // Instances sharing a port need ids of their own.
+                        if config.reuse_port {
+                            format!("{id}:{}", std::process::id())
+                        } else {
+                            id
+                        }
+                    }
                 };
                 let (cluster, task) = cluster::Cluster::new(cluster_config.clone(), node)
                     .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;

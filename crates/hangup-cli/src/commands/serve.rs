@@ -110,6 +110,11 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         drain_timeout: args.drain_timeout,
         presence: None,
         cluster: match &args.cluster {
+            // Checked here rather than by clap's `requires`: the config file's keys are
+            // parsed one at a time.
+            None if args.node_id.is_some() => {
+                anyhow::bail!("--node-id needs --cluster (the node's id in the cluster)")
+            }
             None => None,
             Some(url) => {
                 let mut cluster = ClusterConfig::new(url, args.node_id.clone())

@@ -403,9 +403,22 @@ impl ClusterTask {
                     self.send(&shared, &mut conn, batch).await;
                 }
                 _ = tick.tick() => {
+                    let was_degraded = self.degraded();
                     let renewed = self.renew(&shared, &mut conn).await;
                     match renewed {
-                        Ok(()) => {
+                        Ok(added) => {
+                            if joined && added && !was_degraded && subscriber.is_some() {
+                                // Swept while we still reached Redis (a stall longer
+                                // than the lease): our sessions were recorded as lost
+                                // and their devices disowned. Claim them back.
+                                hangup::emit!(
+                                    WARN,
+                                    "cluster_rejoined",
+                                    node = %self.node,
+                                    "this node's lease ran out and it was swept; claiming its sessions again"
+                                );
+                                self.reconcile(&shared, &mut conn).await;
+                            }
                             if !joined {
                                 joined = true;
                                 hangup::emit!(
@@ -496,7 +509,7 @@ impl ClusterTask {
         &mut self,
         shared: &Shared,
         conn: &mut ConnectionManager,
-    ) -> redis::RedisResult<()> {
+    ) -> redis::RedisResult<bool> {
         let incarnation_key = format!("{KEY_PREFIX}incarnation");
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
@@ -508,7 +521,6 @@ impl ClusterTask {
             .cmd("SADD")
             .arg(format!("{KEY_PREFIX}nodes"))
             .arg(&*self.node)
-            .ignore()
             .cmd("SET")
             .arg(&incarnation_key)
             .arg(format!("{:016x}", fastrand::u64(..)))
@@ -517,7 +529,7 @@ impl ClusterTask {
             .cmd("GET")
             .arg(&incarnation_key);
         shared.metrics.cluster_round_trips.inc();
-        let (incarnation,): (String,) = pipe.query_async(conn).await?;
+        let (added, incarnation): (u64, String) = pipe.query_async(conn).await?;
         if self
             .incarnation
             .as_ref()
@@ -526,7 +538,7 @@ impl ClusterTask {
             self.forget_epochs(shared);
         }
         self.incarnation = Some(incarnation);
-        Ok(())
+        Ok(added == 1)
     }
 
     /// Redis lost its data (restarted empty): every epoch we hold is void. Reconciling
