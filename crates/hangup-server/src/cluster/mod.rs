@@ -313,13 +313,6 @@ impl Cluster {
 enum Subscriber {
     /// Subscribed to this node's eviction channel: messages from now on arrive.
     Ready,
-    /// A newer owner elsewhere: "device epoch since_ms node".
-    Evict {
-        device: String,
-        epoch: u64,
-        since_ms: u64,
-        by: String,
-    },
     /// The subscription ended (or never began).
     Lost(String),
 }
@@ -384,9 +377,6 @@ impl ClusterTask {
                             self.reconcile(&shared, &mut conn).await;
                         }
                     }
-                    Subscriber::Evict { device, epoch, since_ms, by } => {
-                        self.evict(&shared, &device, epoch, since_ms, &by);
-                    }
                     Subscriber::Lost(error) => {
                         tracing::debug!(node = %self.node, error, "cluster subscription lost");
                         subscriber = None;
@@ -435,7 +425,8 @@ impl ClusterTask {
                             if subscriber.is_none() {
                                 subscriber = Some(tokio::spawn(subscribe(
                                     self.client.clone(),
-                                    format!("{KEY_PREFIX}evict:{}", self.node),
+                                    self.node.clone(),
+                                    shared.clone(),
                                     timeout,
                                     sub_tx.clone(),
                                 )));
@@ -705,42 +696,45 @@ impl ClusterTask {
             }
         }
     }
+}
 
-    /// An eviction message for this node.
-    fn evict(&self, shared: &Shared, device: &str, epoch: u64, since_ms: u64, by: &str) {
-        let mut registry = lock(&shared.sessions);
-        let Some((session, handle)) = registry.get_mut(device) else {
-            return;
-        };
-        match eviction(handle.epoch, epoch) {
-            Eviction::Defer => {
-                handle.evict_seen = handle.evict_seen.max(epoch);
-                return;
-            }
-            Eviction::Ignore => return,
-            Eviction::Kick => {}
-        }
-        // The HELLO's instant on this machine's clock, for the eviction latency.
-        let age = unix_ms(SystemTime::now()).saturating_sub(since_ms);
-        let hello_at = Instant::now()
-            .checked_sub(Duration::from_millis(age))
-            .unwrap_or_else(Instant::now);
-        let own_epoch = handle.epoch;
-        if !handle.kick_now(hello_at) {
+/// An eviction message for this node, applied by the subscriber itself, so that it
+/// never waits behind the cluster task's round trips.
+fn evict(shared: &Shared, node: &str, device: &str, epoch: u64, since_ms: u64, by: &str) {
+    let mut registry = lock(&shared.sessions);
+    let Some((session, handle)) = registry.get_mut(device) else {
+        return;
+    };
+    match eviction(handle.epoch, epoch) {
+        Eviction::Defer => {
+            handle.evict_seen = handle.evict_seen.max(epoch);
             return;
         }
-        shared.metrics.cluster_evictions.inc();
-        hangup::emit!(
-            "cluster_evicted",
-            node = %self.node,
-            device = %device,
-            session = %session,
-            epoch = own_epoch,
-            newer_epoch = epoch,
-            by_node = %by,
-        );
+        Eviction::Ignore => return,
+        Eviction::Kick => {}
     }
+    // The HELLO's instant on this machine's clock, for the eviction latency.
+    let age = unix_ms(SystemTime::now()).saturating_sub(since_ms);
+    let hello_at = Instant::now()
+        .checked_sub(Duration::from_millis(age))
+        .unwrap_or_else(Instant::now);
+    let own_epoch = handle.epoch;
+    if !handle.kick_now(hello_at) {
+        return;
+    }
+    shared.metrics.cluster_evictions.inc();
+    hangup::emit!(
+        "cluster_evicted",
+        node = %node,
+        device = %device,
+        session = %session,
+        epoch = own_epoch,
+        newer_epoch = epoch,
+        by_node = %by,
+    );
+}
 
+impl ClusterTask {
     /// Claims again every session this node holds (after Redis came back, or the
     /// subscription was re-made): `reclaim.lua` decides by epoch.
     async fn reconcile(&mut self, shared: &Shared, conn: &mut ConnectionManager) {
@@ -926,10 +920,12 @@ impl ClusterTask {
 /// Subscribes to this node's eviction channel and forwards its messages.
 async fn subscribe(
     client: redis::Client,
-    channel: String,
+    node: Arc<str>,
+    shared: Arc<Shared>,
     timeout: Duration,
     tx: mpsc::UnboundedSender<Subscriber>,
 ) {
+    let channel = format!("{KEY_PREFIX}evict:{node}");
     let subscribed = tokio::time::timeout(timeout * 2, async {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(&channel).await?;
@@ -965,15 +961,7 @@ async fn subscribe(
         let (Ok(epoch), Ok(since_ms)) = (epoch.parse(), since_ms.parse()) else {
             continue;
         };
-        let event = Subscriber::Evict {
-            device: device.to_owned(),
-            epoch,
-            since_ms,
-            by: by.to_owned(),
-        };
-        if tx.send(event).is_err() {
-            return;
-        }
+        evict(&shared, &node, device, epoch, since_ms, by);
     }
     let _ = tx.send(Subscriber::Lost("subscription closed".into()));
 }
