@@ -14,6 +14,12 @@
 //! sockets on the port still ESTABLISHED or CLOSE_WAIT beyond the live sessions. At the
 //! end it stops the server (SIGTERM) and checks the presence store: one row per session,
 //! every evicted one ended with cause `takeover`, and the writer's largest backlog.
+//!
+//! `--nodes N` (N > 1) runs N `serve --cluster` nodes on one Redis (its own
+//! `redis-server`, killed by pid at the end, unless `--redis URL`): device i opens its
+//! session on node i mod N and reconnects to node i+1 mod N, so every eviction crosses
+//! nodes; it also reports the Redis round trips the nodes made (from their
+//! `cluster_left` events).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +48,10 @@ pub struct TakeoverSettings {
     pub wave: usize,
     /// Reconnects in flight at once during the storm.
     pub concurrency: usize,
+    /// Cluster nodes to run; more than one: every takeover is a cross-node eviction.
+    pub nodes: usize,
+    /// With `nodes`: this Redis instead of one the bench starts.
+    pub redis: Option<String>,
     /// The server's presence durability.
     pub presence_durability: hangup_server::PresenceDurability,
     /// Write the results as JSON to this file.
@@ -95,6 +105,7 @@ impl Distribution {
 struct Report {
     bench: &'static str,
     devices: usize,
+    nodes: usize,
     wave: usize,
     concurrency: usize,
     machine: String,
@@ -114,12 +125,72 @@ struct Report {
     presence_takeover_rows: usize,
     presence_max_pending: u64,
     presence_max_batch_ms: f64,
+    /// Cluster mode: round trips to Redis by every node over the whole run (leases,
+    /// sweeps, the opening sessions' claims and the storm's).
+    redis_round_trips: Option<u64>,
+    /// Cluster mode: those round trips per reconnect (each device is claimed twice).
+    redis_round_trips_per_takeover: Option<f64>,
+    /// Cluster mode: sessions evicted by a message from another node.
+    cluster_evictions: Option<u64>,
+}
+
+/// Events the bench keeps from its servers.
+const WANTED: &[&str] = &["shutdown_complete", "cluster_joined", "cluster_left"];
+
+/// A `redis-server` of the bench's own on a free loopback port, without persistence;
+/// killed by its pid (our child) on drop.
+struct BenchRedis {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl BenchRedis {
+    fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("hangup-bench-redis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context(
+                "could not start redis-server (apt-get install redis-server, or pass --redis URL)",
+            )?;
+        let redis = Self { child, port, dir };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > STEP_LIMIT {
+                bail!("redis-server did not listen on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for BenchRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Runs `bench takeover`.
 pub fn takeover(args: &TakeoverSettings) -> anyhow::Result<ExitCode> {
-    if args.devices == 0 || args.wave == 0 || args.concurrency == 0 {
-        bail!("--devices, --wave and --concurrency must be at least 1");
+    if args.devices == 0 || args.wave == 0 || args.concurrency == 0 || args.nodes == 0 {
+        bail!("--devices, --wave, --concurrency and --nodes must be at least 1");
     }
     if 2 * args.wave + 100 > FD_BUDGET {
         bail!(
@@ -130,45 +201,83 @@ pub fn takeover(args: &TakeoverSettings) -> anyhow::Result<ExitCode> {
         );
     }
     let wave = args.wave.min(args.devices);
-    let mut server = ServerProcess::start(
-        &[
+    let own_redis = match (&args.redis, args.nodes) {
+        (None, 2..) => Some(BenchRedis::start()?),
+        _ => None,
+    };
+    let cluster_url = args
+        .redis
+        .clone()
+        .or_else(|| own_redis.as_ref().map(BenchRedis::url));
+    let max_connections = (2 * wave + 100).to_string();
+    let mut servers = Vec::with_capacity(args.nodes);
+    for k in 0..args.nodes {
+        let node_id = format!("bench-{k}");
+        let mut extra = vec![
             "--max-connections",
-            &(2 * wave + 100).to_string(),
+            &max_connections,
             "--presence-durability",
             args.presence_durability.as_str(),
-        ],
-        &["shutdown_complete"],
-    )?;
-    let addr = server.addr;
+        ];
+        if let Some(url) = &cluster_url {
+            extra.extend(["--cluster", url, "--node-id", &node_id]);
+        }
+        let server = ServerProcess::start(&extra, WANTED)?;
+        if cluster_url.is_some() {
+            server
+                .wait_event(STEP_LIMIT, |e| e["event"] == "cluster_joined")
+                .with_context(|| format!("node {node_id} did not join the cluster"))?;
+        }
+        servers.push(server);
+    }
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     eprintln!(
-        "bench takeover: server at {addr}; {} devices in waves of {wave}, {} reconnects in flight",
-        args.devices, args.concurrency
+        "bench takeover: {} node(s) at {addrs:?}; {} devices in waves of {wave}, {} reconnects in flight",
+        args.nodes, args.devices, args.concurrency
     );
     let runtime = super::runtime()?;
-    let waves = runtime.block_on(run_waves(addr, args, wave))?;
-    server
-        .terminate(STEP_LIMIT)
-        .context("the server did not shut down cleanly")?;
-    let complete = server
-        .wait_event(STEP_LIMIT, |e| e["event"] == "shutdown_complete")
-        .context("no shutdown_complete event")?;
-
-    let rows = query(
-        server.data_dir(),
-        &PresenceFilter {
-            device: None,
-            online_only: false,
-            limit: None,
-        },
-    )
-    .context("could not read the presence store")?;
-    let takeover_rows = rows
-        .iter()
-        .filter(|row| row.cause == Some(Cause::Takeover))
-        .count();
+    let waves = runtime.block_on(run_waves(&addrs, args, wave))?;
+    let (mut rows, mut takeover_rows, mut max_pending, mut max_batch_us) = (0, 0, 0, 0);
+    let mut round_trips = 0;
+    let mut evictions = 0;
+    for server in &mut servers {
+        server
+            .terminate(STEP_LIMIT)
+            .context("the server did not shut down cleanly")?;
+        // `cluster_left` comes first: waiting skips the events before the one wanted.
+        if cluster_url.is_some() {
+            let left = server
+                .wait_event(STEP_LIMIT, |e| e["event"] == "cluster_left")
+                .context("a node did not leave the cluster cleanly")?;
+            round_trips += left["round_trips"].as_u64().unwrap_or(0);
+            evictions += left["evictions"].as_u64().unwrap_or(0);
+        }
+        let complete = server
+            .wait_event(STEP_LIMIT, |e| e["event"] == "shutdown_complete")
+            .context("no shutdown_complete event")?;
+        max_pending = max_pending.max(complete["presence_max_pending"].as_u64().unwrap_or(0));
+        max_batch_us = max_batch_us.max(complete["presence_max_batch_us"].as_u64().unwrap_or(0));
+        let stored = query(
+            server.data_dir(),
+            &PresenceFilter {
+                device: None,
+                online_only: false,
+                limit: None,
+            },
+        )
+        .context("could not read the presence store")?;
+        rows += stored.len();
+        takeover_rows += stored
+            .iter()
+            .filter(|row| row.cause == Some(Cause::Takeover))
+            .count();
+    }
+    drop(own_redis);
+    let clustered = cluster_url.is_some();
     let report = Report {
         bench: "takeover",
         devices: args.devices,
+        nodes: args.nodes,
         wave,
         concurrency: args.concurrency,
         machine: machine_description(),
@@ -180,11 +289,13 @@ pub fn takeover(args: &TakeoverSettings) -> anyhow::Result<ExitCode> {
         unclean_old_closes: waves.unclean,
         ghosts_left: waves.ghosts_max,
         settle_ms_max: waves.settle_max.as_millis() as u64,
-        presence_rows: rows.len(),
+        presence_rows: rows,
         presence_takeover_rows: takeover_rows,
-        presence_max_pending: complete["presence_max_pending"].as_u64().unwrap_or(0),
-        presence_max_batch_ms: complete["presence_max_batch_us"].as_u64().unwrap_or(0) as f64
-            / 1000.0,
+        presence_max_pending: max_pending,
+        presence_max_batch_ms: max_batch_us as f64 / 1000.0,
+        redis_round_trips: clustered.then_some(round_trips),
+        redis_round_trips_per_takeover: clustered.then(|| round_trips as f64 / args.devices as f64),
+        cluster_evictions: clustered.then_some(evictions),
     };
     print_table(&report);
     if let Some(path) = &args.json {
@@ -193,6 +304,7 @@ pub fn takeover(args: &TakeoverSettings) -> anyhow::Result<ExitCode> {
     let expected_rows = 2 * args.devices;
     let ok = report.ghosts_left == 0
         && report.unclean_old_closes == 0
+        && (!clustered || report.cluster_evictions == Some(args.devices as u64))
         && report.presence_rows == expected_rows
         && report.presence_takeover_rows == args.devices;
     if !ok {
@@ -221,8 +333,10 @@ struct Waves {
     settle_max: Duration,
 }
 
+/// Device `i` opens its session on `addrs[i % n]` and reconnects to `addrs[(i + 1) % n]`
+/// (the same server with one node).
 async fn run_waves(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     args: &TakeoverSettings,
     wave: usize,
 ) -> anyhow::Result<Waves> {
@@ -242,9 +356,13 @@ async fn run_waves(
         // The old sessions, opened at a modest pace (this is not what is measured).
         let opener = Arc::new(Semaphore::new(64));
         let mut opening = Vec::with_capacity(count);
-        for device in &devices {
+        let ports: Vec<u16> = addrs.iter().map(SocketAddr::port).collect();
+        let home = |i: usize| addrs[(first + i) % addrs.len()];
+        let next = |i: usize| addrs[(first + i + 1) % addrs.len()];
+        for (i, device) in devices.iter().enumerate() {
             let device = device.clone();
             let opener = opener.clone();
+            let addr = home(i);
             opening.push(tokio::spawn(async move {
                 let _permit = opener.acquire().await;
                 open_session(addr, &device)
@@ -259,8 +377,9 @@ async fn run_waves(
         // The storm.
         let storm = Instant::now();
         let mut storming = Vec::with_capacity(count);
-        for (device, old) in devices.into_iter().zip(olds) {
+        for (i, (device, old)) in devices.into_iter().zip(olds).enumerate() {
             let gate = gate.clone();
+            let addr = next(i);
             storming.push(tokio::spawn(async move {
                 let _permit = gate.acquire().await;
                 reconnect(addr, &device, old).await
@@ -277,7 +396,7 @@ async fn run_waves(
         waves.storm_time += storm.elapsed();
         // Ghosts: with every old connection kicked and closed, the server must hold
         // exactly the new ones.
-        let (ghosts, settle) = count_ghosts(addr.port(), count).await?;
+        let (ghosts, settle) = count_ghosts(&ports, count).await?;
         waves.ghosts_max = waves.ghosts_max.max(ghosts);
         waves.settle_max = waves.settle_max.max(settle);
         drop(news);
@@ -287,7 +406,7 @@ async fn run_waves(
             args.devices
         );
         // Let the server see the new connections go before the next wave opens more.
-        count_ghosts(addr.port(), 0).await?;
+        count_ghosts(&ports, 0).await?;
     }
     Ok(waves)
 }
@@ -349,9 +468,9 @@ async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> anyhow::Result<Stri
     Ok(line.trim_end().to_owned())
 }
 
-/// Server sockets on `port` that are ESTABLISHED or CLOSE_WAIT beyond `live`, from the
+/// Server sockets on `ports` that are ESTABLISHED or CLOSE_WAIT beyond `live`, from the
 /// kernel's table, polled until it settles (or [`SETTLE_LIMIT`]); and how long that took.
-async fn count_ghosts(port: u16, live: usize) -> anyhow::Result<(usize, Duration)> {
+async fn count_ghosts(ports: &[u16], live: usize) -> anyhow::Result<(usize, Duration)> {
     let started = Instant::now();
     loop {
         let snapshot = tokio::task::spawn_blocking(hangup_inspect::collect)
@@ -361,7 +480,7 @@ async fn count_ghosts(port: u16, live: usize) -> anyhow::Result<(usize, Duration
         let held = snapshot
             .sockets
             .iter()
-            .filter(|s| s.local.port() == port && s.peer.port() != 0)
+            .filter(|s| ports.contains(&s.local.port()) && s.peer.port() != 0)
             .filter(|s| {
                 matches!(
                     s.state,
@@ -379,8 +498,8 @@ async fn count_ghosts(port: u16, live: usize) -> anyhow::Result<(usize, Duration
 
 fn print_table(r: &Report) {
     println!(
-        "hangup bench takeover: {} devices, waves of {}, {} reconnects in flight",
-        r.devices, r.wave, r.concurrency
+        "hangup bench takeover: {} devices, waves of {}, {} reconnects in flight, {} node(s)",
+        r.devices, r.wave, r.concurrency, r.nodes
     );
     println!("machine: {}", r.machine);
     println!(
@@ -412,4 +531,13 @@ fn print_table(r: &Report) {
         "presence: {} rows, {} ended by takeover; writer backlog max {} sessions, slowest batch {:.1} ms",
         r.presence_rows, r.presence_takeover_rows, r.presence_max_pending, r.presence_max_batch_ms
     );
+    if let (Some(trips), Some(per), Some(evictions)) = (
+        r.redis_round_trips,
+        r.redis_round_trips_per_takeover,
+        r.cluster_evictions,
+    ) {
+        println!(
+            "cluster: {evictions} cross-node evictions; {trips} Redis round trips by all nodes ({per:.2} per takeover, leases and the opening claims included)"
+        );
+    }
 }

@@ -15,6 +15,7 @@ use hangup_core::{
     AutoDuration, HalfClosePolicy, KeepaliveSetting, LivenessSettings, DEFAULT_HEARTBEAT,
     DEFAULT_MAX_ROUNDS,
 };
+use hangup_server::cluster::DEFAULT_CLUSTER_LEASE;
 use hangup_server::presence::DEFAULT_DATA_DIR;
 use hangup_server::{
     PresenceDurability, DEFAULT_ADMIN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN,
@@ -186,6 +187,24 @@ pub struct ServeArgs {
     /// Event log format on stderr: human `text`, or `json` (one object a line, with `ts_ns`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Cluster mode: share sessions with every node that uses this Redis
+    /// (`redis://HOST:PORT[/DB]`): a HELLO on any node evicts the device's session on the
+    /// others; a node that dies has its sessions ended (`server_lost`) within the lease
+    /// plus a fifth of it. Without Redis a node keeps serving with local takeover only.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+
+    /// This node's id in the cluster (1-128 of A-Za-z0-9._:-), stable across restarts
+    /// [default: host name and listening port, HOST:PORT; with --reuse-port
+    /// HOST:PORT:PID].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+
+    /// How long this node's lease in Redis lives unrenewed (renewed every fifth of it).
+    /// Others end a dead or cut-off node's sessions within lease + lease/5.
+    #[arg(long, value_name = "DURATION", default_value = shown!(DEFAULT_CLUSTER_LEASE), value_parser = parse_duration)]
+    pub cluster_lease: Duration,
 }
 
 /// `hangup client`.
@@ -492,6 +511,17 @@ pub struct BenchTakeoverArgs {
     /// The server's `--presence-durability` (`acked`: each WELCOME waits for its commit).
     #[arg(long, value_name = "batched|acked", default_value_t = PresenceDurability::default())]
     pub presence_durability: PresenceDurability,
+    /// Cluster nodes to run (`serve --cluster`): each device opens its session on one
+    /// node and reconnects to the next, so every takeover is a cross-node eviction.
+    /// With more than one, a `redis-server` of the bench's own is started unless
+    /// `--redis` names one.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub nodes: usize,
+
+    /// With `--nodes`: use this Redis (`redis://HOST:PORT`) instead of starting one. Its
+    /// `hangup:` keys are written to.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
 
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
@@ -667,6 +697,12 @@ pub struct PresenceArgs {
     /// Show at most N sessions, the newest.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+
+    /// Read the whole cluster's view from this Redis (`hangup serve --cluster URL`)
+    /// instead of the local data directory: where each device is online and since when,
+    /// and its last sessions (up to 20, kept 7 days) with their node and cause.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
 }
 
 /// Event log format.

@@ -76,3 +76,41 @@ fn bench_takeover_leaves_no_ghosts_and_records_every_session() {
     }
     assert!(report["machine"].as_str().is_some_and(|m| !m.is_empty()));
 }
+
+/// `--nodes 3`: every reconnect lands on another node of a cluster on the bench's own
+/// Redis; every eviction crosses nodes, no ghost, round trips reported.
+#[test]
+fn bench_takeover_across_three_cluster_nodes() {
+    if !common::redis_available("bench_takeover_across_three_cluster_nodes") {
+        return;
+    }
+    let dir = TempDir::new("bench-takeover-cluster");
+    let json_path = dir.path().join("takeover.json");
+    let json = json_path.to_str().unwrap();
+    let (status, stdout, stderr) = common::run_hangup_within(
+        &[
+            "bench",
+            "takeover",
+            "--nodes",
+            "3",
+            "--devices",
+            "300",
+            "--wave",
+            "300",
+            "--json",
+            json,
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(
+        status.success(),
+        "{status}; stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(report["nodes"], 3, "{report:#}");
+    assert_eq!(report["ghosts_left"], 0, "{report:#}");
+    assert_eq!(report["cluster_evictions"], 300, "{report:#}");
+    assert_eq!(report["presence_takeover_rows"], 300, "{report:#}");
+    assert!(report["redis_round_trips"].as_u64().is_some_and(|n| n > 0));
+}

@@ -40,11 +40,14 @@ pub enum Cause {
     ProtocolError,
     /// We closed on purpose (for example after `BYE`, or a job the client cancelled).
     Local,
+    /// The cluster node that held the session died or lost the shared store (SPEC §11):
+    /// its lease expired, and another node recorded the session's end.
+    ServerLost,
 }
 
 impl Cause {
     /// Every cause, in declaration order.
-    pub const ALL: [Cause; 11] = [
+    pub const ALL: [Cause; 12] = [
         Cause::PeerClosed,
         Cause::PeerReset,
         Cause::Timeout,
@@ -56,6 +59,7 @@ impl Cause {
         Cause::Shutdown,
         Cause::ProtocolError,
         Cause::Local,
+        Cause::ServerLost,
     ];
 
     /// The stable snake_case name.
@@ -72,6 +76,7 @@ impl Cause {
             Cause::Shutdown => "shutdown",
             Cause::ProtocolError => "protocol_error",
             Cause::Local => "local",
+            Cause::ServerLost => "server_lost",
         }
     }
 

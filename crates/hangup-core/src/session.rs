@@ -192,6 +192,13 @@ impl<H> SessionRegistry<H> {
         self.by_device.get(device).map(|(id, _)| *id)
     }
 
+    /// The device's current session and its handle, to update in place.
+    pub fn get_mut(&mut self, device: &str) -> Option<(SessionId, &mut H)> {
+        self.by_device
+            .get_mut(device)
+            .map(|(id, handle)| (*id, handle))
+    }
+
     /// Live sessions.
     pub fn len(&self) -> usize {
         self.by_device.len()

@@ -167,14 +167,30 @@ async fn connections(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn sessions(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    Json(shared.live.sessions())
+    let mut rows = shared.live.sessions();
+    if let Some(cluster) = &shared.cluster {
+        for row in &mut rows {
+            row.node = Some(cluster.node.to_string());
+        }
+    }
+    Json(rows)
 }
 
 /// 200 while serving; 503 once shutdown began, so that balancers stop sending clients.
 async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    // Cluster mode adds a line; a node without Redis still serves (local takeover
+    // only), so it stays 200 and the balancer keeps it.
+    let cluster = shared
+        .cluster
+        .as_ref()
+        .map(|c| c.health_line())
+        .unwrap_or_default();
     if shared.draining.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("draining\n{cluster}"),
+        )
     } else {
-        (StatusCode::OK, "ok\n")
+        (StatusCode::OK, format!("ok\n{cluster}"))
     }
 }

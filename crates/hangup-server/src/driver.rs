@@ -508,9 +508,17 @@ impl Driver {
             }
         }
         let (kick, kick_rx) = oneshot::channel();
+        let wall = SystemTime::now();
         let handle = SessionHandle {
             conn: self.live.id,
-            kick,
+            kick: Some(kick),
+            epoch: 0,
+            evict_seen: 0,
+            peer: self.live.peer,
+            since_ms: wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64,
         };
         let (opened, live_sessions) = {
             let mut registry = lock(&self.shared.sessions);
@@ -518,7 +526,6 @@ impl Driver {
             (opened, registry.len())
         };
         self.shared.metrics.sessions_open.set(live_sessions as i64);
-        let wall = SystemTime::now();
         let durable = self.shared.config.presence_durability == PresenceDurability::Acked;
         match (&self.shared.config.presence, durable) {
             (Some(presence), true) => {
@@ -545,10 +552,13 @@ impl Driver {
             }
             (None, _) => self.conn.handle_session_opened(now, opened.id),
         }
-        if let Some((old_id, old)) = opened.evicted {
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.claim(&device, opened.id, self.live.peer, wall);
+        }
+        if let Some((old_id, mut old)) = opened.evicted {
             // The old connection may already be closing on its own; then nobody waits
             // on the receiver, and that is fine: it ends either way.
-            let _ = old.kick.send(now);
+            let _ = old.kick_now(now);
             self.end_session_record(old_id, wall, Cause::Takeover);
             self.shared.metrics.takeovers.inc();
             hangup::emit!(
@@ -670,7 +680,11 @@ impl Driver {
             // Taken over: the connection that evicted us has recorded the end.
             if current {
                 self.shared.metrics.sessions_open.set(live_sessions as i64);
-                self.end_session_record(session.id, SystemTime::now(), cause);
+                let at = SystemTime::now();
+                self.end_session_record(session.id, at, cause);
+                if let Some(cluster) = &self.shared.cluster {
+                    cluster.release(&session.device, session.id, cause, at);
+                }
             }
             self.live.set_session(None);
         }

@@ -13,11 +13,13 @@
 //!                    ├─ HELLO ──▶ session registry: takeover kicks the old connection
 //!                    └─ running job ──▶ worker pool (workers.rs), cancelled by token
 //!  admin endpoint (admin.rs) ◀── live table (live.rs), metrics (metrics.rs)
+//!  --cluster: cluster task (cluster/) ◀─▶ Redis: cross-node takeover, leases, presence
 //! ```
 
 #![warn(missing_docs)]
 
 mod admin;
+pub mod cluster;
 mod driver;
 mod live;
 mod metrics;
@@ -126,6 +128,9 @@ pub struct ServerConfig {
     pub presence: Option<PresenceRecorder>,
     /// Whether `WELCOME` waits for the session start to be on disk.
     pub presence_durability: PresenceDurability,
+    /// Share sessions with other nodes through Redis (SPEC §11); `None`: this server
+    /// alone (local takeover only).
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 impl ServerConfig {
@@ -147,6 +152,7 @@ impl ServerConfig {
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             presence_durability: PresenceDurability::default(),
             presence: None,
+            cluster: None,
         }
     }
 
@@ -180,8 +186,31 @@ pub(crate) struct Counters {
 #[derive(Debug)]
 pub(crate) struct SessionHandle {
     conn: u64,
-    /// Takes the instant the evicting `HELLO` was handled (for the eviction latency).
-    kick: oneshot::Sender<Instant>,
+    /// Takes the instant the evicting `HELLO` was handled (for the eviction latency);
+    /// taken by the first kick.
+    kick: Option<oneshot::Sender<Instant>>,
+    /// The cluster's fencing epoch of this session; 0 until its claim returned (or
+    /// without a cluster).
+    epoch: u64,
+    /// The highest epoch an eviction message named while our claim was in flight.
+    evict_seen: u64,
+    peer: SocketAddr,
+    /// When the `HELLO` came, Unix ms (for the cluster's reconciliation).
+    since_ms: u64,
+}
+
+impl SessionHandle {
+    /// Kicks the connection; false when it was kicked already.
+    fn kick_now(&mut self, hello_at: Instant) -> bool {
+        match self.kick.take() {
+            Some(kick) => {
+                // The connection may be closing on its own: then nobody listens.
+                let _ = kick.send(hello_at);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -198,6 +227,8 @@ pub(crate) struct Shared {
     metrics: Metrics,
     /// Cancelled when shutdown begins.
     draining: CancellationToken,
+    /// The cluster's side for drivers, in cluster mode.
+    cluster: Option<cluster::Cluster>,
 }
 
 impl Shared {
@@ -237,6 +268,7 @@ pub struct Server {
     listener: TcpListener,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
+    cluster_task: Option<cluster::ClusterTask>,
 }
 
 impl std::fmt::Debug for Server {
@@ -260,10 +292,31 @@ impl Server {
         // Session ids count up from a random point (top bit clear, low 32 bits zero), so
         // that they stay unique across restarts in the presence store.
         let first_session = (fastrand::u64(..) & 0x7fff_ffff_0000_0000) | 1;
+        let (cluster, cluster_task) = match &config.cluster {
+            Some(cluster_config) => {
+                let node = match &cluster_config.node_id {
+                    Some(node) => node.clone(),
+                    None => {
+                        let id = cluster::default_node_id(listener.local_addr()?.port());
+                        // Instances sharing a port need ids of their own.
+                        if config.reuse_port {
+                            format!("{id}:{}", std::process::id())
+                        } else {
+                            id
+                        }
+                    }
+                };
+                let (cluster, task) = cluster::Cluster::new(cluster_config.clone(), node)
+                    .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+                (Some(cluster), Some(task))
+            }
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
             sessions: Mutex::new(SessionRegistry::new(first_session)),
             live: LiveTable::default(),
-            metrics: Metrics::new(),
+            metrics: Metrics::new(cluster.as_ref().map(|c| &*c.node)),
+            cluster,
             draining: CancellationToken::new(),
             connection_config: Arc::new(config.connection_config()),
             workers: WorkerPool::new(config.workers),
@@ -276,6 +329,7 @@ impl Server {
             listener,
             admin,
             shared,
+            cluster_task,
         })
     }
 
@@ -312,9 +366,14 @@ impl Server {
             addr = %addr,
             admin = admin_addr.map(|a| a.to_string()).unwrap_or_default(),
             dead_after_ms = shared.config.policy.dead_after.as_millis() as u64,
+            node = shared.cluster.as_ref().map(|c| c.node.to_string()).unwrap_or_default(),
             workers = shared.config.workers.get(),
             on_half_close = %shared.config.half_close,
         );
+        let cluster_stop = CancellationToken::new();
+        let cluster_task = self
+            .cluster_task
+            .map(|task| tokio::spawn(task.run(shared.clone(), cluster_stop.clone())));
         let tracker = TaskTracker::new();
         loop {
             let accepted = tokio::select! {
@@ -368,6 +427,11 @@ impl Server {
                 open = tracker.len(),
                 "connections still open past the shutdown bound; dropping them"
             );
+        }
+        // Every session's end is queued by now: the cluster task sends them, then leaves.
+        cluster_stop.cancel();
+        if let Some(task) = cluster_task {
+            let _ = task.await;
         }
         admin_stop.cancel();
         if let Some(task) = admin_task {

@@ -170,6 +170,9 @@ pub struct SessionSnapshot {
     pub heartbeat_s: f64,
     /// Milliseconds since the peer last sent bytes.
     pub last_inbound_ms_ago: u64,
+    /// The cluster node serving it (cluster mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -240,6 +243,7 @@ impl LiveTable {
                     started_at: humantime::format_rfc3339_millis(session.started_at).to_string(),
                     heartbeat_s: session.heartbeat.as_secs_f64(),
                     last_inbound_ms_ago: conn.silent_for(now).as_millis() as u64,
+                    node: None,
                 })
             })
             .collect();

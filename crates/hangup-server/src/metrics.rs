@@ -8,6 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 /// A `cause` label.
@@ -56,10 +57,22 @@ pub(crate) struct Metrics {
     pub job_stop: Histogram,
     /// Takeover: from the new `HELLO` to the old connection's `KICKED` being written.
     pub eviction: Histogram,
+    /// Cluster mode: 1 while Redis is unreachable (local takeover only).
+    pub cluster_degraded: Gauge,
+    /// Cluster mode: round trips to Redis (one per pipeline).
+    pub cluster_round_trips: Counter,
+    /// Cluster mode: claims Redis granted an epoch.
+    pub cluster_claims: Counter,
+    /// Cluster mode: local sessions evicted for a newer owner on another node.
+    pub cluster_evictions: Counter,
+    /// Cluster mode: other nodes this node found dead (lease expired) and swept.
+    pub cluster_nodes_lost: Counter,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// The metrics; in cluster mode (`node`), with the cluster's and a
+    /// `hangup_node_info{node="…"}` naming the node.
+    pub fn new(node: Option<&str>) -> Self {
         let mut registry = Registry::with_prefix("hangup");
         let metrics = Self {
             connections_opened: Counter::default(),
@@ -77,6 +90,11 @@ impl Metrics {
             close_silence: Family::new_with_constructor(histogram),
             job_stop: histogram(),
             eviction: histogram(),
+            cluster_degraded: Gauge::default(),
+            cluster_round_trips: Counter::default(),
+            cluster_claims: Counter::default(),
+            cluster_evictions: Counter::default(),
+            cluster_nodes_lost: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -155,6 +173,40 @@ impl Metrics {
             Unit::Seconds,
             metrics.eviction.clone(),
         );
+        if let Some(node) = node {
+            r.register(
+                "node",
+                "This cluster node's id (--node-id)",
+                Info::new(vec![("node".to_owned(), node.to_owned())]),
+            );
+            // Degraded until Redis first answers.
+            metrics.cluster_degraded.set(1);
+            r.register(
+                "cluster_degraded",
+                "1 while Redis is unreachable: local takeover only",
+                metrics.cluster_degraded.clone(),
+            );
+            r.register(
+                "cluster_round_trips",
+                "Round trips to Redis (one per pipeline of claims and ends)",
+                metrics.cluster_round_trips.clone(),
+            );
+            r.register(
+                "cluster_claims",
+                "Session claims Redis granted a fencing epoch",
+                metrics.cluster_claims.clone(),
+            );
+            r.register(
+                "cluster_evictions",
+                "Local sessions evicted for a newer owner on another node",
+                metrics.cluster_evictions.clone(),
+            );
+            r.register(
+                "cluster_nodes_lost",
+                "Other nodes found dead (lease expired) whose sessions this node ended",
+                metrics.cluster_nodes_lost.clone(),
+            );
+        }
         Self {
             registry,
             ..metrics

@@ -23,6 +23,8 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             devices: args.devices,
             wave: args.wave,
             concurrency: args.concurrency,
+            nodes: args.nodes,
+            redis: args.redis,
             presence_durability: args.presence_durability,
             json: args.json,
         }),

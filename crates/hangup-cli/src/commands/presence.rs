@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use hangup_inspect::human_duration;
+use hangup_server::cluster::{self, ClusterFilter, ClusterSessionRow};
 use hangup_server::presence::{query, PresenceError, PresenceFilter, SessionRow};
 
 use crate::args::PresenceArgs;
@@ -20,6 +21,9 @@ const SERVER_GONE: &str = "(server gone)";
 pub fn run(args: &PresenceArgs) -> anyhow::Result<ExitCode> {
     if args.limit == Some(0) {
         bail!("--limit 0: the limit must be at least 1 (or leave it out for every session)");
+    }
+    if let Some(url) = &args.cluster {
+        return run_cluster(args, url);
     }
     let filter = PresenceFilter {
         device: args.device.clone(),
@@ -75,6 +79,131 @@ pub fn run(args: &PresenceArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     Ok(ExitCode::from(1))
+}
+
+/// `--cluster URL`: the fleet's view from Redis.
+fn run_cluster(args: &PresenceArgs, url: &str) -> anyhow::Result<ExitCode> {
+    let filter = ClusterFilter {
+        device: args.device.clone(),
+        online_only: args.online,
+        limit: args.limit,
+    };
+    let rows = super::runtime()?
+        .block_on(cluster::query(url, &filter))
+        .with_context(|| format!("could not read the cluster's presence from {url} (--cluster)"))?;
+    let mut out = io::stdout().lock();
+    let printed = if args.json {
+        serde_json::to_writer_pretty(&mut out, &rows)
+            .map_err(io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        print_cluster_table(&mut out, &rows, SystemTime::now())
+    };
+    match printed {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {}
+        Err(error) => return Err(error).context("could not write the sessions"),
+    }
+    if !rows.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(device) = &args.device else {
+        if !args.json {
+            let what = if args.online {
+                "no session is online"
+            } else {
+                "no session recorded"
+            };
+            eprintln!("{what} in the cluster at {url}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let all = ClusterFilter {
+        device: Some(device.clone()),
+        online_only: false,
+        limit: Some(1),
+    };
+    let last = super::runtime()?
+        .block_on(cluster::query(url, &all))
+        .context("could not read the cluster's presence")?;
+    match last.first() {
+        Some(ClusterSessionRow {
+            ended_at: Some(ended_at),
+            cause: Some(cause),
+            node,
+            ..
+        }) => eprintln!(
+            "device {device} is not online: its last session (node {node}) ended at {} (cause {cause})",
+            humantime::format_rfc3339_seconds(*ended_at)
+        ),
+        Some(last) => eprintln!(
+            "device {device} is not online: its last session (node {}) has no end recorded and its node's lease expired",
+            last.node
+        ),
+        None => eprintln!("device {device} was never seen in the cluster at {url}"),
+    }
+    Ok(ExitCode::from(1))
+}
+
+/// The cluster table, newest session first, times UTC to the second.
+fn print_cluster_table(
+    out: &mut dyn Write,
+    rows: &[ClusterSessionRow],
+    now: SystemTime,
+) -> io::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let headers = [
+        "DEVICE",
+        "NODE",
+        "SESSION",
+        "PEER",
+        "STATE",
+        "CONNECTED_AT",
+        "ENDED_AT",
+        "CAUSE",
+        "DURATION",
+    ];
+    let time = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            let state = if row.online { "online" } else { "offline" };
+            let until = row.ended_at.unwrap_or(now);
+            let duration = until
+                .duration_since(row.connected_at)
+                .unwrap_or(Duration::ZERO);
+            vec![
+                row.device.clone(),
+                row.node.clone(),
+                row.session.clone(),
+                row.peer.clone(),
+                state.to_owned(),
+                time(row.connected_at),
+                row.ended_at.map(time).unwrap_or_else(|| "-".to_owned()),
+                row.cause
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".to_owned()),
+                human_duration(duration),
+            ]
+        })
+        .collect();
+    let header_cells: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &cells {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header_cells).chain(&cells) {
+        let mut text = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            text.push_str(&format!("{cell:<width$}  "));
+        }
+        writeln!(out, "{}", text.trim_end())?;
+    }
+    Ok(())
 }
 
 /// Queries the store, turning a missing database into advice.

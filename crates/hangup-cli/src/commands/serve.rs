@@ -4,8 +4,10 @@ use std::process::ExitCode;
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use anyhow::Context;
+use hangup_server::cluster::ClusterConfig;
 use hangup_server::presence::PresenceStore;
 use hangup_server::{Server, ServerConfig};
 use tokio::signal::unix::{signal, SignalKind};
@@ -109,6 +111,23 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         auth_secret: args.auth_secret.as_deref().map(read_secret).transpose()?,
         drain_timeout: args.drain_timeout,
         presence: None,
+        cluster: match &args.cluster {
+            // Checked here rather than by clap's `requires`: the config file's keys are
+            // parsed one at a time.
+            None if args.node_id.is_some() => {
+                anyhow::bail!("--node-id needs --cluster (the node's id in the cluster)")
+            }
+            None => None,
+            Some(url) => {
+                let mut cluster = ClusterConfig::new(url, args.node_id.clone())
+                    .context("--cluster / --node-id")?;
+                if args.cluster_lease < Duration::from_millis(100) {
+                    anyhow::bail!("--cluster-lease must be at least 100ms");
+                }
+                cluster.lease = args.cluster_lease;
+                Some(cluster)
+            }
+        },
     };
     if config.auth_secret.is_none() && !args.insecure {
         refuse_exposed("--listen", args.listen)?;

@@ -878,3 +878,124 @@ pub fn lab_cleanup() -> String {
     );
     stdout
 }
+
+/// A loopback port that was free a moment ago (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// True when `redis-server` is installed (scripts/test installs it). Without it a test
+/// prints why it skips, except under `CI=true`, where skipping would hide a failure.
+pub fn redis_available(test: &str) -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "{test} needs redis-server (scripts/test installs it), and CI=true forbids skipping"
+        );
+    }
+    eprintln!("skipping {test}: redis-server is not installed (apt-get install redis-server)");
+    false
+}
+
+/// A `redis-server` of this test's own, on a free loopback port, without persistence,
+/// in a temp dir; killed by its pid (it is our child) on drop, never a system one.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+    /// `--bind` addresses (loopback unless a test adds one of its own namespaces').
+    bind: String,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_bound(&["127.0.0.1"])
+    }
+
+    /// Bound to these addresses (readiness is checked on loopback, which must be one).
+    pub fn start_bound(bind: &[&str]) -> Self {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir: TempDir::new("redis"),
+            bind: bind.join(" "),
+        };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// SIGKILL (through `Child::kill`, by its pid) and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port, empty, and waits until it answers PING.
+    pub fn restart(&mut self) {
+        self.kill();
+        let port = self.port.to_string();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                &self.bind,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            // Bound beyond loopback only to a namespace of the test's own, which protected
+            // mode would refuse (no password here).
+            .args(["--protected-mode", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let ready = poll_until(PATIENCE, Duration::from_millis(20), || {
+            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            stream.write_all(b"PING\r\n").ok()?;
+            let mut buf = [0u8; 16];
+            let n = stream.read(&mut buf).ok()?;
+            buf[..n].starts_with(b"+PONG").then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "redis-server on port {port} did not answer PING"
+        );
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
