@@ -3,23 +3,15 @@
 //! `finish` do what they say; `cancel_on_hangup` hands the token to spawn_blocking work.
 #![cfg(target_os = "linux")]
 
+mod support;
+
 use std::time::Duration;
 
 use hangup::{CancellationToken, Cause, HalfClose, PeerWatch};
+use support::{pair, reset, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-async fn pair() -> (TcpStream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (server, _) = listener.accept().await.unwrap();
-    (client, server)
-}
 
 const WINDOW: Duration = Duration::from_millis(200);
-const WAIT: Duration = Duration::from_secs(5);
 
 /// Work that runs until cancelled or for `limit`; how it ended.
 fn endless(token: CancellationToken, limit: Duration) -> &'static str {
@@ -86,11 +78,7 @@ async fn probe_then_a_later_close_is_still_caught() {
     // Past the window: the client is taken to be reading. Then it resets.
     tokio::time::sleep(WINDOW * 2).await;
     assert!(!hangup.is_finished());
-    let std = client.into_std().unwrap();
-    socket2::SockRef::from(&std)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(std);
+    reset(client);
     let cause = tokio::time::timeout(WAIT, hangup).await.unwrap().unwrap();
     assert_eq!(cause, Cause::PeerReset);
 }

@@ -3,6 +3,8 @@
 //! data, and no spinning after a FIN.
 #![cfg(target_os = "linux")]
 
+mod support;
+
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,26 +13,8 @@ use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
 use hangup::{Cause, PeerState, PeerWatch};
+use support::{pair, reset, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-async fn pair() -> (TcpStream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (server, _) = listener.accept().await.unwrap();
-    (client, server)
-}
-
-/// Closes with RST: SO_LINGER 0.
-fn reset(stream: TcpStream) {
-    let std = stream.into_std().unwrap();
-    socket2::SockRef::from(&std)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(std);
-}
 
 /// Counts how often a future's task is woken.
 #[derive(Default)]
@@ -47,8 +31,6 @@ fn poll_once<F: Future>(future: std::pin::Pin<&mut F>, waker: &Arc<CountingWaker
     let waker = Waker::from(waker.clone());
     future.poll(&mut Context::from_waker(&waker)).is_ready()
 }
-
-const WAIT: Duration = Duration::from_secs(5);
 
 #[tokio::test]
 async fn fin_with_unread_data_is_peer_closed_and_the_data_stays() {

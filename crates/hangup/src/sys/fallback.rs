@@ -3,7 +3,7 @@
 use std::io;
 use std::os::fd::AsFd;
 
-use super::TcpInfo;
+use super::{HangupEvents, TcpInfo};
 
 /// TCP_INFO is read on Linux only.
 pub fn tcp_info(_socket: &impl AsFd) -> io::Result<TcpInfo> {
@@ -11,15 +11,6 @@ pub fn tcp_info(_socket: &impl AsFd) -> io::Result<TcpInfo> {
         io::ErrorKind::Unsupported,
         "TCP_INFO is only read on Linux",
     ))
-}
-
-/// The hangup conditions a [`HangupRegistration`] reports.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HangupEvents {
-    /// The peer sent FIN.
-    pub read_closed: bool,
-    /// A pending socket error, or nothing can flow any more.
-    pub error: bool,
 }
 
 /// Hangup-only registrations need epoll (`EPOLLRDHUP` without `EPOLLIN`): Linux only.

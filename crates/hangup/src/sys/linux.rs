@@ -5,7 +5,7 @@ use std::mem;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
-use super::TcpInfo;
+use super::{HangupEvents, TcpInfo};
 
 /// Reads TCP_INFO (`getsockopt(IPPROTO_TCP, TCP_INFO)`) from a TCP socket.
 ///
@@ -56,15 +56,6 @@ pub fn tcp_info(socket: &impl AsFd) -> io::Result<TcpInfo> {
         last_ack_recv: millis(raw.tcpi_last_ack_recv),
         snd_cwnd: raw.tcpi_snd_cwnd,
     })
-}
-
-/// The hangup conditions a [`HangupRegistration`] reports.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HangupEvents {
-    /// EPOLLRDHUP: the peer sent FIN.
-    pub read_closed: bool,
-    /// EPOLLERR or EPOLLHUP: a pending socket error, or nothing can flow any more.
-    pub error: bool,
 }
 
 /// A private epoll instance holding one registration of a socket, for FIN, RST and

@@ -8,14 +8,14 @@ mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::tcp_info;
 #[cfg(target_os = "linux")]
-pub(crate) use linux::{send_nonblocking, HangupEvents, HangupRegistration};
+pub(crate) use linux::{send_nonblocking, HangupRegistration};
 
 #[cfg(not(target_os = "linux"))]
 mod fallback;
 #[cfg(not(target_os = "linux"))]
 pub use fallback::tcp_info;
 #[cfg(not(target_os = "linux"))]
-pub(crate) use fallback::{send_nonblocking, HangupEvents, HangupRegistration};
+pub(crate) use fallback::{send_nonblocking, HangupRegistration};
 
 use std::time::Duration;
 
@@ -48,4 +48,13 @@ pub struct TcpInfo {
     pub last_ack_recv: Duration,
     /// Congestion window, in segments.
     pub snd_cwnd: u32,
+}
+
+/// The hangup conditions a `HangupRegistration` reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct HangupEvents {
+    /// EPOLLRDHUP: the peer sent FIN.
+    pub read_closed: bool,
+    /// EPOLLERR or EPOLLHUP: a pending socket error, or nothing can flow any more.
+    pub error: bool,
 }

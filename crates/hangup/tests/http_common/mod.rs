@@ -2,6 +2,10 @@
 //! client can, and the blocking work the handlers run.
 #![allow(dead_code)]
 
+#[path = "../support/mod.rs"]
+mod support;
+pub use support::{reset, WAIT};
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -9,9 +13,6 @@ use hangup::{CancellationToken, Cause};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-
-/// How long a test waits for something that takes microseconds when it works.
-pub const WAIT: Duration = Duration::from_secs(10);
 
 /// What a handler's work reports when it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,15 +53,6 @@ pub async fn send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(bytes).await.unwrap();
     stream
-}
-
-/// Closes with RST (SO_LINGER 0).
-pub fn reset(stream: TcpStream) {
-    let std = stream.into_std().unwrap();
-    socket2::SockRef::from(&std)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(std);
 }
 
 /// Lets the server start the handler before the client hangs up.
