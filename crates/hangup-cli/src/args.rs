@@ -92,7 +92,7 @@ pub struct LivenessArgs {
     pub watch_hangup: bool,
 
     /// Give up on a peer that accepts none of our bytes for this long (cause `stalled`):
-    /// `auto` (= D), `off`, or a duration.
+    /// `auto` (D − 2·min(D/8, 250 ms), below the user timeout), `off`, or a duration.
     #[arg(long, value_name = "auto|off|DURATION", default_value_t = LivenessSettings::default().write_timeout)]
     pub write_timeout: AutoDuration,
 }

@@ -53,9 +53,9 @@ pub use duration::{format_duration, parse_duration, DurationError};
 #[cfg(feature = "job")]
 pub use job::{run_chain, HashChain, ROUNDS_PER_SLICE};
 pub use policy::{
-    derive_user_timeout, AutoDuration, HalfClosePolicy, Keepalive, KeepaliveSetting,
-    KeepaliveTimers, LivenessPolicy, LivenessSettings, PolicyError, DEFAULT_DEAD_AFTER,
-    DERIVED_KEEPALIVE_PROBES, FIRST_RETRANSMISSION_ALLOWANCE,
+    derive_user_timeout, derive_write_timeout, AutoDuration, HalfClosePolicy, Keepalive,
+    KeepaliveSetting, KeepaliveTimers, LivenessPolicy, LivenessSettings, PolicyError,
+    DEFAULT_DEAD_AFTER, DERIVED_KEEPALIVE_PROBES, FIRST_RETRANSMISSION_ALLOWANCE,
 };
 pub use protocol::{
     parse_line, valid_device_id, Command, ErrorCode, Frame, JobId, LineDecoder, ParseError, Reply,

@@ -5,7 +5,7 @@
 //! | hangup watch (EPOLLRDHUP/EPOLLERR) | always on | FIN and RST as they arrive |
 //! | TCP keepalive | idle D/2, interval D/10, 5 probes | an idle peer that died silently |
 //! | TCP_USER_TIMEOUT | D − min(D/8, 250 ms) | a peer that died while our data is unacknowledged |
-//! | write timeout | D | a live peer that stopped reading (`stalled`) |
+//! | write timeout | D − 2·min(D/8, 250 ms) | a live peer that stopped reading (`stalled`) |
 //! | partial-line timeout | D | a peer that never finishes its line |
 //!
 //! Every value can be overridden; `None` means off. [`LivenessSettings`] is what a user
@@ -296,6 +296,14 @@ pub fn derive_user_timeout(dead_after: Duration) -> Duration {
     dead_after - (dead_after / 8).min(FIRST_RETRANSMISSION_ALLOWANCE)
 }
 
+/// The write timeout derived from D: one allowance below the user timeout
+/// (`D − 2·min(D/8, 250 ms)`). A reader that stopped keeps its window shut, and Linux
+/// aborts zero-window probing once the user timeout passes: the write-stall timer must
+/// come first to name the peer `stalled` (alive, not reading) rather than `timeout`.
+pub fn derive_write_timeout(dead_after: Duration) -> Duration {
+    derive_user_timeout(dead_after) - (dead_after / 8).min(FIRST_RETRANSMISSION_ALLOWANCE)
+}
+
 impl LivenessPolicy {
     /// The full policy derived from D, with nothing overridden.
     pub fn from_dead_after(dead_after: Duration) -> Self {
@@ -304,7 +312,7 @@ impl LivenessPolicy {
             keepalive: Keepalive::Tuned(KeepaliveTimers::derive(dead_after)),
             user_timeout: Some(derive_user_timeout(dead_after)),
             watch_hangup: true,
-            write_timeout: Some(dead_after),
+            write_timeout: Some(derive_write_timeout(dead_after)),
             partial_line_timeout: Some(dead_after),
         }
     }
@@ -343,7 +351,9 @@ impl LivenessPolicy {
             keepalive,
             user_timeout,
             watch_hangup: settings.watch_hangup,
-            write_timeout: settings.write_timeout.resolve(dead_after),
+            write_timeout: settings
+                .write_timeout
+                .resolve(derive_write_timeout(dead_after)),
             ..Self::from_dead_after(dead_after)
         })
     }
@@ -364,7 +374,7 @@ pub struct LivenessSettings {
     /// Watch for FIN/RST through readiness, without reading data.
     pub watch_hangup: bool,
     /// Give up on a peer that accepts none of our bytes for this long (`stalled`);
-    /// `auto`: D.
+    /// `auto`: D − 2·min(D/8, 250 ms) ([`derive_write_timeout`]).
     pub write_timeout: AutoDuration,
 }
 
@@ -410,7 +420,11 @@ mod tests {
             derive_user_timeout(Duration::from_secs(1)),
             Duration::from_millis(875)
         );
-        assert_eq!(policy.write_timeout, Some(d));
+        assert_eq!(policy.write_timeout, Some(Duration::from_millis(29_500)));
+        assert_eq!(
+            derive_write_timeout(Duration::from_secs(2)),
+            Duration::from_millis(1_500)
+        );
     }
 
     #[test]

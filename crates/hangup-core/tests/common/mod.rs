@@ -39,6 +39,9 @@ pub const D: Duration = Duration::from_secs(2);
 pub fn config(half_close: HalfClosePolicy) -> ConnectionConfig {
     let mut config = ConnectionConfig::new(&LivenessPolicy::from_dead_after(D));
     config.half_close = half_close;
+    // The timer tests count from a write timeout of exactly D; what `auto` derives
+    // (a little less, below the user timeout) is tested in policy.rs.
+    config.write_timeout = Some(D);
     config
 }
 
