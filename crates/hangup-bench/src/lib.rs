@@ -30,6 +30,9 @@
 //!     devices: 1_000,
 //!     wave: 500,
 //!     concurrency: 4,
+//!     nodes: 1,
+//!     redis: None,
+//!     presence_durability: hangup_server::PresenceDurability::Batched,
 //!     json: None,
 //! };
 //! let code = hangup_bench::takeover(&settings)?;
