@@ -315,7 +315,7 @@ fuzz_target!(|input: Input| {
     config.session_pings_per_sec = s.session_pings_per_sec.map(u32::from);
 
     let mut driver = Driver {
-        conn: Connection::new(config),
+        conn: Connection::new(config.clone()),
         config,
         now: base(),
         running: None,

@@ -44,7 +44,7 @@ fn arbitrary_command(u: &mut Unstructured<'_>) -> arbitrary::Result<(Command, Op
         }
         1 => {
             let data = String::arbitrary(u)?;
-            let promised = !data.contains(['\n', '\0']) && data.trim() == data;
+            let promised = !data.contains(['\n', '\r', '\0']) && data.trim() == data;
             (
                 Command::Ping(data.clone()),
                 promised.then_some(Command::Ping(data)),
@@ -57,7 +57,7 @@ fn arbitrary_command(u: &mut Unstructured<'_>) -> arbitrary::Result<(Command, Op
                 rounds,
                 seed: seed.clone(),
             };
-            let promised = word(&seed);
+            let promised = word(&seed) && seed.len() <= hangup_core::MAX_SEED_LEN;
             (command.clone(), promised.then_some(command))
         }
         3 => {

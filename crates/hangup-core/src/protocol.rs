@@ -152,10 +152,11 @@ impl fmt::Display for Command {
     /// uppercase, `JOB` without its seed when it is [`DEFAULT_SEED`], `HELLO`'s
     /// heartbeat in whole seconds (a fraction rounds up, as the server counts seconds).
     ///
-    /// A `PING` round-trips when its data is one line without NUL bytes (no line may
-    /// hold one) or leading or trailing whitespace (the server trims it); a `JOB` seed
-    /// and a `HELLO` token when they are single words, and a `HELLO` device when it is
-    /// a valid device id ([`valid_device_id`]).
+    /// A `PING` round-trips when its data is one line without NUL bytes or CRs (no
+    /// line may hold one) or leading or trailing whitespace (the server trims it); a
+    /// `JOB` seed when it is a single word of at most [`MAX_SEED_LEN`] bytes, a `HELLO`
+    /// token when it is a single word, and a `HELLO` device when it is a valid device
+    /// id ([`valid_device_id`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::Hello {
