@@ -182,9 +182,20 @@ fn connections_and_sessions_list_live_peers_with_tcp_figures() {
     assert_eq!(device.reply(), "ACCEPTED 1");
     server.expect_event("job_started", device.local_addr());
 
-    let connections = server.admin_get("/connections");
-    assert_eq!(connections.status, 200);
-    let connections = connections.json();
+    // The event is logged as the job starts; the live table's job counts follow a
+    // moment later, at the end of the same pass of the driver: poll for them.
+    let device_peer = device.local_addr().to_string();
+    let connections = poll_until(PATIENCE, std::time::Duration::from_millis(20), || {
+        let response = server.admin_get("/connections");
+        assert_eq!(response.status, 200);
+        let json = response.json();
+        let running = json
+            .as_array()?
+            .iter()
+            .any(|r| r["peer"] == device_peer.as_str() && r["jobs_running"] == 1);
+        running.then_some(json)
+    })
+    .expect("the running job shows in /connections");
     let rows = connections.as_array().expect("an array");
     assert_eq!(rows.len(), 2, "{connections:#}");
     let row_of = |peer: &str| -> &Value {
