@@ -133,6 +133,38 @@ pub fn classify_readiness(
     }
 }
 
+/// `TCP_CLOSE` in `include/net/tcp_states.h`.
+pub const TCP_STATE_CLOSE: u8 = 7;
+/// `TCP_CLOSE_WAIT` in `include/net/tcp_states.h`.
+pub const TCP_STATE_CLOSE_WAIT: u8 = 8;
+
+/// What an ended connection's TCP state (`tcpi_state`) says about how its peer left,
+/// when the errno that would have told is gone (another reader of the socket took it).
+///
+/// CLOSE_WAIT: the peer's FIN arrived and we have not closed: [`Cause::PeerClosed`].
+/// CLOSE: the connection is over in both directions; if we never sent a FIN
+/// (`sent_fin`), only an RST (or a kernel abort, whose errno would have said so) gets a
+/// socket there: [`Cause::PeerReset`]; after our FIN it is the orderly end of a
+/// two-way close: [`Cause::PeerClosed`]. Any other state: `None`, the state does not
+/// tell.
+///
+/// ```
+/// use hangup_core::{classify_ended_state, Cause, TCP_STATE_CLOSE, TCP_STATE_CLOSE_WAIT};
+///
+/// assert_eq!(classify_ended_state(TCP_STATE_CLOSE_WAIT, false), Some(Cause::PeerClosed));
+/// assert_eq!(classify_ended_state(TCP_STATE_CLOSE, false), Some(Cause::PeerReset));
+/// assert_eq!(classify_ended_state(TCP_STATE_CLOSE, true), Some(Cause::PeerClosed));
+/// assert_eq!(classify_ended_state(1, false), None); // ESTABLISHED
+/// ```
+pub fn classify_ended_state(tcp_state: u8, sent_fin: bool) -> Option<Cause> {
+    match tcp_state {
+        TCP_STATE_CLOSE_WAIT => Some(Cause::PeerClosed),
+        TCP_STATE_CLOSE if sent_fin => Some(Cause::PeerClosed),
+        TCP_STATE_CLOSE => Some(Cause::PeerReset),
+        _ => None,
+    }
+}
+
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

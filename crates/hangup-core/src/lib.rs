@@ -45,7 +45,10 @@ mod timer;
 
 #[cfg(feature = "auth")]
 pub use auth::{device_token, verify_token};
-pub use cause::{classify_readiness, Cause, UnknownCause};
+pub use cause::{
+    classify_ended_state, classify_readiness, Cause, UnknownCause, TCP_STATE_CLOSE,
+    TCP_STATE_CLOSE_WAIT,
+};
 pub use connection::{
     Connection, ConnectionConfig, Event, Interest, QueueBudget, DEFAULT_MAX_ROUNDS,
 };

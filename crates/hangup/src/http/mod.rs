@@ -41,19 +41,16 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
-use hangup_core::{Cause, LivenessPolicy};
+use hangup_core::{classify_ended_state, Cause, LivenessPolicy};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::watch::{HalfClose, PeerWatch};
-
-/// TCP states (`include/net/tcp_states.h`).
-const TCP_CLOSE: u8 = 7;
-const TCP_CLOSE_WAIT: u8 = 8;
 
 /// What a FIN from the client means while a request is being handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -115,6 +112,7 @@ impl WatchedStream {
                 hangup: CancellationToken::new(),
                 stop: CancellationToken::new(),
                 cause: OnceLock::new(),
+                sent_fin: AtomicBool::new(false),
             }),
         };
         Ok(Self {
@@ -145,12 +143,10 @@ impl Drop for WatchedStream {
         // shutting down): nothing a handler still computes can be delivered. If hyper
         // noticed the hangup before the watch did, the socket's state still says which.
         if inner.watching.get().is_some() && inner.cause.get().is_none() {
-            let cause = match crate::tcp_info(&self.stream).map(|info| info.state) {
-                Ok(TCP_CLOSE_WAIT) => Cause::PeerClosed,
-                Ok(TCP_CLOSE) => Cause::PeerReset,
-                _ => Cause::Local,
-            };
-            let _ = inner.cause.set(cause);
+            let cause = crate::tcp_info(&self.stream)
+                .ok()
+                .and_then(|info| classify_ended_state(info.state, inner.sent_fin()));
+            let _ = inner.cause.set(cause.unwrap_or(Cause::Local));
         }
         let _ = inner.cause.set(Cause::Local);
         inner.hangup.cancel();
@@ -240,6 +236,10 @@ impl AsyncWrite for WatchedStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.connection
+            .inner
+            .sent_fin
+            .store(true, Ordering::Relaxed);
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
@@ -262,6 +262,14 @@ struct Inner {
     /// Fires when the stream is dropped: ends the watch task.
     stop: CancellationToken,
     cause: OnceLock<Cause>,
+    /// hyper shut the write side down (our FIN is out).
+    sent_fin: AtomicBool,
+}
+
+impl Inner {
+    fn sent_fin(&self) -> bool {
+        self.sent_fin.load(Ordering::Relaxed)
+    }
 }
 
 impl Connection {
@@ -327,7 +335,17 @@ async fn watch_connection(fd: OwnedFd, inner: Arc<Inner>) {
     let half_close = inner.on_fin.half_close();
     tokio::select! {
         gone = watch.hangup(&half_close) => {
-            let _ = inner.cause.set(gone.unwrap_or(Cause::PeerReset));
+            let mut cause = gone.unwrap_or(Cause::PeerReset);
+            // hyper reads the socket too: when its read took the RST's errno first, the
+            // watch saw only the end of the stream. The state still tells (a socket
+            // that never sent a FIN reaches CLOSE only by RST).
+            if cause == Cause::PeerClosed {
+                let ended = crate::tcp_info(&fd)
+                    .ok()
+                    .and_then(|info| classify_ended_state(info.state, inner.sent_fin()));
+                cause = ended.unwrap_or(cause);
+            }
+            let _ = inner.cause.set(cause);
             inner.hangup.cancel();
         }
         () = inner.stop.cancelled() => {}
