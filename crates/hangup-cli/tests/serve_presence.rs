@@ -85,22 +85,33 @@ fn rows_record_peer_closed_takeover_and_heartbeat_missed() {
     drop((old, new));
 }
 
-/// A session that keeps talking has its `last_seen` moved forward (at most once per
-/// heartbeat, so the store is not written per PING).
+/// A session that keeps talking has its `last_seen` moved forward while it is open (at
+/// most every 5 s, so the store is not written per PING), and its end records the
+/// exact last time it was heard from.
 #[test]
 fn last_seen_follows_a_pinging_session() {
     let server = TestServer::start(&[]);
     let dir = server.data_dir().unwrap().to_owned();
     let (mut client, session) = hello(server.addr(), "talker", "heartbeat=1");
     let first = wait_presence_row(&dir, &session, |_| true);
-    for n in 0..6 {
+    for n in 0..12 {
         std::thread::sleep(Duration::from_millis(500));
         client.assert_alive(&format!("beat-{n}"));
     }
-    let row = wait_presence_row(&dir, &session, |r| {
-        r.last_seen >= first.connected_at + Duration::from_secs(1)
+    let last_beat = SystemTime::now();
+    let open = wait_presence_row(&dir, &session, |r| {
+        r.last_seen >= first.connected_at + Duration::from_secs(5)
     });
-    assert!(row.online && row.ended_at.is_none(), "{row:?}");
+    assert!(open.online && open.ended_at.is_none(), "{open:?}");
+    drop(client);
+    let ended = wait_presence_row(&dir, &session, |r| r.ended_at.is_some());
+    // The last beat was read after 6 s of beats; the row says so to the millisecond
+    // (the margin is for the two clocks' readings, not for a throttle).
+    assert!(
+        ended.last_seen + Duration::from_millis(600) >= last_beat
+            && ended.last_seen <= ended.ended_at.unwrap(),
+        "{ended:?}, last beat at {last_beat:?}"
+    );
 }
 
 #[test]

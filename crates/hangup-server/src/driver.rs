@@ -30,6 +30,11 @@ use hangup::apply_policy;
 const READ_CHUNK: usize = 16 * 1024;
 /// Reads per wake-up before yielding to the other connections.
 const READS_PER_WAKE: usize = 4;
+/// The presence store hears that an open session's peer is alive at most this often
+/// (or once per heartbeat, if that is longer): an open session's `last_seen` lags by at
+/// most this plus the writer's batch interval; its end records the exact time. Writing
+/// every heartbeat of a 1 s session cost the presence writer about 3 µs per heartbeat.
+pub(crate) const SEEN_RESOLUTION: Duration = Duration::from_secs(5);
 /// How long a graceful close waits for the peer's remaining input (SPEC §5).
 const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// How much of the peer's remaining input a graceful close discards at most.
@@ -635,13 +640,15 @@ impl Driver {
         );
     }
 
-    /// Tells the presence store the peer is alive, at most once per heartbeat.
+    /// Tells the presence store the peer is alive, at most once per heartbeat and per
+    /// [`SEEN_RESOLUTION`] (the session's end records the exact last time).
     fn record_seen(&mut self, now: Instant) {
         let (Some(session), Some(presence)) = (&mut self.session, &self.shared.config.presence)
         else {
             return;
         };
-        if now.saturating_duration_since(session.seen_recorded) >= session.heartbeat {
+        let every = session.heartbeat.max(SEEN_RESOLUTION);
+        if now.saturating_duration_since(session.seen_recorded) >= every {
             session.seen_recorded = now;
             presence.seen(session.id.0, SystemTime::now());
         }
@@ -681,6 +688,12 @@ impl Driver {
             if current {
                 self.shared.metrics.sessions_open.set(live_sessions as i64);
                 let at = SystemTime::now();
+                // The last time the peer was heard from, exact whatever the throttle
+                // left unwritten.
+                if let Some(presence) = &self.shared.config.presence {
+                    let last = at.checked_sub(self.live.silent_for(now)).unwrap_or(at);
+                    presence.seen(session.id.0, last);
+                }
                 self.end_session_record(session.id, at, cause);
                 if let Some(cluster) = &self.shared.cluster {
                     cluster.release(&session.device, session.id, cause, at);

@@ -24,6 +24,7 @@ mod driver;
 mod live;
 mod metrics;
 pub mod presence;
+pub mod sched;
 mod workers;
 
 pub use admin::{

@@ -44,7 +44,7 @@ impl WorkerPool {
             };
             let Ok(permit) = permit else { return };
             let outcome = tokio::task::spawn_blocking(move || {
-                yield_to_io();
+                crate::sched::yield_to_io();
                 let outcome = run_chain(seed.as_bytes(), rounds, || cancel.is_cancelled());
                 drop(permit);
                 outcome
@@ -56,25 +56,3 @@ impl WorkerPool {
         rx
     }
 }
-
-/// Lets the I/O threads preempt job threads at once.
-///
-/// A job thread keeps a core busy for as long as the job runs. Under Linux's EEVDF
-/// scheduler a waking I/O thread that lands on that core may otherwise wait out the
-/// job's time slice (about 3 ms) before it can notice a hangup: `hangup bench cancel`
-/// measured a p90 of 3.0 ms that way, and 0.15 ms with job threads at nice 19
-/// (`SCHED_BATCH` did not help; `SCHED_IDLE` helped as much but can starve jobs on a
-/// busy host). Nice only matters while threads compete for a core: with idle I/O
-/// threads the jobs still get every spare cycle. The blocking threads of the server's
-/// runtime only ever run jobs, so the setting is never undone.
-fn yield_to_io() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority on the calling thread only (its tid); no memory is passed.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, JOB_NICE);
-    }
-}
-
-/// The nice value of job threads.
-#[cfg(target_os = "linux")]
-const JOB_NICE: libc::c_int = 19;
