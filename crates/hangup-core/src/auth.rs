@@ -33,6 +33,24 @@ pub fn verify_token(secret: &[u8], device: &str, token: &str) -> bool {
     }
 }
 
+/// The `HELLO` decision on a server with a secret: `Ok` when `token` is the device's,
+/// else the message for the `ERR unauthorized` reply.
+///
+/// ```
+/// let token = hangup_core::device_token(b"s3cret", "sensor-17");
+/// assert!(hangup_core::authorize(b"s3cret", "sensor-17", Some(&token)).is_ok());
+/// assert!(hangup_core::authorize(b"s3cret", "sensor-17", None).is_err());
+/// ```
+pub fn authorize(secret: &[u8], device: &str, token: Option<&str>) -> Result<(), &'static str> {
+    match token {
+        None => Err("this server needs token=<hex HMAC-SHA256(secret, device-id)>; `hangup token <device-id>` prints it"),
+        Some(token) if !verify_token(secret, device, token) => {
+            Err("the token does not match this device id")
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -175,6 +175,54 @@ pub enum Event {
     },
 }
 
+/// How the driver ends the socket of a [`Event::Close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseMode {
+    /// Shut the write side down (FIN after the last reply), drain the peer's input
+    /// briefly, then close.
+    Graceful,
+    /// Close at once; the kernel sends FIN (or RST if input is unread).
+    Close,
+    /// Close with RST (`SO_LINGER` 0): the peer is gone or will not read, so nothing we
+    /// still hold will ever be read, and a FIN would leave an orphan socket
+    /// retransmitting into the void.
+    Reset,
+}
+
+impl CloseMode {
+    /// The close for a [`Event::Close`]'s `cause` and `flush`.
+    ///
+    /// ```
+    /// use hangup_core::{Cause, CloseMode};
+    ///
+    /// assert_eq!(CloseMode::of(Cause::PeerClosed, true), CloseMode::Graceful);
+    /// assert_eq!(CloseMode::of(Cause::Stalled, false), CloseMode::Reset);
+    /// assert_eq!(CloseMode::of(Cause::PeerReset, false), CloseMode::Close);
+    /// ```
+    pub const fn of(cause: Cause, flush: bool) -> CloseMode {
+        match (flush, cause) {
+            (true, _) => CloseMode::Graceful,
+            (
+                false,
+                Cause::Stalled
+                | Cause::Timeout
+                | Cause::Unreachable
+                | Cause::HeartbeatMissed
+                | Cause::Shutdown,
+            ) => CloseMode::Reset,
+            (false, _) => CloseMode::Close,
+        }
+    }
+}
+
+/// What TCP_INFO's retransmission figures mean for the write-stall timer
+/// ([`Connection::handle_retransmitting`]): the kernel is retransmitting
+/// (`tcpi_retransmits` > 0) bytes the peer never acknowledged (`tcpi_unacked` > 0), so
+/// the peer is unreachable rather than alive with a full window.
+pub const fn retransmitting(retransmits: u8, unacked: u32) -> bool {
+    retransmits > 0 && unacked > 0
+}
+
 /// What the driver should wait for on the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Interest {

@@ -44,13 +44,14 @@ mod session;
 mod timer;
 
 #[cfg(feature = "auth")]
-pub use auth::{device_token, verify_token};
+pub use auth::{authorize, device_token, verify_token};
 pub use cause::{
     classify_ended_state, classify_readiness, Cause, UnknownCause, TCP_STATE_CLOSE,
     TCP_STATE_CLOSE_WAIT,
 };
 pub use connection::{
-    Connection, ConnectionConfig, Event, Interest, QueueBudget, DEFAULT_MAX_ROUNDS,
+    retransmitting, CloseMode, Connection, ConnectionConfig, Event, Interest, QueueBudget,
+    DEFAULT_MAX_ROUNDS,
 };
 pub use duration::{format_duration, parse_duration, DurationError};
 #[cfg(feature = "job")]

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use hangup_core::{
-    classify_readiness, verify_token, Cause, Connection, ErrorCode, Event, Heartbeat, JobId,
-    SessionId,
+    authorize, classify_readiness, retransmitting, Cause, CloseMode, Connection, ErrorCode, Event,
+    Heartbeat, JobId, SessionId,
 };
 use socket2::SockRef;
 use tokio::io::Interest;
@@ -274,7 +274,7 @@ impl Driver {
                         // Replies wait: tell the write-stall timer whether the peer
                         // still acknowledges anything (one getsockopt per timer wake).
                         let retransmitting = hangup::tcp_info(&self.stream)
-                            .is_ok_and(|info| info.retransmits > 0 && info.unacked > 0);
+                            .is_ok_and(|info| retransmitting(info.retransmits, info.unacked));
                         self.conn.handle_retransmitting(retransmitting);
                     }
                     self.conn.handle_timeout(Instant::now());
@@ -492,14 +492,7 @@ impl Driver {
     fn open_session(&mut self, device: String, token: Option<&str>, heartbeat: Heartbeat) {
         let now = Instant::now();
         if let Some(secret) = &self.shared.config.auth_secret {
-            let refusal = match token {
-                None => Some("this server needs token=<hex HMAC-SHA256(secret, device-id)>; `hangup token <device-id>` prints it"),
-                Some(token) if !verify_token(secret.as_bytes(), &device, token) => {
-                    Some("the token does not match this device id")
-                }
-                Some(_) => None,
-            };
-            if let Some(message) = refusal {
+            if let Err(message) = authorize(secret.as_bytes(), &device, token) {
                 hangup::emit!(
                     "session_refused",
                     conn = self.live.id,
@@ -701,20 +694,15 @@ impl Driver {
             }
             self.live.set_session(None);
         }
-        if flush {
-            let _ = SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write);
-            drain_briefly(&self.stream).await;
-        } else if matches!(
-            cause,
-            Cause::Stalled
-                | Cause::Timeout
-                | Cause::Unreachable
-                | Cause::HeartbeatMissed
-                | Cause::Shutdown
-        ) {
-            // Nothing we still hold will ever be read: reset rather than leave an orphan
-            // socket retransmitting into the void.
-            let _ = SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+        match CloseMode::of(cause, flush) {
+            CloseMode::Graceful => {
+                let _ = SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write);
+                drain_briefly(&self.stream).await;
+            }
+            CloseMode::Reset => {
+                let _ = SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+            }
+            CloseMode::Close => {}
         }
         hangup::emit!(
             "connection_closed",
