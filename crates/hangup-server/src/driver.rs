@@ -223,7 +223,9 @@ impl Driver {
         loop {
             self.flush();
             if let Some((cause, flush)) = self.process_events() {
-                self.close(cause, flush).await;
+                // Boxed: the close (with its drain timeout) is a state every connection's
+                // future would otherwise carry for its whole life.
+                Box::pin(self.close(cause, flush)).await;
                 return;
             }
             let deadline = self.conn.poll_timeout();

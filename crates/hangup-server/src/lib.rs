@@ -598,7 +598,7 @@ mod tests {
 
     /// Every idle connection holds its task's future, so its size is memory per
     /// connection. A buffer held across an await once made it 5.6 KiB; it is about
-    /// 1.3 KiB in a release build.
+    /// 1.2 KiB in a release build (592 bytes of it the driver, 368 of those the core).
     #[tokio::test]
     async fn connection_future_stays_small() {
         let config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Duration::from_secs(30));
