@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{poll_until, redis_available, LineClient, RedisServer, TestServer, PATIENCE};
 use hangup_inspect::TcpState;
-use hangup_server::cluster::{ClusterFilter, ClusterSessionRow};
+use hangup_server::cluster::ClusterSessionRow;
+use hangup_server::presence::PresenceFilter;
 
 /// The lease the nodes here run with, and the budget it implies (lease + lease/5).
 const LEASE: &str = "1s";
@@ -38,7 +39,7 @@ fn node_with_lease(redis: &RedisServer, id: &str, lease: &str) -> TestServer {
     server
 }
 
-fn cluster_rows(redis: &RedisServer, filter: ClusterFilter) -> Vec<ClusterSessionRow> {
+fn cluster_rows(redis: &RedisServer, filter: PresenceFilter) -> Vec<ClusterSessionRow> {
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(hangup_server::cluster::query(&redis.url(), &filter))
@@ -76,7 +77,7 @@ fn server_sockets(server: SocketAddr) -> usize {
 fn online_devices(redis: &RedisServer) -> Vec<ClusterSessionRow> {
     cluster_rows(
         redis,
-        ClusterFilter {
+        PresenceFilter {
             online_only: true,
             ..Default::default()
         },
@@ -129,7 +130,7 @@ fn a_killed_node_has_its_sessions_ended_server_lost_and_its_devices_admitted_els
     );
     assert!(noticed <= KILL_BUDGET + MARGIN);
     assert_eq!(lost["sessions"], late.len() as u64, "{lost}");
-    let all = cluster_rows(&redis, ClusterFilter::default());
+    let all = cluster_rows(&redis, PresenceFilter::default());
     for device in late {
         let row = all
             .iter()
@@ -284,7 +285,7 @@ fn a_node_restarted_under_the_same_id_ends_its_previous_runs_sessions() {
         .expect("reconciled on join");
     assert_eq!(reconciled["stale"], devices.len() as u64, "{reconciled}");
     assert!(online_devices(&redis).is_empty());
-    let all = cluster_rows(&redis, ClusterFilter::default());
+    let all = cluster_rows(&redis, PresenceFilter::default());
     assert_eq!(all.len(), devices.len());
     assert!(all
         .iter()

@@ -16,7 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{privileged, redis_available, LineClient, RedisServer, TestServer, PATIENCE};
-use hangup_server::cluster::{ClusterFilter, ClusterSessionRow};
+use hangup_server::cluster::ClusterSessionRow;
+use hangup_server::presence::PresenceFilter;
 
 const LEASE: &str = "1s";
 const LOST_BUDGET: Duration = Duration::from_millis(1200);
@@ -118,7 +119,7 @@ fn online(redis: &RedisServer) -> Vec<ClusterSessionRow> {
         .unwrap()
         .block_on(hangup_server::cluster::query(
             &redis.url(),
-            &ClusterFilter {
+            &PresenceFilter {
                 online_only: true,
                 ..Default::default()
             },

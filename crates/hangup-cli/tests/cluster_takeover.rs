@@ -260,7 +260,7 @@ fn racing_hellos_on_three_nodes_leave_exactly_one_session() {
     let online = runtime
         .block_on(hangup_server::cluster::query(
             &redis.url(),
-            &hangup_server::cluster::ClusterFilter {
+            &hangup_server::presence::PresenceFilter {
                 online_only: true,
                 ..Default::default()
             },

@@ -197,13 +197,14 @@ pub struct PresenceStats {
     pub dropped_after_close: u64,
 }
 
-/// Which sessions [`query`] returns.
+/// Which sessions [`query`] (and the cluster's [`crate::cluster::query`]) returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PresenceFilter {
     /// Only this device's sessions.
     pub device: Option<String>,
-    /// Only sessions that are online: not ended, and recorded by a server that is
-    /// still running.
+    /// Only sessions that are online (see the rows' `online`): here, not ended and
+    /// recorded by a server that is still running; in the cluster, the device's owner
+    /// in Redis with its node's lease alive.
     pub online_only: bool,
     /// At most this many rows (the newest).
     pub limit: Option<usize>,
@@ -240,11 +241,11 @@ pub struct SessionRow {
     pub server_pid: u32,
 }
 
-fn rfc3339_millis<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn rfc3339_millis<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_millis(*time))
 }
 
-fn optional_rfc3339_millis<S: Serializer>(
+pub(crate) fn optional_rfc3339_millis<S: Serializer>(
     time: &Option<SystemTime>,
     s: S,
 ) -> Result<S::Ok, S::Error> {

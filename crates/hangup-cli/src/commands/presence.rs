@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use hangup_inspect::human_duration;
-use hangup_server::cluster::{self, ClusterFilter, ClusterSessionRow};
+use hangup_server::cluster::{self, ClusterSessionRow};
 use hangup_server::presence::{query, PresenceError, PresenceFilter, SessionRow};
 
 use crate::args::PresenceArgs;
@@ -31,34 +31,10 @@ pub fn run(args: &PresenceArgs) -> anyhow::Result<ExitCode> {
         limit: args.limit,
     };
     let rows = read(&args.data_dir, &filter)?;
-
-    let mut out = io::stdout().lock();
-    let printed = if args.json {
-        serde_json::to_writer_pretty(&mut out, &rows)
-            .map_err(io::Error::from)
-            .and_then(|()| writeln!(out))
-    } else {
-        print_table(&mut out, &rows, SystemTime::now())
-    };
-    match printed {
-        Ok(()) => {}
-        // `hangup presence | head` closing the pipe is a normal way to stop.
-        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {}
-        Err(error) => return Err(error).context("could not write the sessions"),
-    }
-
-    if !rows.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let Some(device) = &args.device else {
-        if !args.json {
-            let what = if args.online {
-                "no session is online"
-            } else {
-                "no session recorded"
-            };
-            eprintln!("{what} in {}", args.data_dir.display());
-        }
+    print_rows(args, &rows, |out| {
+        print_table(out, &rows, SystemTime::now())
+    })?;
+    let Some(device) = unlisted_device(args, &rows, || args.data_dir.display().to_string()) else {
         return Ok(ExitCode::SUCCESS);
     };
     // Say which of "never seen" and "seen, but offline" it is: the second is the
@@ -81,9 +57,75 @@ pub fn run(args: &PresenceArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(1))
 }
 
+/// Prints `rows` as JSON (`--json`) or as `table` prints them.
+fn print_rows<R: serde::Serialize>(
+    args: &PresenceArgs,
+    rows: &[R],
+    table: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    let printed = if args.json {
+        serde_json::to_writer_pretty(&mut out, rows)
+            .map_err(io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        table(&mut out)
+    };
+    match printed {
+        Ok(()) => Ok(()),
+        // `hangup presence | head` closing the pipe is a normal way to stop.
+        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(error) => Err(error).context("could not write the sessions"),
+    }
+}
+
+/// The `--device` that selected no session, to be explained (exit status 1); `None`
+/// when rows were listed or no device was asked for (then an empty listing says so,
+/// naming `place`, unless the output is JSON).
+fn unlisted_device<'a, R>(
+    args: &'a PresenceArgs,
+    rows: &[R],
+    place: impl FnOnce() -> String,
+) -> Option<&'a String> {
+    if !rows.is_empty() {
+        return None;
+    }
+    if args.device.is_none() && !args.json {
+        let what = if args.online {
+            "no session is online"
+        } else {
+            "no session recorded"
+        };
+        eprintln!("{what} in {}", place());
+    }
+    args.device.as_ref()
+}
+
+/// Writes `cells` under `headers` in columns two spaces apart, the last one unpadded.
+fn write_columns(out: &mut dyn Write, headers: &[&str], cells: &[Vec<String>]) -> io::Result<()> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in cells {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |out: &mut dyn Write, cells: &mut dyn Iterator<Item = &str>| -> io::Result<()> {
+        let mut text = String::new();
+        for (cell, width) in cells.zip(&widths) {
+            text.push_str(&format!("{cell:<width$}  "));
+        }
+        writeln!(out, "{}", text.trim_end())
+    };
+    line(out, &mut headers.iter().copied())?;
+    for row in cells {
+        line(out, &mut row.iter().map(String::as_str))?;
+    }
+    Ok(())
+}
+
 /// `--cluster URL`: the fleet's view from Redis.
 fn run_cluster(args: &PresenceArgs, url: &str) -> anyhow::Result<ExitCode> {
-    let filter = ClusterFilter {
+    let filter = PresenceFilter {
         device: args.device.clone(),
         online_only: args.online,
         limit: args.limit,
@@ -91,34 +133,13 @@ fn run_cluster(args: &PresenceArgs, url: &str) -> anyhow::Result<ExitCode> {
     let rows = super::runtime()?
         .block_on(cluster::query(url, &filter))
         .with_context(|| format!("could not read the cluster's presence from {url} (--cluster)"))?;
-    let mut out = io::stdout().lock();
-    let printed = if args.json {
-        serde_json::to_writer_pretty(&mut out, &rows)
-            .map_err(io::Error::from)
-            .and_then(|()| writeln!(out))
-    } else {
-        print_cluster_table(&mut out, &rows, SystemTime::now())
-    };
-    match printed {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {}
-        Err(error) => return Err(error).context("could not write the sessions"),
-    }
-    if !rows.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let Some(device) = &args.device else {
-        if !args.json {
-            let what = if args.online {
-                "no session is online"
-            } else {
-                "no session recorded"
-            };
-            eprintln!("{what} in the cluster at {url}");
-        }
+    print_rows(args, &rows, |out| {
+        print_cluster_table(out, &rows, SystemTime::now())
+    })?;
+    let Some(device) = unlisted_device(args, &rows, || format!("the cluster at {url}")) else {
         return Ok(ExitCode::SUCCESS);
     };
-    let all = ClusterFilter {
+    let all = PresenceFilter {
         device: Some(device.clone()),
         online_only: false,
         limit: Some(1),
@@ -189,21 +210,7 @@ fn print_cluster_table(
             ]
         })
         .collect();
-    let header_cells: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in &cells {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    for row in std::iter::once(&header_cells).chain(&cells) {
-        let mut text = String::new();
-        for (cell, width) in row.iter().zip(&widths) {
-            text.push_str(&format!("{cell:<width$}  "));
-        }
-        writeln!(out, "{}", text.trim_end())?;
-    }
-    Ok(())
+    write_columns(out, &headers, &cells)
 }
 
 /// Queries the store, turning a missing database into advice.
@@ -252,7 +259,7 @@ fn print_table(out: &mut dyn Write, rows: &[SessionRow], now: SystemTime) -> io:
         "DURATION",
     ];
     let time = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
-    let cells: Vec<[String; 9]> = rows
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
             let state = if row.online { "online" } else { "offline" };
@@ -270,7 +277,7 @@ fn print_table(out: &mut dyn Write, rows: &[SessionRow], now: SystemTime) -> io:
             let duration = until
                 .duration_since(row.connected_at)
                 .unwrap_or(Duration::ZERO);
-            [
+            vec![
                 row.device.clone(),
                 row.session.clone(),
                 row.peer.clone(),
@@ -283,27 +290,7 @@ fn print_table(out: &mut dyn Write, rows: &[SessionRow], now: SystemTime) -> io:
             ]
         })
         .collect();
-    let mut widths = headers.map(str::len);
-    for row in &cells {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |out: &mut dyn Write, cells: &[&str]| -> io::Result<()> {
-        let mut text = String::new();
-        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<width$}  "));
-            }
-        }
-        writeln!(out, "{}", text.trim_end())
-    };
-    line(out, &headers)?;
-    for row in &cells {
-        line(out, &row.each_ref().map(String::as_str))?;
-    }
+    write_columns(out, &headers, &cells)?;
     if cells.iter().any(|row| row[7] == SERVER_GONE) {
         writeln!(
             out,

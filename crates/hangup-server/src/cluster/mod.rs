@@ -20,7 +20,7 @@
 
 mod query;
 
-pub use query::{query, ClusterFilter, ClusterSessionRow};
+pub use query::{query, ClusterSessionRow};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -181,34 +181,29 @@ fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
-/// A script with the shared prelude, built once.
-fn script(cell: &'static OnceLock<String>, body: &str) -> &'static str {
-    cell.get_or_init(|| format!("{}\n{body}", include_str!("common.lua")))
+/// The Lua scripts, each run with `common.lua`'s shared prelude before it.
+#[derive(Debug, Clone, Copy)]
+enum Script {
+    Claim,
+    Reclaim,
+    Release,
+    DropStale,
+    Sweep,
 }
 
-fn claim_script() -> &'static str {
-    static S: OnceLock<String> = OnceLock::new();
-    script(&S, include_str!("claim.lua"))
-}
-
-fn reclaim_script() -> &'static str {
-    static S: OnceLock<String> = OnceLock::new();
-    script(&S, include_str!("reclaim.lua"))
-}
-
-fn release_script() -> &'static str {
-    static S: OnceLock<String> = OnceLock::new();
-    script(&S, include_str!("release.lua"))
-}
-
-fn drop_stale_script() -> &'static str {
-    static S: OnceLock<String> = OnceLock::new();
-    script(&S, include_str!("drop_stale.lua"))
-}
-
-fn sweep_script() -> &'static str {
-    static S: OnceLock<String> = OnceLock::new();
-    script(&S, include_str!("sweep.lua"))
+impl Script {
+    /// The script's full source, built once.
+    fn source(self) -> &'static str {
+        static BUILT: [OnceLock<String>; 5] = [const { OnceLock::new() }; 5];
+        let body = match self {
+            Script::Claim => include_str!("claim.lua"),
+            Script::Reclaim => include_str!("reclaim.lua"),
+            Script::Release => include_str!("release.lua"),
+            Script::DropStale => include_str!("drop_stale.lua"),
+            Script::Sweep => include_str!("sweep.lua"),
+        };
+        BUILT[self as usize].get_or_init(|| format!("{}\n{body}", include_str!("common.lua")))
+    }
 }
 
 /// What a driver asks of the cluster; sent without waiting.
@@ -555,7 +550,7 @@ impl ClusterTask {
     async fn sweep(&self, shared: &Shared, conn: &mut ConnectionManager) {
         shared.metrics.cluster_round_trips.inc();
         let lost: redis::RedisResult<Vec<String>> = redis::cmd("EVAL")
-            .arg(sweep_script())
+            .arg(Script::Sweep.source())
             .arg(0)
             .arg(KEY_PREFIX)
             .arg(unix_ms(SystemTime::now()))
@@ -601,7 +596,7 @@ impl ClusterTask {
                     since_ms,
                 } => {
                     pipe.cmd("EVAL")
-                        .arg(claim_script())
+                        .arg(Script::Claim.source())
                         .arg(0)
                         .arg(KEY_PREFIX)
                         .arg(&**device)
@@ -620,7 +615,7 @@ impl ClusterTask {
                     at_ms,
                 } => {
                     pipe.cmd("EVAL")
-                        .arg(release_script())
+                        .arg(Script::Release.source())
                         .arg(0)
                         .arg(KEY_PREFIX)
                         .arg(&**device)
@@ -669,19 +664,17 @@ impl ClusterTask {
             handle.epoch = epoch;
             if evicted_in_flight(epoch, handle.evict_seen) {
                 // A newer HELLO elsewhere was announced before our own claim returned.
-                let by = handle.evict_seen;
-                if !handle.kick_now(Instant::now()) {
-                    continue;
-                }
-                shared.metrics.cluster_evictions.inc();
-                hangup::emit!(
-                    "cluster_evicted",
-                    node = %self.node,
-                    device = %device,
-                    session = %session,
+                let newer_epoch = handle.evict_seen;
+                Evicted {
+                    node: &self.node,
+                    device,
+                    session: *session,
                     epoch,
-                    newer_epoch = by,
-                );
+                    newer_epoch,
+                    reason: "claim",
+                    by_node: None,
+                }
+                .kick(shared, handle, Instant::now());
             }
         }
     }
@@ -718,20 +711,53 @@ fn evict(shared: &Shared, node: &str, device: &str, epoch: u64, since_ms: u64, b
     let hello_at = Instant::now()
         .checked_sub(Duration::from_millis(age))
         .unwrap_or_else(Instant::now);
-    let own_epoch = handle.epoch;
-    if !handle.kick_now(hello_at) {
-        return;
+    Evicted {
+        node,
+        device,
+        session,
+        epoch: handle.epoch,
+        newer_epoch: epoch,
+        reason: "message",
+        by_node: Some(by),
     }
-    shared.metrics.cluster_evictions.inc();
-    hangup::emit!(
-        "cluster_evicted",
-        node = %node,
-        device = %device,
-        session = %session,
-        epoch = own_epoch,
-        newer_epoch = epoch,
-        by_node = %by,
-    );
+    .kick(shared, handle, hello_at);
+}
+
+/// Our session of a device lost it to a newer claim elsewhere.
+struct Evicted<'a> {
+    node: &'a str,
+    device: &'a str,
+    session: SessionId,
+    /// Our session's epoch.
+    epoch: u64,
+    /// The epoch that won.
+    newer_epoch: u64,
+    /// What told us: our claim's reply (`claim`), the owner's message (`message`), or a
+    /// reconciliation (`reconcile`).
+    reason: &'static str,
+    /// The node that took the device, when the message said.
+    by_node: Option<&'a str>,
+}
+
+impl Evicted<'_> {
+    /// Kicks the session's connection (`at`: the newer HELLO's instant, for the
+    /// eviction latency) and reports it, unless it was kicked already.
+    fn kick(self, shared: &Shared, handle: &mut crate::SessionHandle, at: Instant) {
+        if !handle.kick_now(at) {
+            return;
+        }
+        shared.metrics.cluster_evictions.inc();
+        hangup::emit!(
+            "cluster_evicted",
+            node = %self.node,
+            device = %self.device,
+            session = %self.session,
+            epoch = self.epoch,
+            newer_epoch = self.newer_epoch,
+            reason = self.reason,
+            by_node = self.by_node,
+        );
+    }
 }
 
 impl ClusterTask {
@@ -756,7 +782,7 @@ impl ClusterTask {
             pipe.ignore_errors();
             for held in chunk {
                 pipe.cmd("EVAL")
-                    .arg(reclaim_script())
+                    .arg(Script::Reclaim.source())
                     .arg(0)
                     .arg(KEY_PREFIX)
                     .arg(&*held.device)
@@ -791,19 +817,16 @@ impl ClusterTask {
                 }
                 if verdict == "lost" {
                     lost += 1;
-                    if !handle.kick_now(Instant::now()) {
-                        continue;
+                    Evicted {
+                        node: &self.node,
+                        device: &held.device,
+                        session: held.session,
+                        epoch: held.epoch,
+                        newer_epoch: epoch,
+                        reason: "reconcile",
+                        by_node: None,
                     }
-                    shared.metrics.cluster_evictions.inc();
-                    hangup::emit!(
-                        "cluster_evicted",
-                        node = %self.node,
-                        device = %held.device,
-                        session = %held.session,
-                        epoch = held.epoch,
-                        newer_epoch = epoch,
-                        reason = "reconcile",
-                    );
+                    .kick(shared, handle, Instant::now());
                 } else {
                     if verdict == "kept" {
                         kept += 1;
@@ -858,7 +881,7 @@ impl ClusterTask {
             pipe.ignore_errors();
             for device in chunk {
                 pipe.cmd("EVAL")
-                    .arg(drop_stale_script())
+                    .arg(Script::DropStale.source())
                     .arg(0)
                     .arg(KEY_PREFIX)
                     .arg(device.as_str())

@@ -4,20 +4,10 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hangup_core::Cause;
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 use super::{ClusterError, KEY_PREFIX};
-
-/// Which sessions [`query`] returns.
-#[derive(Debug, Clone, Default)]
-pub struct ClusterFilter {
-    /// Only this device's.
-    pub device: Option<String>,
-    /// Only sessions online now.
-    pub online_only: bool,
-    /// At most this many, the newest.
-    pub limit: Option<usize>,
-}
+use crate::presence::{optional_rfc3339_millis, rfc3339_millis, PresenceFilter};
 
 /// One session in the cluster history, newest first from [`query`].
 ///
@@ -45,20 +35,6 @@ pub struct ClusterSessionRow {
     pub cause: Option<Cause>,
 }
 
-fn rfc3339_millis<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_millis(*time))
-}
-
-fn optional_rfc3339_millis<S: Serializer>(
-    time: &Option<SystemTime>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match time {
-        Some(time) => rfc3339_millis(time, s),
-        None => s.serialize_none(),
-    }
-}
-
 fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
@@ -69,7 +45,7 @@ const MAX_DEVICES: usize = 100_000;
 /// Reads the cluster's sessions from the Redis at `url`.
 pub async fn query(
     url: &str,
-    filter: &ClusterFilter,
+    filter: &PresenceFilter,
 ) -> Result<Vec<ClusterSessionRow>, ClusterError> {
     let client = redis::Client::open(url).map_err(|source| ClusterError::BadUrl {
         url: url.to_owned(),
