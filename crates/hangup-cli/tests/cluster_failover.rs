@@ -9,8 +9,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{poll_until, redis_available, LineClient, RedisServer, TestServer, PATIENCE};
-use hangup_inspect::TcpState;
+use common::{
+    cluster_node, hello_all, poll_until, redis_available, server_sockets, LineClient, RedisServer,
+    TestServer, PATIENCE,
+};
 use hangup_server::cluster::ClusterSessionRow;
 use hangup_server::presence::PresenceFilter;
 
@@ -30,13 +32,7 @@ fn node(redis: &RedisServer, id: &str) -> TestServer {
 }
 
 fn node_with_lease(redis: &RedisServer, id: &str, lease: &str) -> TestServer {
-    let url = redis.url();
-    let mut server =
-        TestServer::start(&["--cluster", &url, "--node-id", id, "--cluster-lease", lease]);
-    server
-        .wait_event(|e| e["event"] == "cluster_joined", PATIENCE)
-        .unwrap_or_else(|| panic!("{id} never joined; stderr:\n{}", server.stderr_text()));
-    server
+    cluster_node(redis, id, &["--cluster-lease", lease])
 }
 
 fn cluster_rows(redis: &RedisServer, filter: PresenceFilter) -> Vec<ClusterSessionRow> {
@@ -44,34 +40,6 @@ fn cluster_rows(redis: &RedisServer, filter: PresenceFilter) -> Vec<ClusterSessi
         .unwrap()
         .block_on(hangup_server::cluster::query(&redis.url(), &filter))
         .expect("cluster presence")
-}
-
-fn hello_all(addr: SocketAddr, devices: &[String]) -> Vec<(LineClient, String)> {
-    let mut clients: Vec<LineClient> = devices
-        .iter()
-        .map(|device| {
-            let mut client = LineClient::connect(addr);
-            client.send(&format!("HELLO {device}"));
-            client
-        })
-        .collect();
-    clients
-        .drain(..)
-        .map(|mut client| {
-            let session = common::welcome_session(&client.reply());
-            (client, session)
-        })
-        .collect()
-}
-
-fn server_sockets(server: SocketAddr) -> usize {
-    hangup_inspect::collect()
-        .expect("sock_diag dump")
-        .sockets
-        .iter()
-        .filter(|s| s.local.port() == server.port() && s.local.ip() == server.ip())
-        .filter(|s| matches!(s.state, TcpState::Established | TcpState::CloseWait))
-        .count()
 }
 
 fn online_devices(redis: &RedisServer) -> Vec<ClusterSessionRow> {

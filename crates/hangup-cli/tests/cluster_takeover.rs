@@ -12,9 +12,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    hello, poll_until, redis_available, run_hangup, LineClient, RedisServer, TestServer, PATIENCE,
+    cluster_node, hello, hello_all, poll_until, redis_available, run_hangup, server_sockets,
+    LineClient, RedisServer, TestServer, PATIENCE,
 };
-use hangup_inspect::TcpState;
 use serde_json::Value;
 
 /// Devices in the storm (the issue asks for 1 000).
@@ -22,21 +22,11 @@ const DEVICES: usize = 1000;
 
 /// A cluster node on this Redis, once it has joined.
 fn node(redis: &RedisServer, id: &str, lease: &str) -> TestServer {
-    let url = redis.url();
-    let mut server = TestServer::start(&[
-        "--cluster",
-        &url,
-        "--node-id",
+    cluster_node(
+        redis,
         id,
-        "--cluster-lease",
-        lease,
-        "--max-connections",
-        "5000",
-    ]);
-    server
-        .wait_event(|e| e["event"] == "cluster_joined", PATIENCE)
-        .unwrap_or_else(|| panic!("{id} never joined; stderr:\n{}", server.stderr_text()));
-    server
+        &["--cluster-lease", lease, "--max-connections", "5000"],
+    )
 }
 
 /// A counter or gauge from the node's /metrics (0 when absent).
@@ -48,37 +38,6 @@ fn metric(server: &TestServer, name: &str) -> f64 {
             rest.strip_prefix(' ')?.trim().parse().ok()
         })
         .unwrap_or(0.0)
-}
-
-/// Server-side sockets on `server`'s port still ESTABLISHED or CLOSE_WAIT.
-fn server_sockets(server: SocketAddr) -> usize {
-    let snapshot = hangup_inspect::collect().expect("sock_diag dump");
-    snapshot
-        .sockets
-        .iter()
-        .filter(|s| s.local.port() == server.port() && s.local.ip() == server.ip())
-        .filter(|s| matches!(s.state, TcpState::Established | TcpState::CloseWait))
-        .count()
-}
-
-/// HELLO for every device on its own connection to `addr`, pipelined: all connect and
-/// send first, then every WELCOME is read.
-fn hello_all(addr: SocketAddr, devices: &[String]) -> Vec<(LineClient, String)> {
-    let mut clients: Vec<LineClient> = devices
-        .iter()
-        .map(|device| {
-            let mut client = LineClient::connect(addr);
-            client.send(&format!("HELLO {device}"));
-            client
-        })
-        .collect();
-    clients
-        .drain(..)
-        .map(|mut client| {
-            let session = common::welcome_session(&client.reply());
-            (client, session)
-        })
-        .collect()
 }
 
 fn presence(redis: &RedisServer, device: &str) -> Vec<Value> {

@@ -999,3 +999,53 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A cluster node (`hangup serve --cluster`) on `redis` with node id `id` and
+/// `extra` flags, once it has joined.
+pub fn cluster_node(redis: &RedisServer, id: &str, extra: &[&str]) -> TestServer {
+    let url = redis.url();
+    let mut args = vec!["--cluster", &url, "--node-id", id];
+    args.extend_from_slice(extra);
+    let mut server = TestServer::start(&args);
+    server
+        .wait_event(|e| e["event"] == "cluster_joined", PATIENCE)
+        .unwrap_or_else(|| panic!("{id} never joined; stderr:\n{}", server.stderr_text()));
+    server
+}
+
+/// HELLO for every device on its own connection to `addr`, pipelined: all connect and
+/// send first, then every WELCOME is read.
+pub fn hello_all(addr: SocketAddr, devices: &[String]) -> Vec<(LineClient, String)> {
+    let mut clients: Vec<LineClient> = devices
+        .iter()
+        .map(|device| {
+            let mut client = LineClient::connect(addr);
+            client.send(&format!("HELLO {device}"));
+            client
+        })
+        .collect();
+    clients
+        .drain(..)
+        .map(|mut client| {
+            let session = welcome_session(&client.reply());
+            (client, session)
+        })
+        .collect()
+}
+
+/// Server-side sockets on `server`'s address still ESTABLISHED or CLOSE_WAIT (from
+/// sock_diag).
+pub fn server_sockets(server: SocketAddr) -> usize {
+    let snapshot = hangup_inspect::collect().expect("sock_diag dump");
+    snapshot
+        .sockets
+        .iter()
+        .filter(|s| s.local.port() == server.port() && s.local.ip() == server.ip())
+        .filter(|s| {
+            matches!(
+                s.state,
+                hangup_inspect::TcpState::Established | hangup_inspect::TcpState::CloseWait
+            )
+        })
+        .count()
+}
