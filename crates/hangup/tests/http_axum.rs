@@ -70,6 +70,23 @@ struct Harness {
     events: mpsc::UnboundedReceiver<&'static str>,
 }
 
+impl Harness {
+    /// A GET of `path`, hung up as `how` says once its handler runs: what the work
+    /// reported.
+    async fn hang_up_during(&mut self, path: &str, how: HangUp) -> Outcome {
+        let bytes = request(path);
+        hang_up_during(self.addr, bytes.as_bytes(), how, &mut self.outcomes).await
+    }
+
+    /// The next thing a handler said.
+    async fn event(&mut self) -> &'static str {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("no handler event in time")
+            .expect("the server is gone")
+    }
+}
+
 async fn start(on_fin: OnFin) -> Harness {
     let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
     let (events_tx, events) = mpsc::unbounded_channel();
@@ -112,41 +129,23 @@ async fn start(on_fin: OnFin) -> Harness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fin_cancels_the_work() {
     let mut h = start(OnFin::Cancel).await;
-    let client = send(h.addr, request("/work").as_bytes()).await;
-    settle().await;
-    drop(client);
-    assert_eq!(
-        outcome(&mut h.outcomes).await,
-        Outcome {
-            cancelled: true,
-            cause: Some(Cause::PeerClosed)
-        }
-    );
+    let got = h.hang_up_during("/work", HangUp::Close).await;
+    assert_eq!(got, cancelled_by(Cause::PeerClosed));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rst_cancels_the_work() {
     let mut h = start(OnFin::Cancel).await;
-    let client = send(h.addr, request("/work").as_bytes()).await;
-    settle().await;
-    reset(client);
-    assert_eq!(
-        outcome(&mut h.outcomes).await,
-        Outcome {
-            cancelled: true,
-            cause: Some(Cause::PeerReset)
-        }
-    );
+    let got = h.hang_up_during("/work", HangUp::Reset).await;
+    assert_eq!(got, cancelled_by(Cause::PeerReset));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipelined_second_request_does_not_hide_the_hangup() {
     let mut h = start(OnFin::Cancel).await;
     let two = format!("{}{}", request("/work"), request("/work"));
-    let client = send(h.addr, two.as_bytes()).await;
-    settle().await;
-    drop(client); // the second request is still unread in the server's socket
-    let first = outcome(&mut h.outcomes).await;
+    // The second request is still unread in the server's socket at the close.
+    let first = hang_up_during(h.addr, two.as_bytes(), HangUp::Close, &mut h.outcomes).await;
     assert!(first.cancelled, "{first:?}");
     assert!(
         matches!(first.cause, Some(Cause::PeerClosed | Cause::PeerReset)),
@@ -157,10 +156,9 @@ async fn a_pipelined_second_request_does_not_hide_the_hangup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unread_post_body_does_not_hide_the_hangup() {
     let mut h = start(OnFin::Cancel).await;
-    let client = send(h.addr, &post_with_body("/upload", 64 * 1024)).await;
-    settle().await;
-    drop(client); // unread bytes in the server's socket: the kernel answers with RST
-    let got = outcome(&mut h.outcomes).await;
+    // Unread bytes in the server's socket: the kernel answers the close with RST.
+    let body = post_with_body("/upload", 64 * 1024);
+    let got = hang_up_during(h.addr, &body, HangUp::Close, &mut h.outcomes).await;
     assert!(got.cancelled, "{got:?}");
     assert!(
         matches!(got.cause, Some(Cause::PeerClosed | Cause::PeerReset)),
@@ -176,10 +174,7 @@ async fn half_close_cancels_by_default() {
     client.shutdown().await.unwrap(); // FIN, still reading
     assert_eq!(
         outcome(&mut h.outcomes).await,
-        Outcome {
-            cancelled: true,
-            cause: Some(Cause::PeerClosed)
-        }
+        cancelled_by(Cause::PeerClosed)
     );
 }
 
@@ -204,16 +199,8 @@ async fn half_close_is_answered_with_on_fin_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_on_fin_finish_an_rst_still_cancels() {
     let mut h = start(OnFin::Finish).await;
-    let client = send(h.addr, request("/work").as_bytes()).await;
-    settle().await;
-    reset(client);
-    assert_eq!(
-        outcome(&mut h.outcomes).await,
-        Outcome {
-            cancelled: true,
-            cause: Some(Cause::PeerReset)
-        }
-    );
+    let got = h.hang_up_during("/work", HangUp::Reset).await;
+    assert_eq!(got, cancelled_by(Cause::PeerReset));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,11 +211,7 @@ async fn drop_on_hangup_drops_the_handler() {
     let client = send(h.addr, two.as_bytes()).await;
     settle().await;
     drop(client);
-    let event = tokio::time::timeout(WAIT, h.events.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(event, "dropped");
+    assert_eq!(h.event().await, "dropped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,11 +220,7 @@ async fn finish_detached_runs_the_handler_to_its_end() {
     let client = send(h.addr, request("/detached").as_bytes()).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     drop(client);
-    let event = tokio::time::timeout(WAIT, h.events.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(event, "finished");
+    assert_eq!(h.event().await, "finished");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,51 +82,30 @@ async fn start(on_fin: OnFin) -> (SocketAddr, mpsc::UnboundedReceiver<Outcome>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fin_cancels_the_work() {
     let (addr, mut outcomes) = start(OnFin::Cancel).await;
-    let client = send(addr, request("/").as_bytes()).await;
-    settle().await;
-    drop(client);
-    assert_eq!(
-        outcome(&mut outcomes).await,
-        Outcome {
-            cancelled: true,
-            cause: Some(Cause::PeerClosed)
-        }
-    );
+    let got = hang_up_during(addr, request("/").as_bytes(), HangUp::Close, &mut outcomes).await;
+    assert_eq!(got, cancelled_by(Cause::PeerClosed));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rst_cancels_the_work() {
     let (addr, mut outcomes) = start(OnFin::Cancel).await;
-    let client = send(addr, request("/").as_bytes()).await;
-    settle().await;
-    reset(client);
-    assert_eq!(
-        outcome(&mut outcomes).await,
-        Outcome {
-            cancelled: true,
-            cause: Some(Cause::PeerReset)
-        }
-    );
+    let got = hang_up_during(addr, request("/").as_bytes(), HangUp::Reset, &mut outcomes).await;
+    assert_eq!(got, cancelled_by(Cause::PeerReset));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipelined_second_request_does_not_hide_the_hangup() {
     let (addr, mut outcomes) = start(OnFin::Cancel).await;
     let two = format!("{}{}", request("/"), request("/"));
-    let client = send(addr, two.as_bytes()).await;
-    settle().await;
-    drop(client);
-    let first = outcome(&mut outcomes).await;
+    let first = hang_up_during(addr, two.as_bytes(), HangUp::Close, &mut outcomes).await;
     assert!(first.cancelled, "{first:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unread_post_body_does_not_hide_the_hangup() {
     let (addr, mut outcomes) = start(OnFin::Cancel).await;
-    let client = send(addr, &post_with_body("/", 64 * 1024)).await;
-    settle().await;
-    drop(client);
-    let got = outcome(&mut outcomes).await;
+    let body = post_with_body("/", 64 * 1024);
+    let got = hang_up_during(addr, &body, HangUp::Close, &mut outcomes).await;
     assert!(got.cancelled, "{got:?}");
 }
 

@@ -60,6 +60,40 @@ pub async fn settle() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
+/// How a test client hangs up.
+#[derive(Debug, Clone, Copy)]
+pub enum HangUp {
+    /// A plain close: FIN.
+    Close,
+    /// `SO_LINGER` 0, then close: RST.
+    Reset,
+}
+
+/// Sends `bytes` to `addr`, lets the handler start, hangs up as `how` says and returns
+/// what the work reported.
+pub async fn hang_up_during(
+    addr: SocketAddr,
+    bytes: &[u8],
+    how: HangUp,
+    outcomes: &mut mpsc::UnboundedReceiver<Outcome>,
+) -> Outcome {
+    let client = send(addr, bytes).await;
+    settle().await;
+    match how {
+        HangUp::Close => drop(client),
+        HangUp::Reset => reset(client),
+    }
+    outcome(outcomes).await
+}
+
+/// The outcome of work cancelled by a hangup with `cause`.
+pub fn cancelled_by(cause: Cause) -> Outcome {
+    Outcome {
+        cancelled: true,
+        cause: Some(cause),
+    }
+}
+
 /// Reads the whole response (until the server closes or `WAIT`).
 pub async fn read_all(stream: &mut TcpStream) -> String {
     let mut out = Vec::new();
