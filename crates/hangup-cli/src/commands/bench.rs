@@ -39,6 +39,8 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             concurrency: args.concurrency,
             dead_after: args.dead_after,
             ramp_limit: args.ramp_limit,
+            peer: args.peer,
+            repeat: args.repeat,
             json: args.json,
         }),
         BenchCommand::MassDeath(args) => hangup_bench::mass_death(&MassDeathSettings {
@@ -83,6 +85,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             device_prefix: args.device_prefix,
             heartbeat: args.heartbeat,
             concurrency: args.concurrency,
+            protocol: args.protocol,
         }),
     }
 }
