@@ -563,6 +563,13 @@ pub struct BenchCancelArgs {
     #[arg(long, value_name = "probe|cancel|finish", default_value_t = HalfClosePolicy::default())]
     pub on_half_close: HalfClosePolicy,
 
+    /// Time this reference server too, in the same run by the same client, trials
+    /// interleaved, and print the ratios hangup/peer: plain `axum` or `hyper` (the
+    /// servers of `bench http`, which stop their work by the drop-guard idiom), or their
+    /// hangup variants. It gets as many idle connections as `hangup serve`.
+    #[arg(long, value_name = "axum|hyper")]
+    pub peer: Option<HttpServerKind>,
+
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

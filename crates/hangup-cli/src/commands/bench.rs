@@ -17,6 +17,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             iterations: args.iterations,
             mode: args.mode,
             on_half_close: args.on_half_close,
+            peer: args.peer,
             json: args.json,
         }),
         BenchCommand::Takeover(args) => hangup_bench::takeover(&TakeoverSettings {
