@@ -8,6 +8,10 @@
 //!   scale.rs       N heartbeating sessions, K instances  ├─ `<current exe> serve …`,
 //!   mass_death.rs  N sessions die at once in a netns     │  JSON events on stderr
 //!   load.rs        the load workers (`bench load-worker`)┘
+//!   http.rs        plain axum/hyper beside their hangup variants (http_peer.rs: the
+//!                  reference servers, also `bench cancel --peer`'s)
+//!   mosquitto.rs · mqtt.rs     `bench scale --peer mosquitto`: the broker the bench
+//!                  starts · the MQTT 3.1.1 packets the load workers speak to it
 //!   histogram.rs · procfs.rs   log-bucket latencies · /proc samples and limits
 //! ```
 //!

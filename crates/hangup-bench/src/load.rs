@@ -22,8 +22,8 @@
 //! sessions spread evenly) and times the `PONG`. A session that ends before "stop",
 //! or whose `PONG` does not come, is *lost*. With [`LoadProtocol::Mqtt`] the same
 //! sessions speak MQTT 3.1.1 to a broker instead (`bench scale --peer mosquitto`):
-//! CONNECT with keepalive H and client id `<prefix>-<n>`, CONNACK, then PINGREQ every
-//! H, timing the PINGRESP; everything else (schedule, limits, counting) is the same code.
+//! CONNECT with keepalive 2 × H and client id `<prefix>-<n>`, CONNACK, then PINGREQ
+//! every H, timing the PINGRESP; everything else (schedule, limits, counting) is the same code.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead as _, BufReader as StdBufReader, Write as _};
@@ -54,7 +54,8 @@ pub enum LoadProtocol {
     /// hangup's line protocol: `HELLO`, then `PING` → `PONG`.
     #[default]
     Line,
-    /// MQTT 3.1.1: CONNECT (keepalive = the heartbeat), then PINGREQ → PINGRESP.
+    /// MQTT 3.1.1: CONNECT (keepalive = 2 × the heartbeat), then PINGREQ → PINGRESP
+    /// every heartbeat.
     Mqtt,
 }
 
@@ -475,7 +476,11 @@ async fn open(
             }
         }
         LoadProtocol::Mqtt => {
-            let keepalive = u16::try_from(heartbeat.as_secs()).unwrap_or(u16::MAX);
+            // Twice the heartbeat: mosquitto 2.0 keeps time in whole seconds and drops a
+            // client once `now_s - last_msg_in > keepalive * 3 / 2` (integer), so with
+            // keepalive = H = 1 s a PING that is on time but crosses two second
+            // boundaries ends the session. The client still pings every H.
+            let keepalive = u16::try_from(2 * heartbeat.as_secs()).unwrap_or(u16::MAX);
             let connect = mqtt::connect(device, keepalive).map_err(io::Error::other)?;
             conn.get_mut().write_all(&connect).await?;
             let mut connack = [0u8; mqtt::CONNACK_LEN];

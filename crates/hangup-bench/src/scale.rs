@@ -873,14 +873,20 @@ fn print_comparison(r: &CompareReport) {
     };
     let cell = |median: f64, rounds: &[f64], unit: &str| {
         if rounds.len() > 1 {
-            let each: Vec<String> = rounds.iter().map(|v| format(*v, "")).collect();
+            let each: Vec<String> = rounds
+                .iter()
+                .map(|v| match unit {
+                    "" | "B" => format!("{v:.0}"),
+                    _ => format!("{v:.1}"),
+                })
+                .collect();
             format!("{} ({})", format(median, unit), each.join(", "))
         } else {
             format(median, unit)
         }
     };
     println!(
-        "{:<42} {:>24} {:>24} {:>16}",
+        "{:<40} {:>30} {:>30} {:>17}",
         "figure",
         "hangup",
         r.peer,
@@ -888,7 +894,7 @@ fn print_comparison(r: &CompareReport) {
     );
     for f in &r.comparison {
         println!(
-            "{:<42} {:>24} {:>24} {:>16}",
+            "{:<40} {:>30} {:>30} {:>17}",
             f.figure,
             cell(f.hangup, &f.hangup_rounds, f.unit),
             cell(f.peer, &f.peer_rounds, f.unit),
@@ -900,6 +906,19 @@ fn print_comparison(r: &CompareReport) {
         );
     }
     for round in &r.rounds {
+        if let Some(server) = &round.server {
+            let threads: Vec<String> = server
+                .cpu_per_heartbeat_by_thread_us
+                .iter()
+                .filter(|(_, us)| us.abs() >= 0.01)
+                .map(|(name, us)| format!("{name} {us:.2}"))
+                .collect();
+            println!(
+                "CPU per heartbeat by thread ({}, µs): {}",
+                round.server_kind,
+                threads.join(", ")
+            );
+        }
         for limit in &round.limits_hit {
             println!("limit hit ({}): {limit}", round.server_kind);
         }

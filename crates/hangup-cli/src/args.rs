@@ -413,7 +413,7 @@ pub struct BenchScaleArgs {
 
     /// Run the same load against this server too, in the same run, and print both side
     /// by side with the ratios hangup/peer. `mosquitto`: a broker the bench starts on a
-    /// free loopback port, loaded over MQTT 3.1.1 (CONNECT with keepalive = heartbeat,
+    /// free loopback port, loaded over MQTT 3.1.1 (CONNECT with keepalive = 2 × heartbeat,
     /// PINGREQ → PINGRESP); one process, so at most the descriptor hard limit of
     /// sessions. Install it with `scripts/bench-peers`.
     #[arg(long, value_name = "mosquitto", conflicts_with_all = ["target", "server_pid"])]
