@@ -26,7 +26,9 @@ use hangup_core::{Command, HalfClosePolicy, Reply, DEFAULT_SEED};
 use serde::Serialize;
 
 use super::http::{self, Case, Trial};
-use super::{command_line, machine_description, percentile, write_json, ServerProcess};
+use super::{
+    command_line, load_average, machine_description, percentile, write_json, ServerProcess,
+};
 use crate::http_peer::HttpServerKind;
 
 /// What `bench cancel` measures.
@@ -120,6 +122,8 @@ struct Report {
     iterations: usize,
     on_half_close: String,
     machine: String,
+    /// /proc/loadavg at the start and at the end: the machine may be shared.
+    load_average: [String; 2],
     /// `hangup serve`'s figures, one per mode.
     results: Vec<ModeResult>,
     /// With `--peer`: the peer's figures from the same run, and the ratios.
@@ -148,6 +152,7 @@ pub fn cancel(args: &CancelSettings) -> anyhow::Result<ExitCode> {
     if args.iterations == 0 {
         bail!("--iterations must be at least 1");
     }
+    let load_before = load_average();
     if args.peer.is_some() {
         let room = super::procfs::Limits::read()
             .nofile
@@ -225,6 +230,7 @@ pub fn cancel(args: &CancelSettings) -> anyhow::Result<ExitCode> {
         iterations: args.iterations,
         on_half_close: args.on_half_close.to_string(),
         machine: machine_description(),
+        load_average: [load_before, load_average()],
         results,
         peer,
     };
@@ -437,7 +443,10 @@ fn print_table(report: &Report) {
         report.iterations,
         report.on_half_close
     );
-    println!("machine: {}", report.machine);
+    println!(
+        "machine: {} (load average {} at the start, {} at the end)",
+        report.machine, report.load_average[0], report.load_average[1]
+    );
     println!(
         "{:<12} {:<5} {:>8} {:>7} {:>10} {:>10} {:>10} {:>10}  cause",
         "server", "mode", "samples", "missed", "p50 µs", "p90 µs", "p99 µs", "max µs"

@@ -32,7 +32,8 @@ use serde::Serialize;
 
 use super::procfs::ProcessSample;
 use super::{
-    catch_interrupts, check_interrupt, machine_description, percentile, write_json, ServerProcess,
+    catch_interrupts, check_interrupt, load_average, machine_description, percentile, write_json,
+    ServerProcess,
 };
 use crate::http_peer::HttpServerKind;
 
@@ -339,13 +340,6 @@ pub fn http(args: &HttpSettings) -> anyhow::Result<ExitCode> {
         );
         ExitCode::from(1)
     })
-}
-
-/// The 1, 5 and 15 minute load averages.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 /// What one trial saw.

@@ -324,6 +324,13 @@ pub(crate) fn machine_description() -> String {
     )
 }
 
+/// The 1, 5 and 15 minute load averages (/proc/loadavg): the machine may be shared.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 /// A multi-threaded tokio runtime.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("could not start the tokio runtime")

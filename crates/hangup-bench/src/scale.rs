@@ -27,7 +27,9 @@ use super::load::{
 };
 use super::mosquitto::{self, Mosquitto};
 use super::procfs::{Limits, MachineSample, ProcessSample};
-use super::{check_interrupt, machine_description, sleep_checked, write_json, ServerProcess};
+use super::{
+    check_interrupt, load_average, machine_description, sleep_checked, write_json, ServerProcess,
+};
 
 /// What `bench scale` measures, and against what.
 #[derive(Debug, Clone)]
@@ -705,6 +707,8 @@ struct CompareReport {
     peer: &'static str,
     peer_version: String,
     machine: String,
+    /// /proc/loadavg at the start and at the end: the machine may be shared.
+    load_average: [String; 2],
     connections: usize,
     heartbeat_s: u64,
     repeat: usize,
@@ -768,6 +772,7 @@ fn compare(args: &ScaleSettings, peer: ScalePeer) -> anyhow::Result<ExitCode> {
         );
     }
     super::catch_interrupts()?;
+    let load_before = load_average();
     let peer_version = mosquitto::version(&binary);
     let repeat = args.repeat.max(1);
     let mut order = Vec::new();
@@ -817,6 +822,7 @@ fn compare(args: &ScaleSettings, peer: ScalePeer) -> anyhow::Result<ExitCode> {
         peer: peer.as_str(),
         peer_version,
         machine: machine_description(),
+        load_average: [load_before, load_average()],
         connections: args.connections,
         heartbeat_s: args.heartbeat,
         repeat,
@@ -863,26 +869,34 @@ fn print_comparison(r: &CompareReport) {
         r.repeat,
         r.order.join(", ")
     );
-    println!("machine: {}", r.machine);
+    println!(
+        "machine: {} (load average {} at the start, {} at the end)",
+        r.machine, r.load_average[0], r.load_average[1]
+    );
     println!("peer: {}", r.peer_version);
-    let format = |value: f64, unit: &str| match unit {
-        "" => format!("{value:.0}"),
-        "s" => format!("{value:.1} s"),
-        "B" => format!("{value:.0} B"),
-        _ => format!("{value:.1} {unit}"),
+    // Round trips of milliseconds in ms, the rest in its unit; rounds without the unit.
+    let unit_of = |value: f64, unit: &'static str| match unit {
+        "µs" if value >= 1000.0 => (value / 1000.0, "ms"),
+        _ => (value, unit),
     };
-    let cell = |median: f64, rounds: &[f64], unit: &str| {
+    let number = |value: f64, unit: &str| match unit {
+        "" | "B" => format!("{value:.0}"),
+        "ms" => format!("{value:.2}"),
+        _ => format!("{value:.1}"),
+    };
+    // The median picks the unit; its rounds are shown in the same one.
+    let cell = |median: f64, rounds: &[f64], unit: &'static str| {
+        let (value, shown) = unit_of(median, unit);
+        let scale = if shown == unit { 1.0 } else { 1000.0 };
+        let median = match shown {
+            "" => number(value, shown),
+            _ => format!("{} {shown}", number(value, shown)),
+        };
         if rounds.len() > 1 {
-            let each: Vec<String> = rounds
-                .iter()
-                .map(|v| match unit {
-                    "" | "B" => format!("{v:.0}"),
-                    _ => format!("{v:.1}"),
-                })
-                .collect();
-            format!("{} ({})", format(median, unit), each.join(", "))
+            let each: Vec<String> = rounds.iter().map(|&v| number(v / scale, shown)).collect();
+            format!("{median} ({})", each.join(", "))
         } else {
-            format(median, unit)
+            median
         }
     };
     println!(
