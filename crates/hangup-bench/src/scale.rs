@@ -11,6 +11,11 @@
 //! ramp-up time), a second to settle, then the hold: every session keeps heartbeating
 //! and the workers time each `PING` round trip. Server memory is read from /proc before
 //! the ramp and after it; server CPU over the hold, divided by the `PONG`s answered.
+//!
+//! `--peer mosquitto` runs such rounds against `hangup serve` and against a mosquitto
+//! the bench starts (`mosquitto.rs`), `--repeat` of each, interleaved, with the same
+//! load workers speaking MQTT there (`mqtt.rs`), and prints the figures side by side
+//! with the ratios hangup/mosquitto.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
