@@ -476,11 +476,7 @@ async fn open(
             }
         }
         LoadProtocol::Mqtt => {
-            // Twice the heartbeat: mosquitto 2.0 keeps time in whole seconds and drops a
-            // client once `now_s - last_msg_in > keepalive * 3 / 2` (integer), so with
-            // keepalive = H = 1 s a PING that is on time but crosses two second
-            // boundaries ends the session. The client still pings every H.
-            let keepalive = u16::try_from(2 * heartbeat.as_secs()).unwrap_or(u16::MAX);
+            let keepalive = mqtt_keepalive(heartbeat.as_secs());
             let connect = mqtt::connect(device, keepalive).map_err(io::Error::other)?;
             conn.get_mut().write_all(&connect).await?;
             let mut connack = [0u8; mqtt::CONNACK_LEN];
@@ -491,6 +487,15 @@ async fn open(
         }
     }
     Ok(conn)
+}
+
+/// The keepalive an MQTT session of heartbeat `heartbeat_s` asks for: twice the
+/// heartbeat. mosquitto 2.0 keeps time in whole seconds and drops a client once
+/// `now_s - last_msg_in > keepalive * 3 / 2` (integer), so with keepalive = H = 1 s a
+/// ping that is on time but crosses two second boundaries ends the session. The client
+/// still pings every H.
+pub(crate) fn mqtt_keepalive(heartbeat_s: u64) -> u16 {
+    u16::try_from(2 * heartbeat_s).unwrap_or(u16::MAX)
 }
 
 /// The next line that is not a `#` probe, without its ending; empty at EOF.

@@ -28,7 +28,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::load::{
-    merged_rtt, shares, sum_reasons, Fleet, LoadProtocol, WorkerPlan, SESSIONS_PER_ADDRESS,
+    merged_rtt, mqtt_keepalive, shares, sum_reasons, Fleet, LoadProtocol, WorkerPlan,
+    SESSIONS_PER_ADDRESS,
 };
 use super::mosquitto::{self, Mosquitto};
 use super::procfs::{Limits, MachineSample, ProcessSample};
@@ -187,7 +188,11 @@ struct Report {
     load_workers: usize,
     per_worker: usize,
     hold_s: f64,
+    /// The hangup servers' dead-after (not used by mosquitto rounds).
     dead_after_s: f64,
+    /// Mosquitto rounds: the keepalive every MQTT session asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mqtt_keepalive_s: Option<u16>,
     sessions_reached: u64,
     sessions_failed: u64,
     open_errors: BTreeMap<String, u64>,
@@ -453,6 +458,7 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
         per_worker,
         hold_s: hold.as_secs_f64(),
         dead_after_s: dead_after.as_secs_f64(),
+        mqtt_keepalive_s: (protocol == LoadProtocol::Mqtt).then(|| mqtt_keepalive(args.heartbeat)),
         sessions_reached: reached,
         sessions_failed: failed,
         open_errors,

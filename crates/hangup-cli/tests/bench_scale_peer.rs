@@ -111,6 +111,10 @@ fn bench_scale_peer_mosquitto_holds_every_session_on_both_servers() {
             "{kind}: {round}"
         );
         assert!(round["server"]["cpu_per_heartbeat_us"].is_number());
+        // MQTT sessions ask for keepalive 2 × H (mosquitto counts whole seconds).
+        if kind == "mosquitto" {
+            assert_eq!(round["mqtt_keepalive_s"], 2, "{round}");
+        }
     }
     let comparison = report["comparison"].as_array().expect("comparison");
     let figure = |name: &str| {
