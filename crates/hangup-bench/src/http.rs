@@ -32,7 +32,8 @@ use serde::Serialize;
 
 use super::procfs::ProcessSample;
 use super::{
-    catch_interrupts, check_interrupt, machine_description, percentile, write_json, ServerProcess,
+    catch_interrupts, check_interrupt, load_average, machine_description, percentile, write_json,
+    ServerProcess,
 };
 use crate::http_peer::HttpServerKind;
 
@@ -69,6 +70,21 @@ const SERVERS: [HttpServerKind; 4] = [
 /// The events the client reads from its servers.
 const EVENTS: &[&str] = &["work_started", "work_stopped"];
 
+/// Starts one reference server (`hangup bench http-peer --server KIND`, with
+/// `OnFin::Finish` if `finish_on_fin`) as a child of this executable; it reports
+/// `work_started` / `work_stopped` on stderr. `bench http` and `bench cancel --peer`
+/// both start their peers here.
+pub(crate) fn start_reference(
+    kind: HttpServerKind,
+    finish_on_fin: bool,
+) -> anyhow::Result<ServerProcess> {
+    let mut args = vec!["bench", "http-peer", "--server", kind.as_str()];
+    if finish_on_fin {
+        args.push("--finish-on-fin");
+    }
+    ServerProcess::start_child(&args, EVENTS)
+}
+
 /// How long the server may take to start a requested work.
 const START_LIMIT: Duration = Duration::from_secs(5);
 
@@ -83,7 +99,7 @@ const SENT_BODY: usize = 64 * 1024;
 
 /// How a client hangs up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Case {
+pub(crate) enum Case {
     Fin,
     Rst,
     Pipelined,
@@ -218,12 +234,9 @@ struct Peer {
 
 impl Peer {
     fn start(kind: HttpServerKind) -> anyhow::Result<Self> {
-        let args = ["bench", "http-peer", "--server", kind.as_str()];
-        let main = ServerProcess::start_child(&args, EVENTS)?;
+        let main = start_reference(kind, false)?;
         let finish_on_fin = if kind.is_hangup() {
-            let mut finish = args.to_vec();
-            finish.push("--finish-on-fin");
-            Some(ServerProcess::start_child(&finish, EVENTS)?)
+            Some(start_reference(kind, true)?)
         } else {
             None
         };
@@ -329,15 +342,8 @@ pub fn http(args: &HttpSettings) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The 1, 5 and 15 minute load averages.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 /// What one trial saw.
-enum Trial {
+pub(crate) enum Trial {
     Stopped { latency_us: f64, answered: bool },
     Missed { answered: bool },
     NotStarted,
@@ -407,7 +413,10 @@ fn measure(
     })
 }
 
-fn trial(
+/// One hangup against `server`: connect, request a work bounded by `cap`, wait for
+/// `work_started`, take the time, hang up as `case` says, wait up to `miss_limit` for
+/// `work_stopped`. A work still running then is waited for until its cap.
+pub(crate) fn trial(
     server: &ServerProcess,
     case: Case,
     cap: Duration,

@@ -8,6 +8,10 @@
 //!   scale.rs       N heartbeating sessions, K instances  ├─ `<current exe> serve …`,
 //!   mass_death.rs  N sessions die at once in a netns     │  JSON events on stderr
 //!   load.rs        the load workers (`bench load-worker`)┘
+//!   http.rs        plain axum/hyper beside their hangup variants (http_peer.rs: the
+//!                  reference servers, also `bench cancel --peer`'s)
+//!   mosquitto.rs · mqtt.rs     `bench scale --peer mosquitto`: the broker the bench
+//!                  starts · the MQTT 3.1.1 packets the load workers speak to it
 //!   histogram.rs · procfs.rs   log-bucket latencies · /proc samples and limits
 //! ```
 //!
@@ -46,6 +50,8 @@ mod http;
 mod http_peer;
 mod load;
 mod mass_death;
+mod mosquitto;
+mod mqtt;
 mod procfs;
 mod scale;
 mod soak;
@@ -64,9 +70,9 @@ use serde_json::Value;
 pub use cancel::{cancel, CancelSettings, HangupMode};
 pub use http::{http, HttpSettings};
 pub use http_peer::{http_peer, HttpPeerSettings, HttpServerKind};
-pub use load::{load_worker, LoadWorkerSettings};
+pub use load::{load_worker, LoadProtocol, LoadWorkerSettings};
 pub use mass_death::{mass_death, MassDeathSettings};
-pub use scale::{scale, ScaleSettings};
+pub use scale::{scale, ScalePeer, ScaleSettings};
 pub use soak::{soak, SoakSettings};
 pub use takeover::{takeover, TakeoverSettings};
 
@@ -316,6 +322,13 @@ pub(crate) fn machine_description() -> String {
         "{}, {} cores, Linux {}",
         machine.cpu, machine.cpus, machine.kernel
     )
+}
+
+/// The 1, 5 and 15 minute load averages (/proc/loadavg): the machine may be shared.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// A multi-threaded tokio runtime.

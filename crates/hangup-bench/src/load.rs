@@ -20,7 +20,10 @@
 //! Every session connects, says `HELLO <prefix>-<n> heartbeat=<H>`, and then sends
 //! `PING` every H (the first after a random part of H, so that the pings of all
 //! sessions spread evenly) and times the `PONG`. A session that ends before "stop",
-//! or whose `PONG` does not come, is *lost*.
+//! or whose `PONG` does not come, is *lost*. With [`LoadProtocol::Mqtt`] the same
+//! sessions speak MQTT 3.1.1 to a broker instead (`bench scale --peer mosquitto`):
+//! CONNECT with keepalive 2 × H and client id `<prefix>-<n>`, CONNACK, then PINGREQ
+//! every H, timing the PINGRESP; everything else (schedule, limits, counting) is the same code.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead as _, BufReader as StdBufReader, Write as _};
@@ -34,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +45,46 @@ use tokio_util::sync::CancellationToken;
 use hangup_core::{Command as Request, Reply, ReplyParseError};
 
 use super::histogram::Histogram;
+use super::mqtt;
 use super::{command_line, first_words};
+
+/// What the load workers' sessions speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LoadProtocol {
+    /// hangup's line protocol: `HELLO`, then `PING` → `PONG`.
+    #[default]
+    Line,
+    /// MQTT 3.1.1: CONNECT (keepalive = 2 × the heartbeat), then PINGREQ → PINGRESP
+    /// every heartbeat.
+    Mqtt,
+}
+
+impl LoadProtocol {
+    /// The name as `--protocol` takes it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Line => "line",
+            Self::Mqtt => "mqtt",
+        }
+    }
+}
+
+impl std::fmt::Display for LoadProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LoadProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Line, Self::Mqtt]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("expected `line` or `mqtt`, got `{s}`"))
+    }
+}
 
 /// One load worker's share, as `bench load-worker` takes it.
 #[derive(Debug, Clone)]
@@ -61,6 +103,8 @@ pub struct LoadWorkerSettings {
     pub heartbeat: u64,
     /// Connects plus HELLOs in flight.
     pub concurrency: usize,
+    /// What the sessions speak.
+    pub protocol: LoadProtocol,
 }
 
 /// Sessions per source address: about 14 % of a default port range (32768–60999).
@@ -168,8 +212,9 @@ async fn run_worker(args: &LoadWorkerSettings) {
         let device = format!("{}-{}", args.device_prefix, args.first_device + n);
         let (state, gate) = (state.clone(), gate.clone());
         let (source, target) = (args.source[n as usize % args.source.len()], args.target);
+        let protocol = args.protocol;
         tasks.spawn(async move {
-            session(&state, &gate, source, target, &device, heartbeat).await;
+            session(&state, &gate, protocol, source, target, &device, heartbeat).await;
         });
     }
     let total = args.connections as u64;
@@ -239,6 +284,7 @@ async fn run_worker(args: &LoadWorkerSettings) {
 async fn session(
     state: &WorkerState,
     gate: &Semaphore,
+    protocol: LoadProtocol,
     source: IpAddr,
     target: SocketAddr,
     device: &str,
@@ -253,7 +299,11 @@ async fn session(
             state.skipped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        tokio::time::timeout(STEP_LIMIT, open(source, target, device, heartbeat)).await
+        tokio::time::timeout(
+            STEP_LIMIT,
+            open(protocol, source, target, device, heartbeat),
+        )
+        .await
     };
     let mut conn = match opened {
         Ok(Ok(conn)) => conn,
@@ -278,15 +328,13 @@ async fn session(
         }
         next += heartbeat;
         let sent = Instant::now();
-        if let Err(err) = conn.get_mut().write_all(&ping).await {
-            return state.lose(error_name(&err));
-        }
-        let reply = tokio::select! {
-            reply = tokio::time::timeout(pong_limit, read_reply(&mut conn, &mut line)) => reply,
+        let answer = heartbeat_once(protocol, &mut conn, &ping, &mut line);
+        let answer = tokio::select! {
+            answer = tokio::time::timeout(pong_limit, answer) => answer,
             () = state.stop.cancelled() => break,
         };
-        match reply {
-            Ok(Ok(())) if Reply::parse(&line) == Ok(Reply::Pong(String::new())) => {
+        match answer {
+            Ok(Ok(Answer::Pong)) => {
                 if state.measuring.load(Ordering::Relaxed) {
                     state.pongs.fetch_add(1, Ordering::Relaxed);
                     let rtt = sent.elapsed().as_micros() as u64;
@@ -297,8 +345,8 @@ async fn session(
                         .record(rtt);
                 }
             }
-            Ok(Ok(())) if line.is_empty() => return state.lose("server closed (EOF)".into()),
-            Ok(Ok(())) => return state.lose(format!("server sent {}", first_words(&line))),
+            Ok(Ok(Answer::Eof)) => return state.lose("server closed (EOF)".into()),
+            Ok(Ok(Answer::Other(what))) => return state.lose(format!("server sent {what}")),
             Ok(Err(err)) => return state.lose(error_name(&err)),
             Err(_) => return state.lose("no PONG in time".into()),
         }
@@ -312,8 +360,77 @@ async fn session(
     }
 }
 
-/// Connects from `source` (any port), opens the session and reads `WELCOME`.
+/// What came back for a heartbeat.
+enum Answer {
+    /// `PONG` (line protocol) or PINGRESP (MQTT).
+    Pong,
+    /// The server closed the connection.
+    Eof,
+    /// Something else, named for the report.
+    Other(String),
+}
+
+/// One heartbeat in `protocol`: its ping, then the answer.
+async fn heartbeat_once(
+    protocol: LoadProtocol,
+    conn: &mut BufReader<TcpStream>,
+    ping: &[u8],
+    line: &mut String,
+) -> io::Result<Answer> {
+    match protocol {
+        LoadProtocol::Line => line_heartbeat(conn, ping, line).await,
+        LoadProtocol::Mqtt => mqtt_heartbeat(conn).await,
+    }
+}
+
+/// One line-protocol heartbeat: `PING`, then the next reply.
+async fn line_heartbeat(
+    conn: &mut BufReader<TcpStream>,
+    ping: &[u8],
+    line: &mut String,
+) -> io::Result<Answer> {
+    conn.get_mut().write_all(ping).await?;
+    read_reply(conn, line).await?;
+    Ok(if Reply::parse(&*line) == Ok(Reply::Pong(String::new())) {
+        Answer::Pong
+    } else if line.is_empty() {
+        Answer::Eof
+    } else {
+        Answer::Other(first_words(line))
+    })
+}
+
+/// One MQTT heartbeat: PINGREQ, then the next packet, which must be a PINGRESP (a
+/// client that subscribes to nothing gets no other packet).
+async fn mqtt_heartbeat(conn: &mut BufReader<TcpStream>) -> io::Result<Answer> {
+    conn.get_mut().write_all(&mqtt::PINGREQ).await?;
+    let mut packet = [0u8; 2];
+    let got = read_full(conn, &mut packet).await?;
+    Ok(if got == 0 {
+        Answer::Eof
+    } else if got == 2 && packet == mqtt::PINGRESP {
+        Answer::Pong
+    } else {
+        Answer::Other(format!("{:02x?}", &packet[..got]))
+    })
+}
+
+/// Reads until `buf` is full or EOF; the bytes read.
+async fn read_full(conn: &mut BufReader<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match conn.read(&mut buf[got..]).await? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+/// Connects from `source` (any port), opens the session (`HELLO` → `WELCOME`, or MQTT
+/// CONNECT → CONNACK) and returns the connection.
 async fn open(
+    protocol: LoadProtocol,
     source: IpAddr,
     target: SocketAddr,
     device: &str,
@@ -343,19 +460,42 @@ async fn open(
     stream.set_nodelay(true)?;
     // Replies are one short line: a small buffer keeps 18 000 sessions cheap.
     let mut conn = BufReader::with_capacity(128, stream);
-    let hello = Request::Hello {
-        device: device.to_owned(),
-        token: None,
-        heartbeat: Some(Duration::from_secs(heartbeat.as_secs())),
-    };
-    conn.get_mut().write_all(&command_line(&hello)).await?;
-    let mut line = String::new();
-    read_reply(&mut conn, &mut line).await?;
-    if !matches!(Reply::parse(&line), Ok(Reply::Welcome(..))) {
-        let word = first_words(&line);
-        return Err(io::Error::other(format!("server answered {word:?}")));
+    match protocol {
+        LoadProtocol::Line => {
+            let hello = Request::Hello {
+                device: device.to_owned(),
+                token: None,
+                heartbeat: Some(Duration::from_secs(heartbeat.as_secs())),
+            };
+            conn.get_mut().write_all(&command_line(&hello)).await?;
+            let mut line = String::new();
+            read_reply(&mut conn, &mut line).await?;
+            if !matches!(Reply::parse(&line), Ok(Reply::Welcome(..))) {
+                let word = first_words(&line);
+                return Err(io::Error::other(format!("server answered {word:?}")));
+            }
+        }
+        LoadProtocol::Mqtt => {
+            let keepalive = mqtt_keepalive(heartbeat.as_secs());
+            let connect = mqtt::connect(device, keepalive).map_err(io::Error::other)?;
+            conn.get_mut().write_all(&connect).await?;
+            let mut connack = [0u8; mqtt::CONNACK_LEN];
+            if read_full(&mut conn, &mut connack).await? < connack.len() {
+                return Err(io::Error::other("broker closed before CONNACK"));
+            }
+            mqtt::check_connack(&connack).map_err(io::Error::other)?;
+        }
     }
     Ok(conn)
+}
+
+/// The keepalive an MQTT session of heartbeat `heartbeat_s` asks for: twice the
+/// heartbeat. mosquitto 2.0 keeps time in whole seconds and drops a client once
+/// `now_s - last_msg_in > keepalive * 3 / 2` (integer), so with keepalive = H = 1 s a
+/// ping that is on time but crosses two second boundaries ends the session. The client
+/// still pings every H.
+pub(crate) fn mqtt_keepalive(heartbeat_s: u64) -> u16 {
+    u16::try_from(2 * heartbeat_s).unwrap_or(u16::MAX)
 }
 
 /// The next line that is not a `#` probe, without its ending; empty at EOF.
@@ -407,6 +547,8 @@ pub(crate) struct WorkerPlan {
     pub device_prefix: String,
     pub heartbeat: Duration,
     pub concurrency: usize,
+    /// What the sessions speak.
+    pub protocol: LoadProtocol,
     /// Run inside this network namespace (`ip netns exec`).
     pub netns: Option<String>,
 }
@@ -463,6 +605,7 @@ impl Fleet {
                 .arg(plan.heartbeat.as_secs().to_string())
                 .arg("--concurrency")
                 .arg(plan.concurrency.to_string())
+                .args(["--protocol", plan.protocol.as_str()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());

@@ -36,7 +36,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::histogram::Histogram;
-use super::load::{shares, sum_reasons, Fleet, WorkerPlan, SESSIONS_PER_ADDRESS};
+use super::load::{shares, sum_reasons, Fleet, LoadProtocol, WorkerPlan, SESSIONS_PER_ADDRESS};
 use super::procfs::Limits;
 use super::scale::{limits_from_errors, start_servers_at, SESSIONS_PER_INSTANCE};
 use super::{check_interrupt, machine_description, sleep_checked, write_json};
@@ -271,6 +271,7 @@ pub fn mass_death(args: &MassDeathSettings) -> anyhow::Result<ExitCode> {
                 device_prefix: format!("death{}", std::process::id()),
                 heartbeat,
                 concurrency: args.concurrency,
+                protocol: LoadProtocol::Line,
                 netns: Some(network.netns().to_owned()),
             };
             first += count as u64;

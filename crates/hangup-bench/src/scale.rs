@@ -11,6 +11,11 @@
 //! ramp-up time), a second to settle, then the hold: every session keeps heartbeating
 //! and the workers time each `PING` round trip. Server memory is read from /proc before
 //! the ramp and after it; server CPU over the hold, divided by the `PONG`s answered.
+//!
+//! `--peer mosquitto` runs such rounds against `hangup serve` and against a mosquitto
+//! the bench starts (`mosquitto.rs`), `--repeat` of each, interleaved, with the same
+//! load workers speaking MQTT there (`mqtt.rs`), and prints the figures side by side
+//! with the ratios hangup/mosquitto.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -22,9 +27,15 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::load::{merged_rtt, shares, sum_reasons, Fleet, WorkerPlan, SESSIONS_PER_ADDRESS};
+use super::load::{
+    merged_rtt, mqtt_keepalive, shares, sum_reasons, Fleet, LoadProtocol, WorkerPlan,
+    SESSIONS_PER_ADDRESS,
+};
+use super::mosquitto::{self, Mosquitto};
 use super::procfs::{Limits, MachineSample, ProcessSample};
-use super::{check_interrupt, machine_description, sleep_checked, write_json, ServerProcess};
+use super::{
+    check_interrupt, load_average, machine_description, sleep_checked, write_json, ServerProcess,
+};
 
 /// What `bench scale` measures, and against what.
 #[derive(Debug, Clone)]
@@ -50,8 +61,66 @@ pub struct ScaleSettings {
     pub dead_after: Option<Duration>,
     /// Give up if ramp-up takes longer than this.
     pub ramp_limit: Duration,
+    /// Run the same load against this peer too, in the same run: rounds alternate
+    /// between hangup and the peer.
+    pub peer: Option<ScalePeer>,
+    /// Rounds per server (with `peer`), interleaved: hangup, peer, peer, hangup, …
+    pub repeat: usize,
     /// Write the results as JSON to this file.
     pub json: Option<PathBuf>,
+}
+
+/// A third-party server `bench scale --peer` runs the same load against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalePeer {
+    /// mosquitto (MQTT 3.1.1 broker): CONNECT with keepalive, PINGREQ → PINGRESP.
+    Mosquitto,
+}
+
+impl ScalePeer {
+    /// The name as `--peer` takes it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Mosquitto => "mosquitto",
+        }
+    }
+}
+
+impl std::fmt::Display for ScalePeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ScalePeer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mosquitto" => Ok(Self::Mosquitto),
+            _ => Err(format!("expected `mosquitto`, got `{s}`")),
+        }
+    }
+}
+
+/// Which server one round loads.
+enum Under<'a> {
+    /// `hangup serve --reuse-port` instances the bench starts.
+    Hangup,
+    /// A server already running at `--target`.
+    External,
+    /// A mosquitto the bench starts, from this executable.
+    Mosquitto(&'a std::path::Path),
+}
+
+impl Under<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Hangup => "hangup",
+            Self::External => "external",
+            Self::Mosquitto(_) => "mosquitto",
+        }
+    }
 }
 
 /// Sessions per server instance when the count of instances is left to the bench: under
@@ -110,6 +179,8 @@ struct RttFigures {
 #[derive(Debug, Serialize)]
 struct Report {
     bench: &'static str,
+    /// `hangup`, `mosquitto` or `external` (`--target`).
+    server_kind: &'static str,
     machine: String,
     connections: usize,
     heartbeat_s: u64,
@@ -117,7 +188,11 @@ struct Report {
     load_workers: usize,
     per_worker: usize,
     hold_s: f64,
+    /// The hangup servers' dead-after (not used by mosquitto rounds).
     dead_after_s: f64,
+    /// Mosquitto rounds: the keepalive every MQTT session asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mqtt_keepalive_s: Option<u16>,
     sessions_reached: u64,
     sessions_failed: u64,
     open_errors: BTreeMap<String, u64>,
@@ -139,7 +214,47 @@ pub fn scale(args: &ScaleSettings) -> anyhow::Result<ExitCode> {
     if args.connections == 0 || args.per_worker == 0 || args.heartbeat == 0 {
         bail!("--connections, --per-worker and --heartbeat must be at least 1");
     }
+    if let Some(peer) = args.peer {
+        return compare(args, peer);
+    }
     super::catch_interrupts()?;
+    let under = if args.target.is_some() {
+        Under::External
+    } else {
+        Under::Hangup
+    };
+    let report = round(args, &under, &format!("scale{}", std::process::id()))?;
+    print_table(&report);
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    let ok = report_ok(&report, args.connections);
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Every session reached and held, none closed by a server; says so on stderr if not.
+fn report_ok(report: &Report, connections: usize) -> bool {
+    let ok = report.sessions_reached == connections as u64
+        && report.sessions_lost == 0
+        && report.server_closes_during_run == 0;
+    if !ok {
+        eprintln!(
+            "bench scale: FAILED ({}): {} of {connections} sessions reached, {} lost, {} closed by the servers",
+            report.server_kind,
+            report.sessions_reached,
+            report.sessions_lost,
+            report.server_closes_during_run
+        );
+    }
+    ok
+}
+
+/// One round: start the server(s) of `under`, ramp up, hold, measure, stop.
+fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Result<Report> {
     let limits = Limits::read();
     let fd_room = limits.nofile.0.saturating_sub(FD_MARGIN) as usize;
     let port_room = limits.ports_per_address() as usize;
@@ -160,9 +275,21 @@ pub fn scale(args: &ScaleSettings) -> anyhow::Result<ExitCode> {
     let machine_before = MachineSample::read();
 
     // The servers.
-    let (target, servers, server_pids) = match args.target {
-        Some(target) => (target, Vec::new(), args.server_pid.clone()),
-        None => {
+    let mut broker = None;
+    let mut limits_changed = vec!["none: the bench sets no sysctl and no rlimit".to_string()];
+    let (target, servers, server_pids) = match (under, args.target) {
+        (Under::External, Some(target)) => (target, Vec::new(), args.server_pid.clone()),
+        (Under::Mosquitto(binary), _) => {
+            let mosquitto = Mosquitto::start(binary, args.connections)?;
+            let (target, pid) = (mosquitto.addr, mosquitto.pid());
+            broker = Some(mosquitto);
+            limits_changed = vec![format!(
+                "mosquitto's soft RLIMIT_NOFILE raised to its hard limit ({}): one process holds every session",
+                limits.nofile.1
+            )];
+            (target, Vec::new(), vec![pid])
+        }
+        _ => {
             let instances = args
                 .instances
                 .unwrap_or(args.connections.div_ceil(SESSIONS_PER_INSTANCE))
@@ -184,20 +311,25 @@ pub fn scale(args: &ScaleSettings) -> anyhow::Result<ExitCode> {
     let server_before: Vec<ProcessSample> = sample_all(&server_pids);
 
     // The load.
-    let prefix = format!("scale{}", std::process::id());
+    let protocol = match under {
+        Under::Mosquitto(_) => LoadProtocol::Mqtt,
+        Under::Hangup | Under::External => LoadProtocol::Line,
+    };
     let plans = plan_workers(
         args.connections,
         per_worker,
         target,
-        &prefix,
+        prefix,
         args.heartbeat,
         args.concurrency,
+        protocol,
     )?;
     eprintln!(
-        "bench scale: {} sessions, heartbeat {} s, {} server instance(s) at {target}, {} load workers",
+        "bench scale: {} sessions, heartbeat {} s, {} {} process(es) at {target}, {} load workers ({protocol})",
         args.connections,
         args.heartbeat,
         if instances == 0 { "external".to_string() } else { instances.to_string() },
+        under.kind(),
         plans.len()
     );
     let (mut fleet, ready, ramp, memory) =
@@ -242,6 +374,7 @@ pub fn scale(args: &ScaleSettings) -> anyhow::Result<ExitCode> {
     let done = fleet.wait_all("done", Duration::from_secs(120), |_, _| false)?;
     drop(fleet);
     drop(servers);
+    drop(broker);
 
     let lost: u64 = done.iter().map(|l| l["lost"].as_u64().unwrap_or(0)).sum();
     let rtt = merged_rtt(&done);
@@ -316,6 +449,7 @@ pub fn scale(args: &ScaleSettings) -> anyhow::Result<ExitCode> {
     }
     let report = Report {
         bench: "scale",
+        server_kind: under.kind(),
         machine: machine_description(),
         connections: args.connections,
         heartbeat_s: args.heartbeat,
@@ -324,6 +458,7 @@ pub fn scale(args: &ScaleSettings) -> anyhow::Result<ExitCode> {
         per_worker,
         hold_s: hold.as_secs_f64(),
         dead_after_s: dead_after.as_secs_f64(),
+        mqtt_keepalive_s: (protocol == LoadProtocol::Mqtt).then(|| mqtt_keepalive(args.heartbeat)),
         sessions_reached: reached,
         sessions_failed: failed,
         open_errors,
@@ -342,26 +477,9 @@ pub fn scale(args: &ScaleSettings) -> anyhow::Result<ExitCode> {
         },
         limits,
         limits_hit,
-        limits_changed: vec!["none: the bench sets no sysctl and no rlimit".into()],
+        limits_changed,
     };
-    print_table(&report);
-    if let Some(path) = &args.json {
-        write_json(path, &report)?;
-    }
-    let ok = report.sessions_reached == args.connections as u64
-        && report.sessions_lost == 0
-        && report.server_closes_during_run == 0;
-    if !ok {
-        eprintln!(
-            "bench scale: FAILED: {} of {} sessions reached, {} lost, {} closed by the servers",
-            report.sessions_reached, args.connections, report.sessions_lost, server_closes
-        );
-    }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(report)
 }
 
 /// K instances of `hangup serve --reuse-port` on one loopback port.
@@ -429,6 +547,7 @@ fn plan_workers(
     prefix: &str,
     heartbeat: u64,
     concurrency: usize,
+    protocol: LoadProtocol,
 ) -> anyhow::Result<Vec<WorkerPlan>> {
     let shares = shares(connections, per_worker);
     let addresses = connections.div_ceil(SESSIONS_PER_ADDRESS) + shares.len();
@@ -455,6 +574,7 @@ fn plan_workers(
                 device_prefix: prefix.to_owned(),
                 heartbeat: Duration::from_secs(heartbeat),
                 concurrency,
+                protocol,
                 netns: None,
             };
             first += count as u64;
@@ -575,5 +695,260 @@ fn print_table(r: &Report) {
     }
     for limit in &r.limits_changed {
         row("limits changed", limit.clone());
+    }
+}
+
+/// One figure of hangup and the peer side by side: medians over the rounds, and each
+/// round's value.
+#[derive(Debug, Serialize)]
+struct ComparedFigure {
+    figure: &'static str,
+    unit: &'static str,
+    hangup: f64,
+    peer: f64,
+    /// hangup / peer (of the medians).
+    ratio: f64,
+    hangup_rounds: Vec<f64>,
+    peer_rounds: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct CompareReport {
+    bench: &'static str,
+    peer: &'static str,
+    peer_version: String,
+    machine: String,
+    /// /proc/loadavg at the start and at the end: the machine may be shared.
+    load_average: [String; 2],
+    connections: usize,
+    heartbeat_s: u64,
+    repeat: usize,
+    /// The servers in the order their rounds ran.
+    order: Vec<&'static str>,
+    comparison: Vec<ComparedFigure>,
+    rounds: Vec<Report>,
+}
+
+/// The figures compared, as (name, unit, how to read it from a round).
+type Figure = (&'static str, &'static str, fn(&Report) -> f64);
+
+const FIGURES: &[Figure] = &[
+    ("server processes", "", |r| {
+        r.server.as_ref().map_or(f64::NAN, |s| s.processes as f64)
+    }),
+    ("sessions reached", "", |r| r.sessions_reached as f64),
+    ("sessions lost", "", |r| r.sessions_lost as f64),
+    ("ramp-up", "s", |r| r.ramp_s),
+    ("server RSS per session (VmRSS delta)", "B", |r| {
+        r.server
+            .as_ref()
+            .map_or(f64::NAN, |s| s.rss_per_connection_bytes)
+    }),
+    ("server heap per session (RssAnon delta)", "B", |r| {
+        r.server
+            .as_ref()
+            .map_or(f64::NAN, |s| s.anon_per_connection_bytes)
+    }),
+    ("server CPU per heartbeat (user+sys)", "µs", |r| {
+        r.server
+            .as_ref()
+            .map_or(f64::NAN, |s| s.cpu_per_heartbeat_us)
+    }),
+    ("server CPU per heartbeat (user)", "µs", |r| {
+        r.server
+            .as_ref()
+            .map_or(f64::NAN, |s| s.user_cpu_per_heartbeat_us)
+    }),
+    ("heartbeats answered in the hold", "", |r| {
+        r.rtt.pongs as f64
+    }),
+    ("PING round trip p50", "µs", |r| r.rtt.p50_us),
+    ("PING round trip p90", "µs", |r| r.rtt.p90_us),
+    ("PING round trip p99", "µs", |r| r.rtt.p99_us),
+    ("PING round trip max", "µs", |r| r.rtt.max_us),
+];
+
+/// `bench scale --peer`: the same load (same workers, same schedule) against hangup
+/// and the peer, `--repeat` rounds each, interleaved, then both side by side.
+fn compare(args: &ScaleSettings, peer: ScalePeer) -> anyhow::Result<ExitCode> {
+    if args.target.is_some() {
+        bail!("--peer starts both servers itself: it does not take --target");
+    }
+    let ScalePeer::Mosquitto = peer;
+    let binary = mosquitto::binary()?;
+    if args.connections > mosquitto::session_room() {
+        bail!(
+            "mosquitto is one process: at most {} sessions fit under this machine's RLIMIT_NOFILE hard limit; lower --connections",
+            mosquitto::session_room()
+        );
+    }
+    super::catch_interrupts()?;
+    let load_before = load_average();
+    let peer_version = mosquitto::version(&binary);
+    let repeat = args.repeat.max(1);
+    let mut order = Vec::new();
+    let mut rounds = Vec::new();
+    for i in 0..repeat {
+        // hangup first in even rounds, the peer first in odd ones: drift over the run
+        // (other work on the machine, page cache) falls on both alike.
+        let pair = if i % 2 == 0 {
+            [Under::Hangup, Under::Mosquitto(&binary)]
+        } else {
+            [Under::Mosquitto(&binary), Under::Hangup]
+        };
+        for under in pair {
+            check_interrupt()?;
+            eprintln!("bench scale: round {} of {repeat}: {}", i + 1, under.kind());
+            let prefix = format!("scale{}-{}{i}", std::process::id(), under.kind());
+            let report = round(args, &under, &prefix)?;
+            order.push(report.server_kind);
+            rounds.push(report);
+        }
+    }
+    let of = |kind: &str, read: fn(&Report) -> f64| -> Vec<f64> {
+        rounds
+            .iter()
+            .filter(|r| r.server_kind == kind)
+            .map(read)
+            .collect()
+    };
+    let comparison = FIGURES
+        .iter()
+        .map(|&(figure, unit, read)| {
+            let (hangup_rounds, peer_rounds) = (of("hangup", read), of(peer.as_str(), read));
+            let (hangup, peer) = (median(&hangup_rounds), median(&peer_rounds));
+            ComparedFigure {
+                figure,
+                unit,
+                hangup,
+                peer,
+                ratio: hangup / peer,
+                hangup_rounds,
+                peer_rounds,
+            }
+        })
+        .collect();
+    let report = CompareReport {
+        bench: "scale",
+        peer: peer.as_str(),
+        peer_version,
+        machine: machine_description(),
+        load_average: [load_before, load_average()],
+        connections: args.connections,
+        heartbeat_s: args.heartbeat,
+        repeat,
+        order,
+        comparison,
+        rounds,
+    };
+    print_comparison(&report);
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    // Every round checked, so that each failure is named.
+    let failed = report
+        .rounds
+        .iter()
+        .filter(|r| !report_ok(r, args.connections))
+        .count();
+    let ok = failed == 0;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The median of `values` (the mean of the middle two for an even count); NaN if empty.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn print_comparison(r: &CompareReport) {
+    let hold = r.rounds.first().map_or(f64::NAN, |round| round.hold_s);
+    println!(
+        "hangup bench scale --peer {}: {} sessions, heartbeat {} s, hold {hold:.0} s, {} round(s) each, in the order {}",
+        r.peer,
+        r.connections,
+        r.heartbeat_s,
+        r.repeat,
+        r.order.join(", ")
+    );
+    println!(
+        "machine: {} (load average {} at the start, {} at the end)",
+        r.machine, r.load_average[0], r.load_average[1]
+    );
+    println!("peer: {}", r.peer_version);
+    // Round trips of milliseconds in ms, the rest in its unit; rounds without the unit.
+    let unit_of = |value: f64, unit: &'static str| match unit {
+        "µs" if value >= 1000.0 => (value / 1000.0, "ms"),
+        _ => (value, unit),
+    };
+    let number = |value: f64, unit: &str| match unit {
+        "" | "B" => format!("{value:.0}"),
+        "ms" => format!("{value:.2}"),
+        _ => format!("{value:.1}"),
+    };
+    // The median picks the unit; its rounds are shown in the same one.
+    let cell = |median: f64, rounds: &[f64], unit: &'static str| {
+        let (value, shown) = unit_of(median, unit);
+        let scale = if shown == unit { 1.0 } else { 1000.0 };
+        let median = match shown {
+            "" => number(value, shown),
+            _ => format!("{} {shown}", number(value, shown)),
+        };
+        if rounds.len() > 1 {
+            let each: Vec<String> = rounds.iter().map(|&v| number(v / scale, shown)).collect();
+            format!("{median} ({})", each.join(", "))
+        } else {
+            median
+        }
+    };
+    println!(
+        "{:<40} {:>30} {:>30} {:>17}",
+        "figure",
+        "hangup",
+        r.peer,
+        format!("hangup/{}", r.peer)
+    );
+    for f in &r.comparison {
+        println!(
+            "{:<40} {:>30} {:>30} {:>17}",
+            f.figure,
+            cell(f.hangup, &f.hangup_rounds, f.unit),
+            cell(f.peer, &f.peer_rounds, f.unit),
+            if f.ratio.is_finite() {
+                format!("{:.2}", f.ratio)
+            } else {
+                "—".into()
+            }
+        );
+    }
+    for round in &r.rounds {
+        if let Some(server) = &round.server {
+            let threads: Vec<String> = server
+                .cpu_per_heartbeat_by_thread_us
+                .iter()
+                .filter(|(_, us)| us.abs() >= 0.01)
+                .map(|(name, us)| format!("{name} {us:.2}"))
+                .collect();
+            println!(
+                "CPU per heartbeat by thread ({}, µs): {}",
+                round.server_kind,
+                threads.join(", ")
+            );
+        }
+        for limit in &round.limits_hit {
+            println!("limit hit ({}): {limit}", round.server_kind);
+        }
+        for lost in round.lost_reasons.keys() {
+            println!("lost ({}): {lost}", round.server_kind);
+        }
     }
 }

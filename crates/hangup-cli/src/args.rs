@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use hangup_bench::{HangupMode, HttpServerKind};
+use hangup_bench::{HangupMode, HttpServerKind, LoadProtocol, ScalePeer};
 use hangup_core::{
     AutoDuration, HalfClosePolicy, KeepaliveSetting, LivenessSettings, DEFAULT_HEARTBEAT,
     DEFAULT_MAX_ROUNDS,
@@ -411,6 +411,18 @@ pub struct BenchScaleArgs {
     #[arg(long, value_name = "DURATION", default_value = "20m", value_parser = parse_duration)]
     pub ramp_limit: Duration,
 
+    /// Run the same load against this server too, in the same run, and print both side
+    /// by side with the ratios hangup/peer. `mosquitto`: a broker the bench starts on a
+    /// free loopback port, loaded over MQTT 3.1.1 (CONNECT with keepalive = 2 × heartbeat,
+    /// PINGREQ → PINGRESP); one process, so at most the descriptor hard limit of
+    /// sessions. Install it with `scripts/bench-peers`.
+    #[arg(long, value_name = "mosquitto", conflicts_with_all = ["target", "server_pid"])]
+    pub peer: Option<ScalePeer>,
+
+    /// With `--peer`: rounds per server, interleaved (hangup, peer, peer, hangup, …).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "peer", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=20))]
+    pub repeat: usize,
+
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -489,6 +501,10 @@ pub struct LoadWorkerArgs {
     /// Connects plus HELLOs in flight.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+
+    /// What the sessions speak: hangup's line protocol, or MQTT 3.1.1 to a broker.
+    #[arg(long, value_name = "line|mqtt", default_value_t = LoadProtocol::default())]
+    pub protocol: LoadProtocol,
 }
 
 /// `hangup bench takeover`.
@@ -546,6 +562,13 @@ pub struct BenchCancelArgs {
     /// Server policy for FIN during a job (passed to the server under test).
     #[arg(long, value_name = "probe|cancel|finish", default_value_t = HalfClosePolicy::default())]
     pub on_half_close: HalfClosePolicy,
+
+    /// Time this reference server too, in the same run by the same client, trials
+    /// interleaved, and print the ratios hangup/peer: plain `axum` or `hyper` (the
+    /// servers of `bench http`, which stop their work by the drop-guard idiom), or their
+    /// hangup variants. It gets as many idle connections as `hangup serve`.
+    #[arg(long, value_name = "axum|hyper")]
+    pub peer: Option<HttpServerKind>,
 
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]

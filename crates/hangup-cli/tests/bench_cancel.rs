@@ -85,3 +85,57 @@ fn bench_cancel_reports_both_modes_as_json() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("fin") && stdout.contains("rst"), "{stdout}");
 }
+
+/// `--peer axum`: the same client times hangup serve and plain axum in one run, trials
+/// interleaved; every hangup stops the work on both (plain axum notices FIN and RST of
+/// a body-less request too), and the ratios are reported.
+#[test]
+fn bench_cancel_peer_times_both_servers_in_one_run() {
+    let json_path = std::env::temp_dir().join(format!(
+        "hangup-bench-cancel-peer-{}.json",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&json_path);
+    let (status, stdout, stderr) = common::run_hangup_within(
+        &[
+            "bench",
+            "cancel",
+            "--peer",
+            "axum",
+            "--idle",
+            "50",
+            "--iterations",
+            "12",
+            "--json",
+            json_path.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+    let text = std::fs::read_to_string(&json_path).expect("the bench wrote its JSON file");
+    let _ = std::fs::remove_file(&json_path);
+    let report: Value = serde_json::from_str(&text).expect("valid JSON");
+    let ours = report["results"].as_array().expect("results");
+    let peer = &report["peer"];
+    assert_eq!(peer["server"], "axum", "{text}");
+    let theirs = peer["results"].as_array().expect("peer results");
+    for results in [ours, theirs] {
+        let modes: Vec<&str> = results.iter().filter_map(|r| r["mode"].as_str()).collect();
+        assert_eq!(modes, ["fin", "rst"], "{text}");
+        for result in results {
+            assert_eq!(result["samples"], 12, "{result}");
+            assert_eq!(result["missed"], 0, "{result}");
+            let (p50, max) = (
+                result["p50_us"].as_f64().unwrap(),
+                result["max_us"].as_f64().unwrap(),
+            );
+            assert!(p50 > 0.0 && p50 <= max, "{result}");
+        }
+    }
+    assert!(ours.iter().all(|r| r["server"] == "hangup"), "{text}");
+    assert!(theirs.iter().all(|r| r["server"] == "axum"), "{text}");
+    let ratios = peer["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.len(), 2, "{text}");
+    assert!(ratios.iter().all(|r| r["p50"].is_number()), "{text}");
+    assert!(stdout.contains("ratio hangup/axum"), "{stdout}");
+}

@@ -17,6 +17,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             iterations: args.iterations,
             mode: args.mode,
             on_half_close: args.on_half_close,
+            peer: args.peer,
             json: args.json,
         }),
         BenchCommand::Takeover(args) => hangup_bench::takeover(&TakeoverSettings {
@@ -39,6 +40,8 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             concurrency: args.concurrency,
             dead_after: args.dead_after,
             ramp_limit: args.ramp_limit,
+            peer: args.peer,
+            repeat: args.repeat,
             json: args.json,
         }),
         BenchCommand::MassDeath(args) => hangup_bench::mass_death(&MassDeathSettings {
@@ -83,6 +86,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             device_prefix: args.device_prefix,
             heartbeat: args.heartbeat,
             concurrency: args.concurrency,
+            protocol: args.protocol,
         }),
     }
 }
