@@ -52,6 +52,7 @@ mod load;
 mod mass_death;
 mod mosquitto;
 mod mqtt;
+mod netstat;
 mod procfs;
 mod scale;
 mod soak;

@@ -32,6 +32,7 @@ use super::load::{
     SESSIONS_PER_ADDRESS,
 };
 use super::mosquitto::{self, Mosquitto};
+use super::netstat::{CounterGrowth, Counters};
 use super::procfs::{Limits, MachineSample, ProcessSample};
 use super::{
     check_interrupt, load_average, machine_description, sleep_checked, write_json, ServerProcess,
@@ -201,6 +202,9 @@ struct Report {
     lost_reasons: BTreeMap<String, u64>,
     /// Connections the servers closed before the bench's stop (must be 0).
     server_closes_during_run: u64,
+    /// The kernel's TCP abort, reset and overflow counters that grew during the round
+    /// (the whole machine's network namespace: servers and load workers).
+    tcp_counters: CounterGrowth,
     server: Option<ServerFigures>,
     kernel: KernelFigures,
     rtt: RttFigures,
@@ -273,6 +277,8 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
         .hold
         .unwrap_or_else(|| Duration::from_secs(2 * args.heartbeat).max(Duration::from_secs(20)));
     let machine_before = MachineSample::read();
+    // Who resets connections, if any are lost: the kernel's own counters.
+    let tcp_before = Counters::read().ok();
 
     // The servers.
     let mut broker = None;
@@ -377,6 +383,12 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
     drop(broker);
 
     let lost: u64 = done.iter().map(|l| l["lost"].as_u64().unwrap_or(0)).sum();
+    let tcp_counters = match (tcp_before, Counters::read()) {
+        (Some(before), Ok(after)) => CounterGrowth {
+            grown: after.grown_since(&before),
+        },
+        _ => CounterGrowth::default(),
+    };
     let rtt = merged_rtt(&done);
     let per_session = |bytes: f64| {
         if reached == 0 {
@@ -466,6 +478,7 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
         sessions_lost: lost,
         lost_reasons: sum_reasons(&done, "lost_reasons"),
         server_closes_during_run: server_closes,
+        tcp_counters,
         server,
         kernel,
         rtt: RttFigures {
@@ -690,6 +703,10 @@ fn print_table(r: &Report) {
     if !r.lost_reasons.is_empty() {
         row("lost", format!("{:?}", r.lost_reasons));
     }
+    row(
+        "kernel TCP resets, aborts, overflows",
+        r.tcp_counters.summary(),
+    );
     for limit in &r.limits_hit {
         row("limit hit", limit.clone());
     }

@@ -1,0 +1,158 @@
+//! The kernel's TCP counters (`/proc/net/snmp`, `/proc/net/netstat`) before and after a
+//! run: who reset connections, and why. A session lost to `ECONNRESET` was reset by
+//! some TCP stack; these counters say whether the kernel aborted connections on its
+//! own (memory pressure, a timer, data after close) or a listen queue overflowed,
+//! without the cooperation of any process.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use serde::Serialize;
+
+/// The counters worth reporting when connections are lost: resets sent and received,
+/// the kernel's own aborts, and listen-queue and SYN-queue overflows.
+pub const WATCHED: &[&str] = &[
+    "Tcp:OutRsts",
+    "Tcp:EstabResets",
+    "Tcp:AttemptFails",
+    "TcpExt:TCPAbortOnData",
+    "TcpExt:TCPAbortOnClose",
+    "TcpExt:TCPAbortOnMemory",
+    "TcpExt:TCPAbortOnTimeout",
+    "TcpExt:TCPAbortOnLinger",
+    "TcpExt:TCPAbortFailed",
+    "TcpExt:TCPMemoryPressures",
+    "TcpExt:ListenOverflows",
+    "TcpExt:ListenDrops",
+    "TcpExt:TCPReqQFullDrop",
+    "TcpExt:TCPReqQFullDoCookies",
+    "TcpExt:SyncookiesSent",
+    "TcpExt:SyncookiesFailed",
+    "TcpExt:TCPBacklogDrop",
+    "TcpExt:TCPTimeouts",
+    "TcpExt:TCPSynRetrans",
+];
+
+/// One reading of every counter, by `Group:Name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters(BTreeMap<String, u64>);
+
+impl Counters {
+    /// Reads this network namespace's counters now.
+    pub fn read() -> io::Result<Self> {
+        let mut counters = Counters::default();
+        for path in ["/proc/net/snmp", "/proc/net/netstat"] {
+            counters.absorb(&std::fs::read_to_string(path)?);
+        }
+        Ok(counters)
+    }
+
+    /// Parses the `Group: Name Name …` / `Group: value value …` line pairs of
+    /// `/proc/net/snmp` and `/proc/net/netstat`.
+    fn absorb(&mut self, text: &str) {
+        let mut lines = text.lines();
+        while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+            let (Some((group, names)), Some((again, values))) =
+                (names.split_once(':'), values.split_once(':'))
+            else {
+                continue;
+            };
+            if group != again {
+                continue;
+            }
+            for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+                // Some are signed gauges (Tcp: MaxConn is -1): not counters, left out.
+                if let Ok(value) = value.parse::<u64>() {
+                    self.0.insert(format!("{group}:{name}"), value);
+                }
+            }
+        }
+    }
+
+    /// How much each [`WATCHED`] counter grew since `before`, the non-zero ones.
+    pub fn grown_since(&self, before: &Counters) -> BTreeMap<String, u64> {
+        WATCHED
+            .iter()
+            .filter_map(|&name| {
+                let grown = self.0.get(name)?.saturating_sub(*before.0.get(name)?);
+                (grown > 0).then(|| (name.to_owned(), grown))
+            })
+            .collect()
+    }
+}
+
+/// The growth of the watched counters over a run, for the report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CounterGrowth {
+    /// Counter (`Group:Name`) → growth; only those that grew.
+    pub grown: BTreeMap<String, u64>,
+}
+
+impl CounterGrowth {
+    /// One line for the table: `none` or `Name +n, …`.
+    pub fn summary(&self) -> String {
+        if self.grown.is_empty() {
+            return "none".into();
+        }
+        self.grown
+            .iter()
+            .map(|(name, n)| format!("{} +{n}", name.split_once(':').map_or(&**name, |p| p.1)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SNMP: &str = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+        Tcp: RtoAlgorithm MaxConn ActiveOpens OutRsts EstabResets\nTcp: 1 -1 10 3 2\n";
+    const NETSTAT: &str = "TcpExt: SyncookiesSent TCPAbortOnMemory ListenOverflows\n\
+        TcpExt: 0 0 7\nIpExt: InNoRoutes\nIpExt: 0\n";
+
+    fn parsed(snmp: &str, netstat: &str) -> Counters {
+        let mut c = Counters::default();
+        c.absorb(snmp);
+        c.absorb(netstat);
+        c
+    }
+
+    #[test]
+    fn pairs_of_lines_become_named_counters() {
+        let c = parsed(SNMP, NETSTAT);
+        assert_eq!(c.0.get("Tcp:OutRsts"), Some(&3));
+        assert_eq!(c.0.get("TcpExt:ListenOverflows"), Some(&7));
+        assert_eq!(c.0.get("Ip:DefaultTTL"), Some(&64));
+        assert_eq!(c.0.get("Tcp:MaxConn"), None, "a signed gauge is no counter");
+    }
+
+    #[test]
+    fn growth_names_only_what_grew() {
+        let before = parsed(SNMP, NETSTAT);
+        let after = parsed(
+            &SNMP.replace("1 -1 10 3 2", "1 -1 12 268 2"),
+            &NETSTAT.replace("0 0 7", "0 5 7"),
+        );
+        let grown = after.grown_since(&before);
+        assert_eq!(
+            grown.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("Tcp:OutRsts".to_owned(), 265),
+                ("TcpExt:TCPAbortOnMemory".to_owned(), 5)
+            ]
+        );
+        let growth = CounterGrowth {
+            grown: after.grown_since(&before),
+        };
+        assert_eq!(growth.summary(), "OutRsts +265, TCPAbortOnMemory +5");
+        assert_eq!(CounterGrowth::default().summary(), "none");
+    }
+
+    #[test]
+    fn this_machine_has_the_counters() {
+        let now = Counters::read().expect("/proc/net/snmp");
+        assert!(now.0.contains_key("Tcp:OutRsts"), "{:?}", now.0.keys());
+        assert!(now.0.contains_key("TcpExt:ListenOverflows"));
+    }
+}
