@@ -4,7 +4,8 @@
 //! connections open against it, and then, one at a time: connects, starts a job that
 //! would run for minutes, waits until the server reports it running, takes the time,
 //! and hangs up (FIN: a plain close; RST: close with SO_LINGER 0). The latency is the
-//! server's `job_cancelled` event `ts_ns` minus the time taken just before the close.
+//! `stopped_ns` of the server's `job_cancelled` event (when the worker came out of the
+//! chain, read on its thread) minus the time taken just before the close.
 //! Both clocks are the same CLOCK_REALTIME of this machine.
 //!
 //! With `--peer axum|hyper`, a reference server of `bench http` (`http.rs`, plain axum
@@ -404,7 +405,14 @@ fn hangup_trial(
             if cause != expected {
                 *samples.wrong_cause.entry(cause).or_default() += 1;
             }
-            let at = event["ts_ns"].as_u64().context("event without ts_ns")?;
+            // When the worker came out of the chain, taken on its thread (where the
+            // reference servers take `work_stopped`); the event's own time is later by
+            // the hop back to the connection's task.
+            let at = event["stopped_ns"]
+                .as_u64()
+                .filter(|&ns| ns > 0)
+                .or_else(|| event["ts_ns"].as_u64())
+                .context("event without ts_ns")?;
             samples
                 .latencies
                 .push(at.saturating_sub(hung_up_at) as f64 / 1000.0);

@@ -22,7 +22,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use crate::live::{lock, ConnectionState, LiveConnection, LiveSession};
-use crate::workers::JobOutcome;
+use crate::workers::Finished;
 use crate::{PresenceDurability, SessionHandle, Shared, DURABLE_WELCOME_LIMIT};
 use hangup::apply_policy;
 
@@ -52,7 +52,7 @@ thread_local! {
 struct WorkerJob {
     id: JobId,
     cancel: CancellationToken,
-    outcome: oneshot::Receiver<JobOutcome>,
+    outcome: oneshot::Receiver<Finished>,
     /// When its cancellation was asked for.
     cancelled_at: Option<Instant>,
 }
@@ -83,6 +83,8 @@ pub(super) struct Driver {
     job: Option<WorkerJob>,
     /// What this connection last added to the shared (running, queued) job counters.
     jobs_counted: (u64, u64),
+    /// When the last job's worker stopped (Unix ns), for its `job_cancelled` event.
+    job_stopped_ns: u64,
     bytes_in: u64,
     bytes_out: u64,
     /// The connection's id, peer, opening time and last inbound bytes live here (and
@@ -161,6 +163,7 @@ impl Driver {
             shared,
             job: None,
             jobs_counted: (0, 0),
+            job_stopped_ns: 0,
             bytes_in: 0,
             bytes_out: 0,
             live,
@@ -263,12 +266,13 @@ impl Driver {
                         self.session_committed(pending.id, durable);
                     }
                 }
-                outcome = job_outcome(job), if has_job => {
+                finished = job_outcome(job), if has_job => {
                     if let Some(job) = self.job.take() {
                         if let Some(asked) = job.cancelled_at {
                             self.shared.metrics.job_stop.observe(asked.elapsed().as_secs_f64());
                         }
-                        self.conn.handle_job_finished(Instant::now(), job.id, outcome);
+                        self.job_stopped_ns = finished.stopped_ns;
+                        self.conn.handle_job_finished(Instant::now(), job.id, finished.outcome);
                     }
                 }
                 () = &mut sleep, if deadline.is_some() => {
@@ -444,6 +448,7 @@ impl Driver {
                     }
                 }
                 Event::JobDone { id, rounds } => {
+                    self.job_stopped_ns = 0;
                     self.shared.metrics.jobs_done.inc();
                     hangup::emit!(
                         "job_done",
@@ -463,6 +468,8 @@ impl Driver {
                         .jobs_cancelled
                         .get_or_create(&cause.into())
                         .inc();
+                    // When its worker stopped (0: it never ran).
+                    let stopped_ns = std::mem::take(&mut self.job_stopped_ns);
                     hangup::emit!(
                         "job_cancelled",
                         conn = self.live.id,
@@ -470,6 +477,7 @@ impl Driver {
                         job = id,
                         cause = %cause,
                         was_running,
+                        stopped_ns,
                     );
                 }
                 Event::PeerHalfClosed => hangup::emit!(
@@ -758,10 +766,13 @@ async fn drained(drain_end: Option<&mut std::pin::Pin<Box<Sleep>>>) {
     }
 }
 
-/// The running job's outcome; a worker that vanished counts as cancelled.
-async fn job_outcome(job: &mut Option<WorkerJob>) -> JobOutcome {
+/// The running job's end; a worker that vanished counts as cancelled, now.
+async fn job_outcome(job: &mut Option<WorkerJob>) -> Finished {
     match job {
-        Some(job) => (&mut job.outcome).await.unwrap_or(None),
+        Some(job) => (&mut job.outcome).await.unwrap_or_else(|_| Finished {
+            outcome: None,
+            stopped_ns: hangup::events::ts_ns(),
+        }),
         None => std::future::pending().await,
     }
 }

@@ -11,6 +11,15 @@ use tokio_util::sync::CancellationToken;
 /// How a job ended: its digest, or `None` if it was cancelled.
 pub(crate) type JobOutcome = Option<[u8; 32]>;
 
+/// A job's end as its worker saw it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Finished {
+    pub outcome: JobOutcome,
+    /// When the worker came out of the chain (Unix ns), taken on the worker's thread:
+    /// the instant the work stopped, before the connection hears of it.
+    pub stopped_ns: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct WorkerPool {
     permits: Arc<Semaphore>,
@@ -31,27 +40,37 @@ impl WorkerPool {
         seed: String,
         rounds: u64,
         cancel: CancellationToken,
-    ) -> oneshot::Receiver<JobOutcome> {
+    ) -> oneshot::Receiver<Finished> {
         let (tx, rx) = oneshot::channel();
         let permits = self.permits.clone();
         tokio::spawn(async move {
             let permit = tokio::select! {
                 permit = permits.acquire_owned() => permit,
                 () = cancel.cancelled() => {
-                    let _ = tx.send(None);
+                    let _ = tx.send(Finished {
+                        outcome: None,
+                        stopped_ns: hangup::events::ts_ns(),
+                    });
                     return;
                 }
             };
             let Ok(permit) = permit else { return };
-            let outcome = tokio::task::spawn_blocking(move || {
+            let finished = tokio::task::spawn_blocking(move || {
                 crate::sched::yield_to_io();
                 let outcome = run_chain(seed.as_bytes(), rounds, || cancel.is_cancelled());
+                let stopped_ns = hangup::events::ts_ns();
                 drop(permit);
-                outcome
+                Finished {
+                    outcome,
+                    stopped_ns,
+                }
             })
             .await
-            .unwrap_or(None);
-            let _ = tx.send(outcome);
+            .unwrap_or_else(|_| Finished {
+                outcome: None,
+                stopped_ns: hangup::events::ts_ns(),
+            });
+            let _ = tx.send(finished);
         });
         rx
     }
