@@ -360,18 +360,21 @@ impl Driver {
             if !self.conn.interest().read {
                 return;
             }
-            match self.stream.try_read(buf) {
-                Ok(0) => {
+            match read_draining(&self.stream, buf) {
+                Ok(Read::Eof) => {
                     let status = || self.shared.status_excluding(self.jobs_counted);
                     self.conn.handle_eof(now, &status);
                     return;
                 }
-                Ok(n) => {
+                Ok(Read::Bytes { n, drained }) => {
                     self.bytes_in += n as u64;
                     self.live.saw_inbound(now);
                     self.record_seen(now);
                     let status = || self.shared.status_excluding(self.jobs_counted);
                     self.conn.handle_bytes(now, &buf[..n], &status);
+                    if drained {
+                        return;
+                    }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -728,6 +731,48 @@ impl Driver {
             .metrics
             .observe_close(cause, self.live.silent_for(now));
         self.count_jobs();
+    }
+}
+
+/// What one read gave.
+enum Read {
+    /// The peer's FIN: no more input.
+    Eof,
+    /// `n` bytes; `drained`: fewer than asked for, so the receive queue is empty and the
+    /// socket's readiness was cleared without a second, empty read.
+    Bytes { n: usize, drained: bool },
+}
+
+/// One `recv` into `buf`. A read shorter than `buf` took everything the kernel held
+/// (TCP's `recvmsg` copies until the buffer is full or the queue is empty), so the
+/// readiness is cleared then and there: a heartbeat costs one `recv`, not a second
+/// one that only returns `EAGAIN`. tokio clears the readiness only if no new readiness
+/// arrived since it handed this one out, and epoll (edge-triggered) reports every new
+/// arrival, so bytes that come in after the `recv` wake the connection again.
+fn read_draining(stream: &TcpStream, buf: &mut [u8]) -> io::Result<Read> {
+    let mut short = 0;
+    let read = stream.try_io(Interest::READABLE, || {
+        // SAFETY: `buf` is valid for `buf.len()` writable bytes for the call; the
+        // descriptor is the stream's, open while it is borrowed.
+        let n = unsafe { libc::recv(stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        match n {
+            n if n < 0 => Err(io::Error::last_os_error()),
+            0 => Ok(0),
+            n if (n as usize) < buf.len() => {
+                short = n as usize;
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            n => Ok(n as usize),
+        }
+    });
+    match read {
+        Ok(0) => Ok(Read::Eof),
+        Ok(n) => Ok(Read::Bytes { n, drained: false }),
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(Read::Bytes {
+            n: short,
+            drained: true,
+        }),
+        Err(err) => Err(err),
     }
 }
 
