@@ -80,7 +80,8 @@ pub(super) struct Driver {
     stream: TcpStream,
     shared: Arc<Shared>,
     conn: Connection,
-    job: Option<WorkerJob>,
+    /// Boxed: most connections never run a job, and every byte here is per connection.
+    job: Option<Box<WorkerJob>>,
     /// What this connection last added to the shared (running, queued) job counters.
     jobs_counted: (u64, u64),
     /// When the last job's worker stopped (Unix ns), for its `job_cancelled` event.
@@ -429,12 +430,12 @@ impl Driver {
                 Event::StartJob { id, rounds, seed } => {
                     let cancel = CancellationToken::new();
                     let outcome = self.shared.workers.spawn(seed, rounds, cancel.clone());
-                    self.job = Some(WorkerJob {
+                    self.job = Some(Box::new(WorkerJob {
                         id,
                         cancel,
                         outcome,
                         cancelled_at: None,
-                    });
+                    }));
                     self.shared.metrics.jobs_started.inc();
                     hangup::emit!(
                         "job_started",
@@ -812,7 +813,7 @@ async fn drained(drain_end: Option<&mut std::pin::Pin<Box<Sleep>>>) {
 }
 
 /// The running job's end; a worker that vanished counts as cancelled, now.
-async fn job_outcome(job: &mut Option<WorkerJob>) -> Finished {
+async fn job_outcome(job: &mut Option<Box<WorkerJob>>) -> Finished {
     match job {
         Some(job) => (&mut job.outcome).await.unwrap_or_else(|_| Finished {
             outcome: None,
