@@ -609,9 +609,10 @@ pub struct LabArgs {
     pub quick: bool,
 
     /// Run only this scenario (repeatable): client-exit, client-exit-unread,
-    /// client-half-close, client-crash-idle, client-crash-sending, client-cable-flap,
-    /// client-reboot, client-reconnect, client-stalled, server-exit, server-crash,
-    /// server-reboot, server-shutdown.
+    /// client-half-close, client-crash-idle, client-crash-sending, client-crash-uploading,
+    /// client-cable-flap, client-reboot, client-reconnect, client-unreachable,
+    /// client-stalled, server-exit, server-crash, server-unreachable, server-reboot,
+    /// server-shutdown.
     #[arg(long, value_name = "NAME", value_parser = parse_scenario)]
     pub scenario: Vec<hangup_lab::Scenario>,
 
@@ -664,9 +665,17 @@ pub struct LabPeerArgs {
 
     /// `unread`: send PING and an endless JOB, never read; `large-replies`: rounds of
     /// 8192 pipelined STATUS, each reply read in full; `flood`: pipeline STATUS without
-    /// end while reading as fast as possible.
-    #[arg(long, value_name = "unread|large-replies|flood", value_parser = parse_peer_mode)]
+    /// end while reading as fast as possible; `upload`: stream comment lines without end.
+    #[arg(long, value_name = "unread|large-replies|flood|upload", value_parser = parse_peer_mode)]
     pub mode: hangup_lab::PeerMode,
+
+    /// Open a session for this device first (HELLO, then WELCOME).
+    #[arg(long, value_name = "ID")]
+    pub device: Option<String>,
+
+    /// The heartbeat to propose with --device, in seconds.
+    #[arg(long, value_name = "SECS", requires = "device")]
+    pub heartbeat: Option<u64>,
 }
 
 /// `hangup presence`.

@@ -40,7 +40,7 @@ enum Within {
 }
 
 /// (scenario, accepted causes — empty for "the connection is kept", bound).
-const EXPECTED: [(&str, &[&str], Within); 13] = [
+const EXPECTED: [(&str, &[&str], Within); 16] = [
     ("client-exit", &["peer_closed"], Within::Instant),
     ("client-exit-unread", &["peer_reset"], Within::Instant),
     ("client-half-close", &[], Within::Cap),
@@ -50,9 +50,21 @@ const EXPECTED: [(&str, &[&str], Within); 13] = [
         Within::Budget,
     ),
     ("client-crash-sending", &["timeout"], Within::Budget),
+    (
+        "client-crash-uploading",
+        &["timeout", "heartbeat_missed"],
+        Within::Budget,
+    ),
     ("client-cable-flap", &[], Within::Cap),
     ("client-reboot", &["peer_reset"], Within::Budget),
     ("client-reconnect", &["takeover"], Within::Instant),
+    // The router answers for the lost client with ICMP host unreachable; the session's
+    // heartbeat verdict comes before the kernel turns that soft error into EHOSTUNREACH.
+    (
+        "client-unreachable",
+        &["unreachable", "heartbeat_missed"],
+        Within::Budget,
+    ),
     // `protocol_error`: a flooding peer stopped by SIGSTOP may also have stopped in the
     // middle of a line, and that half line's timer (D since it arrived) can end it before
     // the write timer (D since the last write progress) does. The core no longer runs
@@ -66,6 +78,11 @@ const EXPECTED: [(&str, &[&str], Within); 13] = [
     (
         "server-crash",
         &["timeout", "heartbeat_missed"],
+        Within::Budget,
+    ),
+    (
+        "server-unreachable",
+        &["unreachable", "heartbeat_missed"],
         Within::Budget,
     ),
     ("server-reboot", &["peer_reset"], Within::Heartbeat),

@@ -37,30 +37,58 @@ pub enum PeerMode {
     /// from another, with a small receive buffer: when it stops reading, the server has
     /// far more to send than the socket buffers hold.
     Flood,
+    /// Streams a large request without end: whole comment lines (`# uuu…`, ~4 KB each,
+    /// which the server reads and ignores), so the server only receives and has nothing
+    /// of its own in flight. With a device it first opens a session (`HELLO`, waits for
+    /// `WELCOME`): the stream is what keeps it heard.
+    Upload,
+}
+
+/// What a peer says before its mode's traffic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerOptions {
+    /// Open a session for this device first (`HELLO <device> heartbeat=<secs>`).
+    pub device: Option<String>,
+    /// The heartbeat to propose with `device`, in seconds.
+    pub heartbeat: Option<u64>,
+}
+
+/// One line of [`PeerMode::Upload`]'s stream: a comment, ignored by the server.
+fn upload_line() -> String {
+    format!("# {}\n", "u".repeat(4000))
 }
 
 impl FromStr for PeerMode {
     type Err = LabError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [PeerMode::Unread, PeerMode::LargeReplies, PeerMode::Flood]
+        PeerMode::ALL
             .into_iter()
             .find(|mode| mode.name() == s)
             .ok_or_else(|| LabError::UnknownName {
                 kind: "peer mode",
                 name: s.to_owned(),
-                expected: "unread, large-replies, flood".into(),
+                expected: PeerMode::ALL.map(PeerMode::name).join(", "),
             })
     }
 }
 
 impl PeerMode {
+    /// Every mode.
+    pub const ALL: [PeerMode; 4] = [
+        PeerMode::Unread,
+        PeerMode::LargeReplies,
+        PeerMode::Flood,
+        PeerMode::Upload,
+    ];
+
     /// The name `hangup lab peer --mode` takes.
     pub const fn name(self) -> &'static str {
         match self {
             PeerMode::Unread => "unread",
             PeerMode::LargeReplies => "large-replies",
             PeerMode::Flood => "flood",
+            PeerMode::Upload => "upload",
         }
     }
 }
@@ -68,7 +96,7 @@ impl PeerMode {
 /// Runs a peer against `server` until it is killed or the connection ends. Prints
 /// `ready <local address>` once connected and, in the streaming modes, `streaming`
 /// once [`STREAMING_AFTER_BYTES`] of replies were read.
-pub fn run_peer(server: SocketAddr, mode: PeerMode) -> Result<(), LabError> {
+pub fn run_peer(server: SocketAddr, mode: PeerMode, options: &PeerOptions) -> Result<(), LabError> {
     let io = |what: &str| {
         let what = what.to_owned();
         move |err| LabError::io(what, err)
@@ -76,8 +104,24 @@ pub fn run_peer(server: SocketAddr, mode: PeerMode) -> Result<(), LabError> {
     let mut stream = connect(server, mode).map_err(io("connect"))?;
     stream.set_nodelay(true).map_err(io("TCP_NODELAY"))?;
     let local = stream.local_addr().map_err(io("local address"))?;
+    if let Some(device) = &options.device {
+        open_session(&mut stream, device, options.heartbeat)?;
+    }
     let burst = format!("{}\n", Command::Status).repeat(BURST_LINES);
     match mode {
+        PeerMode::Upload => {
+            say(&format!("ready {local}"));
+            let chunk = upload_line().repeat(16);
+            let mut sent: u64 = 0;
+            loop {
+                stream.write_all(chunk.as_bytes()).map_err(io("send"))?;
+                let before = sent;
+                sent += chunk.len() as u64;
+                if before < STREAMING_AFTER_BYTES && sent >= STREAMING_AFTER_BYTES {
+                    say("streaming");
+                }
+            }
+        }
         PeerMode::Unread => {
             let mut lines = Vec::new();
             Command::Ping("unread".into()).encode(&mut lines);
@@ -136,6 +180,38 @@ pub fn run_peer(server: SocketAddr, mode: PeerMode) -> Result<(), LabError> {
                 }
             }
         }
+    }
+}
+
+/// `HELLO <device> [heartbeat=<secs>]`, then the reply line, which must be `WELCOME`.
+fn open_session(
+    stream: &mut TcpStream,
+    device: &str,
+    heartbeat: Option<u64>,
+) -> Result<(), LabError> {
+    let hello = Command::Hello {
+        device: device.to_owned(),
+        token: None,
+        heartbeat: heartbeat.map(Duration::from_secs),
+    };
+    stream
+        .write_all(format!("{hello}\n").as_bytes())
+        .map_err(|err| LabError::io("send HELLO", err))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        if read_some(stream, &mut byte)? == 0 {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line);
+    match hangup_core::Reply::parse(line.trim_end()) {
+        Ok(hangup_core::Reply::Welcome(..)) => Ok(()),
+        _ => Err(LabError::io(
+            format!("HELLO answered with `{}`", line.trim_end()),
+            std::io::ErrorKind::InvalidData.into(),
+        )),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::cell::{judge, Cell, Check, Outcome};
 use crate::error::LabError;
 use crate::events::{self, elapsed, name, ts, ts_ns};
 use crate::interrupt;
-use crate::netns::{self, run_prefix, server_addr, Side, Topology, SERVER_IP, SERVER_PORT};
+use crate::netns::{self, run_prefix, Link, Side, Topology};
 use crate::peer::PeerMode;
 use crate::process::LabProcess;
 use crate::report::{format_duration, Machine, Report};
@@ -218,6 +218,7 @@ impl Lab<'_> {
     fn run_cell(&self, index: usize, scenario: Scenario, setup: Setup) -> Result<Cell, LabError> {
         let mut cell = CellRun {
             lab: self,
+            scenario,
             setup,
             prefix: format!("{}-{index}", self.run_prefix),
             checks: Vec::new(),
@@ -267,6 +268,7 @@ impl Drop for TempDir {
 /// One cell being run.
 struct CellRun<'a> {
     lab: &'a Lab<'a>,
+    scenario: Scenario,
     setup: Setup,
     prefix: String,
     checks: Vec<Check>,
@@ -318,6 +320,9 @@ impl CellRun<'_> {
             Scenario::ClientHalfClose => self.client_half_close(),
             Scenario::ClientCrashIdle => self.client_crash_idle(),
             Scenario::ClientCrashSending => self.client_crash_sending(),
+            Scenario::ClientCrashUploading => self.client_crash_uploading(),
+            Scenario::ClientUnreachable => self.client_unreachable(),
+            Scenario::ServerUnreachable => self.server_unreachable(),
             Scenario::ClientCableFlap => self.client_cable_flap(),
             Scenario::ClientReboot => self.client_reboot(),
             Scenario::ClientReconnect => self.client_reconnect(),
@@ -351,7 +356,12 @@ impl CellRun<'_> {
     }
 
     fn topology(&self) -> Result<Topology, LabError> {
-        Topology::create(&self.prefix)
+        let link = if self.scenario.routed() {
+            Link::Routed
+        } else {
+            Link::Direct
+        };
+        Topology::create(&self.prefix, link)
     }
 
     fn liveness_args(&self) -> Vec<String> {
@@ -369,7 +379,7 @@ impl CellRun<'_> {
         let mut args = vec![
             "serve".to_owned(),
             "--listen".to_owned(),
-            format!("{SERVER_IP}:{SERVER_PORT}"),
+            topology.server_addr().to_string(),
             "--log-format".to_owned(),
             "json".to_owned(),
         ];
@@ -409,7 +419,7 @@ impl CellRun<'_> {
     fn client(&self, topology: &Topology, device: &str) -> Result<LabProcess, LabError> {
         let mut args = vec![
             "client".to_owned(),
-            server_addr().to_string(),
+            topology.server_addr().to_string(),
             "--log-format".to_owned(),
             "json".to_owned(),
         ];
@@ -437,14 +447,33 @@ impl CellRun<'_> {
 
     /// Starts a raw-socket peer in the client namespace; returns it and its address.
     fn peer(&self, topology: &Topology, mode: PeerMode) -> Result<(LabProcess, String), LabError> {
-        let args = vec![
+        self.peer_with(topology, mode, None)
+    }
+
+    /// [`CellRun::peer`], opening a session for `device` first (with the lab's
+    /// heartbeat) when given.
+    fn peer_with(
+        &self,
+        topology: &Topology,
+        mode: PeerMode,
+        device: Option<&str>,
+    ) -> Result<(LabProcess, String), LabError> {
+        let mut args = vec![
             "lab".to_owned(),
             "peer".to_owned(),
             "--connect".to_owned(),
-            server_addr().to_string(),
+            topology.server_addr().to_string(),
             "--mode".to_owned(),
             mode.name().to_owned(),
         ];
+        if let Some(device) = device {
+            args.extend([
+                "--device".to_owned(),
+                device.to_owned(),
+                "--heartbeat".to_owned(),
+                self.lab.heartbeat.as_secs().to_string(),
+            ]);
+        }
         let mut peer = LabProcess::spawn(
             "peer",
             topology.netns(Side::Client),
@@ -631,6 +660,76 @@ impl CellRun<'_> {
         let fault = topology.cut(Side::Client)?;
         peer_process.kill()?;
         self.detect(&mut server, Side::Server, Some(&peer), fault, fault)
+    }
+
+    fn client_crash_uploading(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let session = self.sessions().then(|| self.device());
+        let (mut peer_process, peer) =
+            self.peer_with(&topology, PeerMode::Upload, session.as_deref())?;
+        peer_process.expect_stdout("`streaming`", soon(), |l| l == "streaming")?;
+        self.started()?;
+        let fault = topology.cut(Side::Client)?;
+        peer_process.kill()?;
+        self.detect(&mut server, Side::Server, Some(&peer), fault, fault)
+    }
+
+    fn client_unreachable(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let mut client = self.client(&topology, &self.device())?;
+        let (peer, _) = self.accepted(&mut server, &[])?;
+        self.welcomed(&mut client)?;
+        self.warm_up(&mut client, "before-unreachable")?;
+        self.started()?;
+        let fault = topology.cut_unreachable(Side::Client)?;
+        client.kill()?;
+        let outcome = self.detect(&mut server, Side::Server, Some(&peer), fault, fault)?;
+        self.note_icmp(&topology, Side::Server);
+        Ok(outcome)
+    }
+
+    /// What the watching side's kernel made of the router's ICMP: how many host
+    /// unreachables arrived, and how many it dropped as out of window (those answering
+    /// keepalive probes, which carry snd_una − 1).
+    fn note_icmp(&mut self, topology: &Topology, watcher: Side) {
+        match netns::counters(topology.netns(watcher)) {
+            Ok(counters) => {
+                let get = |key: &str| counters.get(key).copied().unwrap_or(0);
+                self.check(
+                    "the router answered with ICMP unreachable",
+                    get("Icmp.InDestUnreachs") > 0,
+                );
+                self.note(format!(
+                    "{} kernel: {} ICMP destination unreachable received, {} ignored as out of window",
+                    match watcher {
+                        Side::Client => "client",
+                        Side::Server => "server",
+                    },
+                    get("Icmp.InDestUnreachs"),
+                    get("TcpExt.OutOfWindowIcmps"),
+                ));
+            }
+            Err(err) => {
+                self.check("the router answered with ICMP unreachable", false);
+                self.note(format!("no ICMP counters: {err}"));
+            }
+        }
+    }
+
+    fn server_unreachable(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let mut client = self.client(&topology, &self.device())?;
+        self.welcomed(&mut client)?;
+        self.warm_up(&mut client, "before-unreachable")?;
+        self.started()?;
+        let fault = topology.cut_unreachable(Side::Server)?;
+        server.kill()?;
+        let outcome = self.detect(&mut client, Side::Client, None, fault, fault)?;
+        self.note_icmp(&topology, Side::Client);
+        Ok(outcome)
     }
 
     fn client_cable_flap(&mut self) -> Result<Outcome, LabError> {

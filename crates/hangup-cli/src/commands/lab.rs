@@ -11,7 +11,11 @@ use crate::args::{LabArgs, LabCommand};
 
 pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     if let Some(LabCommand::Peer(peer)) = args.command {
-        hangup_lab::run_peer(peer.connect, peer.mode)?;
+        let options = hangup_lab::PeerOptions {
+            device: peer.device,
+            heartbeat: peer.heartbeat,
+        };
+        hangup_lab::run_peer(peer.connect, peer.mode, &options)?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.cleanup {
