@@ -643,6 +643,21 @@ pub struct LabArgs {
     #[arg(long, conflicts_with_all = ["quick", "scenario", "setup", "json", "svg"])]
     pub cleanup: bool,
 
+    /// Run the server-side scenarios against this TCP server instead of `hangup serve`:
+    /// `sh -c 'exec COMMAND'` in the server namespace (it must stay in the foreground;
+    /// HANGUP_LAB_SERVER_IP and HANGUP_LAB_PORT are in its environment). Detection is
+    /// read from sock_diag: the moment its socket leaves ESTABLISHED/CLOSE_WAIT.
+    #[arg(long, value_name = "COMMAND", requires = "port", conflicts_with_all = ["setup", "quick"])]
+    pub target: Option<String>,
+
+    /// The port the --target server listens on.
+    #[arg(long, value_name = "PORT", requires = "target")]
+    pub port: Option<u16>,
+
+    /// What the --target peer sends first (an HTTP request, an MQTT CONNECT, …).
+    #[arg(long, value_name = "FILE", requires = "target")]
+    pub payload: Option<PathBuf>,
+
     /// Fail on purpose once the first cell's processes run (tests the cleanup).
     #[arg(long, hide = true)]
     pub fail_after_start: bool,
@@ -654,6 +669,18 @@ pub enum LabCommand {
     /// A raw-socket peer for the lab's scenarios (runs inside a lab namespace).
     #[command(hide = true)]
     Peer(LabPeerArgs),
+    /// Reports a --target server's connections from sock_diag as JSON events (runs
+    /// inside a lab namespace).
+    #[command(hide = true)]
+    Sockwatch(LabSockwatchArgs),
+}
+
+/// `hangup lab sockwatch`.
+#[derive(Debug, Args)]
+pub struct LabSockwatchArgs {
+    /// The server's port.
+    #[arg(long, value_name = "PORT")]
+    pub port: u16,
 }
 
 /// `hangup lab peer`.
@@ -665,8 +692,10 @@ pub struct LabPeerArgs {
 
     /// `unread`: send PING and an endless JOB, never read; `large-replies`: rounds of
     /// 8192 pipelined STATUS, each reply read in full; `flood`: pipeline STATUS without
-    /// end while reading as fast as possible; `upload`: stream comment lines without end.
-    #[arg(long, value_name = "unread|large-replies|flood|upload", value_parser = parse_peer_mode)]
+    /// end while reading as fast as possible; `upload`: stream comment lines without end;
+    /// `raw-read`, `raw-unread`, `raw-half-close`, `raw-upload`: any protocol (--target),
+    /// after the payload.
+    #[arg(long, value_name = "MODE", value_parser = parse_peer_mode)]
     pub mode: hangup_lab::PeerMode,
 
     /// Open a session for this device first (HELLO, then WELCOME).
@@ -676,6 +705,10 @@ pub struct LabPeerArgs {
     /// The heartbeat to propose with --device, in seconds.
     #[arg(long, value_name = "SECS", requires = "device")]
     pub heartbeat: Option<u64>,
+
+    /// The raw modes' first bytes, hex-encoded.
+    #[arg(long, value_name = "HEX", value_parser = parse_hex)]
+    pub payload_hex: Option<HexBytes>,
 }
 
 /// `hangup presence`.
@@ -783,6 +816,26 @@ pub fn parse_scenario(s: &str) -> Result<hangup_lab::Scenario, String> {
 /// Parses a lab set-up name.
 pub fn parse_setup(s: &str) -> Result<hangup_lab::Setup, String> {
     s.parse().map_err(|e: hangup_lab::LabError| e.to_string())
+}
+
+/// Bytes given in hex on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HexBytes(pub Vec<u8>);
+
+/// Parses lower-case or upper-case hex into bytes.
+pub fn parse_hex(s: &str) -> Result<HexBytes, String> {
+    if s.len() % 2 != 0 {
+        return Err("hex needs an even number of digits".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("not hex: {s}"))
+        })
+        .collect::<Result<_, _>>()
+        .map(HexBytes)
 }
 
 /// Parses a lab peer mode.

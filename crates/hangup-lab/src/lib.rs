@@ -53,8 +53,9 @@ mod report;
 mod run;
 mod scenario;
 mod setup;
+mod sockwatch;
 
-pub use cell::{judge, Cell, Check, Outcome};
+pub use cell::{judge, judge_target, Cell, Check, Outcome};
 pub use chart::write_svg;
 pub use error::LabError;
 pub use interrupt::{install_handler as install_interrupt_handler, requested as interrupted};
@@ -65,6 +66,7 @@ pub use netns::{
 };
 pub use peer::{run_peer, PeerMode, PeerOptions, STREAMING_AFTER_BYTES};
 pub use report::{format_duration, Machine, Report};
-pub use run::{default_cap, run, Capabilities, LabConfig};
+pub use run::{default_cap, run, Capabilities, LabConfig, Target};
 pub use scenario::{Bound, Expectation, Scenario, INSTANT};
 pub use setup::{heartbeat_for, Setup};
+pub use sockwatch::{close_reason, run_sockwatch, CloseReason, POLL as SOCKWATCH_POLL};

@@ -42,7 +42,24 @@ pub enum PeerMode {
     /// of its own in flight. With a device it first opens a session (`HELLO`, waits for
     /// `WELCOME`): the stream is what keeps it heard.
     Upload,
+    /// Any protocol (`--target`): sends the payload, then reads whatever comes, as fast
+    /// as it can; `streaming` once [`STREAMING_AFTER_BYTES`] arrived.
+    RawRead,
+    /// Any protocol: sends the payload and never reads; prints `unread <bytes>` once the
+    /// reply sits in its socket (or `unread 0` after a second without one).
+    RawUnread,
+    /// Any protocol: sends the payload, [`HALF_CLOSE_AFTER`] later `shutdown(SHUT_WR)`
+    /// (prints `half-closed`), then reads until EOF (prints `replied` at the first byte,
+    /// `eof <bytes read>` at the end).
+    RawHalfClose,
+    /// Any protocol: sends the payload, then filler bytes without end (the body of a
+    /// large request the payload announced); `streaming` once
+    /// [`STREAMING_AFTER_BYTES`] went out.
+    RawUpload,
 }
+
+/// How long [`PeerMode::RawHalfClose`] waits after its payload before its FIN.
+pub const HALF_CLOSE_AFTER: Duration = Duration::from_millis(200);
 
 /// What a peer says before its mode's traffic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,6 +68,8 @@ pub struct PeerOptions {
     pub device: Option<String>,
     /// The heartbeat to propose with `device`, in seconds.
     pub heartbeat: Option<u64>,
+    /// The raw modes' first bytes (an HTTP request, an MQTT CONNECT, …).
+    pub payload: Vec<u8>,
 }
 
 /// One line of [`PeerMode::Upload`]'s stream: a comment, ignored by the server.
@@ -75,11 +94,15 @@ impl FromStr for PeerMode {
 
 impl PeerMode {
     /// Every mode.
-    pub const ALL: [PeerMode; 4] = [
+    pub const ALL: [PeerMode; 8] = [
         PeerMode::Unread,
         PeerMode::LargeReplies,
         PeerMode::Flood,
         PeerMode::Upload,
+        PeerMode::RawRead,
+        PeerMode::RawUnread,
+        PeerMode::RawHalfClose,
+        PeerMode::RawUpload,
     ];
 
     /// The name `hangup lab peer --mode` takes.
@@ -89,6 +112,10 @@ impl PeerMode {
             PeerMode::LargeReplies => "large-replies",
             PeerMode::Flood => "flood",
             PeerMode::Upload => "upload",
+            PeerMode::RawRead => "raw-read",
+            PeerMode::RawUnread => "raw-unread",
+            PeerMode::RawHalfClose => "raw-half-close",
+            PeerMode::RawUpload => "raw-upload",
         }
     }
 }
@@ -108,7 +135,76 @@ pub fn run_peer(server: SocketAddr, mode: PeerMode, options: &PeerOptions) -> Re
         open_session(&mut stream, device, options.heartbeat)?;
     }
     let burst = format!("{}\n", Command::Status).repeat(BURST_LINES);
+    if mode.is_raw() {
+        stream
+            .write_all(&options.payload)
+            .map_err(io("send the payload"))?;
+    }
     match mode {
+        PeerMode::RawRead => {
+            say(&format!("ready {local}"));
+            read_all(&mut stream)?;
+            Ok(())
+        }
+        PeerMode::RawUnread => {
+            say(&format!("ready {local}"));
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            let mut queued = 0;
+            while std::time::Instant::now() < deadline {
+                queued = bytes_queued(&stream);
+                if queued > 0 {
+                    // Let the rest of the reply land too.
+                    std::thread::sleep(Duration::from_millis(50));
+                    queued = bytes_queued(&stream);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            say(&format!("unread {queued}"));
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        PeerMode::RawHalfClose => {
+            say(&format!("ready {local}"));
+            // The request is in; its answer may be under way (and the lab has seen the
+            // connection open) before the FIN follows it.
+            std::thread::sleep(HALF_CLOSE_AFTER);
+            stream
+                .shutdown(std::net::Shutdown::Write)
+                .map_err(io("shutdown(SHUT_WR)"))?;
+            say("half-closed");
+            let mut buf = vec![0u8; 1 << 16];
+            let mut received: u64 = 0;
+            loop {
+                let n = match stream.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => 0,
+                };
+                if n == 0 {
+                    say(&format!("eof {received}"));
+                    return Ok(());
+                }
+                if received == 0 {
+                    say("replied");
+                }
+                received += n as u64;
+            }
+        }
+        PeerMode::RawUpload => {
+            say(&format!("ready {local}"));
+            let chunk = vec![b'u'; 64 * 1024];
+            let mut sent: u64 = 0;
+            loop {
+                stream.write_all(&chunk).map_err(io("send"))?;
+                let before = sent;
+                sent += chunk.len() as u64;
+                if before < STREAMING_AFTER_BYTES && sent >= STREAMING_AFTER_BYTES {
+                    say("streaming");
+                }
+            }
+        }
         PeerMode::Upload => {
             say(&format!("ready {local}"));
             let chunk = upload_line().repeat(16);
@@ -183,6 +279,51 @@ pub fn run_peer(server: SocketAddr, mode: PeerMode, options: &PeerOptions) -> Re
     }
 }
 
+impl PeerMode {
+    /// Whether the mode speaks no protocol of its own (the `--target` peers).
+    pub const fn is_raw(self) -> bool {
+        matches!(
+            self,
+            PeerMode::RawRead | PeerMode::RawUnread | PeerMode::RawHalfClose | PeerMode::RawUpload
+        )
+    }
+}
+
+/// Reads until EOF (or an error, which ends the connection as well); `streaming` once
+/// [`STREAMING_AFTER_BYTES`] arrived. Returns the bytes read.
+fn read_all(stream: &mut TcpStream) -> Result<u64, LabError> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut received: u64 = 0;
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            return Ok(received);
+        }
+        let before = received;
+        received += n as u64;
+        if before < STREAMING_AFTER_BYTES && received >= STREAMING_AFTER_BYTES {
+            say("streaming");
+        }
+    }
+}
+
+/// Bytes received and not read (`SIOCINQ`).
+fn bytes_queued(stream: &TcpStream) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int to the pointer given, which lives on our stack.
+    let result = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut queued) };
+    if result == 0 {
+        queued
+    } else {
+        0
+    }
+}
+
 /// `HELLO <device> [heartbeat=<secs>]`, then the reply line, which must be `WELCOME`.
 fn open_session(
     stream: &mut TcpStream,
@@ -226,7 +367,8 @@ fn connect(server: SocketAddr, mode: PeerMode) -> std::io::Result<TcpStream> {
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
-    if mode == PeerMode::Flood {
+    // RawRead: a target's stalled reader, like the flood peer.
+    if matches!(mode, PeerMode::Flood | PeerMode::RawRead) {
         socket.set_recv_buffer_size(FLOOD_RCVBUF)?;
     }
     socket.connect(&server.into())?;

@@ -38,6 +38,8 @@ pub struct Report {
     pub setups: Vec<Setup>,
     /// Every cell, row by row.
     pub cells: Vec<Cell>,
+    /// The third-party server of a `--target` run.
+    pub target: Option<crate::run::Target>,
 }
 
 /// The machine a run was made on.
@@ -303,6 +305,12 @@ impl Report {
             "drain": self.capabilities.drain,
             "started_unix_ns": self.started_unix_ns,
             "took_ms": ms(self.took),
+            "target": self.target.as_ref().map(|t| json!({
+                "command": t.command,
+                "port": t.port,
+                "payload_bytes": t.payload.len(),
+                "payload": String::from_utf8_lossy(&t.payload),
+            })),
             "setups": setups,
             "scenarios": scenarios,
             "cells": cells,

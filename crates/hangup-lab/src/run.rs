@@ -1,6 +1,7 @@
 //! Running the matrix: for each cell, fresh namespaces, a fresh server and client,
 //! the fault, and the wait for the watching side's `connection_closed`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use hangup_core::{Command, Reply, DEFAULT_SEED};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
-use crate::cell::{judge, Cell, Check, Outcome};
+use crate::cell::{judge, judge_target, Cell, Check, Outcome};
 use crate::error::LabError;
 use crate::events::{self, elapsed, name, ts, ts_ns};
 use crate::interrupt;
@@ -35,6 +36,11 @@ fn first_job_done(line: &str) -> bool {
     matches!(Reply::parse(line), Ok(Reply::Done(1, _)))
 }
 
+/// Lower-case hex, how a payload travels on the peer's command line.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// How long a process may take to start and connect before the cell counts as failed.
 const STARTUP: Duration = Duration::from_secs(10);
 
@@ -55,9 +61,25 @@ pub struct LabConfig {
     pub progress: bool,
     /// The command line, recorded in the report.
     pub command: String,
+    /// Run the server-side scenarios against this third-party server instead of
+    /// `hangup serve` (the only column then is [`Setup::Target`]).
+    pub target: Option<Target>,
     /// For the cleanup test: fail the run once the first cell's processes run.
     #[doc(hidden)]
     pub fail_after_start: bool,
+}
+
+/// A third-party TCP server for `--target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Run by `sh -c 'exec COMMAND'` in the server namespace, with
+    /// `HANGUP_LAB_SERVER_IP` and `HANGUP_LAB_PORT` in its environment; it must stay
+    /// in the foreground and listen on `PORT` (any address, or the server IP).
+    pub command: String,
+    /// The port it listens on.
+    pub port: u16,
+    /// What the raw-socket peer sends first (an HTTP request, an MQTT CONNECT, …).
+    pub payload: Vec<u8>,
 }
 
 impl LabConfig {
@@ -71,6 +93,7 @@ impl LabConfig {
             setups: Setup::ALL.to_vec(),
             progress: false,
             command: String::new(),
+            target: None,
             fail_after_start: false,
         }
     }
@@ -187,6 +210,7 @@ pub fn run(config: &LabConfig) -> Result<Report, LabError> {
         scenarios: config.scenarios.clone(),
         setups: config.setups.clone(),
         cells,
+        target: config.target.clone(),
     })
 }
 
@@ -234,7 +258,7 @@ impl Lab<'_> {
                 .limit(self.config.dead_after, heartbeat, self.config.cap);
         let outcome = match cell.skip_reason(scenario) {
             Some(reason) => Outcome::Skipped { reason },
-            None => match cell.run(scenario) {
+            None => match cell.run_either(scenario) {
                 Ok(outcome) => outcome,
                 Err(err) if err.is_fatal() => return Err(err),
                 Err(err) => Outcome::Error {
@@ -242,7 +266,11 @@ impl Lab<'_> {
                 },
             },
         };
-        let meets_expectation = judge(scenario, &outcome, &cell.checks, limit);
+        let meets_expectation = if setup == Setup::Target {
+            judge_target(scenario, &outcome, &cell.checks, limit)
+        } else {
+            judge(scenario, &outcome, &cell.checks, limit)
+        };
         Ok(Cell {
             scenario,
             setup,
@@ -313,6 +341,13 @@ impl CellRun<'_> {
         }
     }
 
+    fn run_either(&mut self, scenario: Scenario) -> Result<Outcome, LabError> {
+        match &self.lab.config.target {
+            Some(target) if self.setup == Setup::Target => self.run_target(scenario, target),
+            _ => self.run(scenario),
+        }
+    }
+
     fn run(&mut self, scenario: Scenario) -> Result<Outcome, LabError> {
         match scenario {
             Scenario::ClientExit => self.client_exit(),
@@ -369,7 +404,7 @@ impl CellRun<'_> {
             "--dead-after".to_owned(),
             format!("{}ms", self.dead_after().as_millis()),
         ];
-        args.extend(self.setup.liveness_flags().map(str::to_owned));
+        args.extend(self.setup.liveness_flags().iter().map(|f| (*f).to_owned()));
         args
     }
 
@@ -730,6 +765,225 @@ impl CellRun<'_> {
         let outcome = self.detect(&mut client, Side::Client, None, fault, fault)?;
         self.note_icmp(&topology, Side::Client);
         Ok(outcome)
+    }
+
+    // ------------------------------------------------------------ --target
+
+    /// One server-side scenario against a third-party server: its connection watched
+    /// through sock_diag by `hangup lab sockwatch`, its client a raw-socket peer.
+    fn run_target(&mut self, scenario: Scenario, target: &Target) -> Result<Outcome, LabError> {
+        let mut topology = self.topology()?;
+        let server_ip = topology.ip(Side::Server);
+        let mut watcher = LabProcess::spawn(
+            "sockwatch",
+            topology.netns(Side::Server),
+            &self.lab.config.hangup,
+            &[
+                "lab".to_owned(),
+                "sockwatch".to_owned(),
+                "--port".to_owned(),
+                target.port.to_string(),
+            ],
+            &self.lab.run_prefix,
+        )?;
+        let mut server = LabProcess::spawn_shell(
+            "target",
+            topology.netns(Side::Server),
+            &target.command,
+            &self.lab.run_prefix,
+            &[
+                ("HANGUP_LAB_SERVER_IP", server_ip.to_string()),
+                ("HANGUP_LAB_PORT", target.port.to_string()),
+            ],
+        )?;
+        let listening = watcher.wait_event(soon(), |e| name(e) == "listening")?;
+        if listening.is_none() {
+            let exited = server.wait_exit(Instant::now())?;
+            return Err(LabError::Timeout {
+                what: format!(
+                    "the target never listened on port {} ({})",
+                    target.port,
+                    exited.map_or("still running".to_owned(), |s| format!("it exited: {s}"))
+                ),
+                process: "target".into(),
+                log: server.log_tail(),
+            });
+        }
+        let mode = match scenario {
+            Scenario::ClientExitUnread => PeerMode::RawUnread,
+            Scenario::ClientHalfClose => PeerMode::RawHalfClose,
+            Scenario::ClientCrashUploading => PeerMode::RawUpload,
+            _ => PeerMode::RawRead,
+        };
+        let addr = SocketAddr::from((server_ip, target.port));
+        let (mut peer_process, peer) = self.raw_peer(&topology, addr, mode, target)?;
+        watcher.expect_event("the peer's connection", soon(), |e| {
+            is(e, "connection_opened", &peer)
+        })?;
+        let streaming = |p: &mut LabProcess| {
+            p.wait_stdout(Instant::now() + Duration::from_secs(3), |l| {
+                l == "streaming"
+            })
+        };
+        let fault = match scenario {
+            Scenario::ClientExit => {
+                // Let the payload's answer arrive and be read: the kill then sends FIN.
+                interrupt::sleep(Duration::from_millis(200))?;
+                self.started()?;
+                peer_process.kill()?
+            }
+            Scenario::ClientExitUnread => {
+                let (_, unread) =
+                    peer_process.expect_stdout("`unread`", soon(), |l| l.starts_with("unread "))?;
+                let bytes: u64 = unread.trim_start_matches("unread ").parse().unwrap_or(0);
+                self.check("the reply waits unread in the peer's socket", bytes > 0);
+                self.note(format!("{bytes} bytes unread in the peer's socket"));
+                self.started()?;
+                peer_process.kill()?
+            }
+            Scenario::ClientHalfClose => {
+                let (at, _) =
+                    peer_process.expect_stdout("`half-closed`", soon(), |l| l == "half-closed")?;
+                self.started()?;
+                at
+            }
+            Scenario::ClientCrashSending | Scenario::ClientStalled => {
+                if streaming(&mut peer_process)?.is_none() {
+                    return Ok(Outcome::Skipped {
+                        reason: "the target sent less than 1 MiB for the payload: nothing \
+                                 streams to crash or stall on"
+                            .into(),
+                    });
+                }
+                self.started()?;
+                if scenario == Scenario::ClientStalled {
+                    peer_process.signal(libc::SIGSTOP)?
+                } else {
+                    let at = topology.cut(Side::Client)?;
+                    peer_process.kill()?;
+                    at
+                }
+            }
+            Scenario::ClientCrashUploading => {
+                if streaming(&mut peer_process)?.is_none() {
+                    return Ok(Outcome::Skipped {
+                        reason: "the target did not take 1 MiB of upload within 3 s".into(),
+                    });
+                }
+                self.started()?;
+                let at = topology.cut(Side::Client)?;
+                peer_process.kill()?;
+                at
+            }
+            Scenario::ClientCrashIdle | Scenario::ClientCableFlap => {
+                interrupt::sleep(Duration::from_millis(200))?;
+                self.started()?;
+                let at = topology.cut(Side::Client)?;
+                if scenario == Scenario::ClientCrashIdle {
+                    peer_process.kill()?;
+                }
+                at
+            }
+            Scenario::ClientReboot => {
+                interrupt::sleep(Duration::from_millis(200))?;
+                self.started()?;
+                let at = topology.cut(Side::Client)?;
+                peer_process.kill()?;
+                topology.reboot(Side::Client)?;
+                at
+            }
+            Scenario::ClientUnreachable => {
+                interrupt::sleep(Duration::from_millis(200))?;
+                self.started()?;
+                let at = topology.cut_unreachable(Side::Client)?;
+                peer_process.kill()?;
+                at
+            }
+            other => {
+                return Ok(Outcome::Skipped {
+                    reason: format!("{other} is not a server-side scenario"),
+                })
+            }
+        };
+        if scenario == Scenario::ClientCableFlap {
+            interrupt::sleep(self.dead_after() / 2)?;
+            topology.reconnect(Side::Client)?;
+            let watch = self.dead_after() * 2 + self.dead_after() / 2;
+            return Ok(
+                match self.detect_until(&mut watcher, Some(&peer), fault, watch)? {
+                    Some(event) => self.false_positive(Side::Server, &event, fault),
+                    None => Outcome::Kept {
+                        proven_after: watch,
+                    },
+                },
+            );
+        }
+        let mut outcome = self.detect(&mut watcher, Side::Server, Some(&peer), fault, fault)?;
+        if scenario == Scenario::ClientHalfClose {
+            if let Outcome::NotDetected { within } = outcome {
+                outcome = Outcome::Kept {
+                    proven_after: within,
+                };
+            }
+            let replied = peer_process
+                .wait_stdout(Instant::now() + Duration::from_secs(2), |l| l == "replied")?;
+            self.check("the half-closing peer got a reply", replied.is_some());
+            if let Some((_, eof)) =
+                peer_process.wait_stdout(Instant::now(), |l| l.starts_with("eof "))?
+            {
+                self.note(format!(
+                    "the half-closed peer read {} bytes, then EOF",
+                    eof.trim_start_matches("eof ")
+                ));
+            }
+        }
+        if scenario == Scenario::ClientUnreachable {
+            self.note_icmp(&topology, Side::Server);
+        }
+        if let Outcome::Detected { .. } = &outcome {
+            if let Some(event) = watcher
+                .events_matching(|e| is(e, "connection_closed", &peer))
+                .first()
+            {
+                self.note(format!(
+                    "server socket {} → {}",
+                    event["from"].as_str().unwrap_or("?"),
+                    event["to"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+        drop(server);
+        Ok(outcome)
+    }
+
+    /// A raw-socket peer for `--target` in the client namespace.
+    fn raw_peer(
+        &self,
+        topology: &Topology,
+        addr: SocketAddr,
+        mode: PeerMode,
+        target: &Target,
+    ) -> Result<(LabProcess, String), LabError> {
+        let mut args = vec![
+            "lab".to_owned(),
+            "peer".to_owned(),
+            "--connect".to_owned(),
+            addr.to_string(),
+            "--mode".to_owned(),
+            mode.name().to_owned(),
+        ];
+        if !target.payload.is_empty() {
+            args.extend(["--payload-hex".to_owned(), hex(&target.payload)]);
+        }
+        let mut peer = LabProcess::spawn(
+            "peer",
+            topology.netns(Side::Client),
+            &self.lab.config.hangup,
+            &args,
+            &self.lab.run_prefix,
+        )?;
+        let (_, ready) = peer.expect_stdout("`ready`", soon(), |l| l.starts_with("ready "))?;
+        Ok((peer, ready.trim_start_matches("ready ").to_owned()))
     }
 
     fn client_cable_flap(&mut self) -> Result<Outcome, LabError> {

@@ -114,6 +114,21 @@ impl Scenario {
         Scenario::ServerShutdown,
     ];
 
+    /// The scenarios `--target` runs: those where the server watches and a raw-socket
+    /// peer can make the fault (no sessions, so no client-reconnect).
+    pub const TARGET: [Scenario; 10] = [
+        Scenario::ClientExit,
+        Scenario::ClientExitUnread,
+        Scenario::ClientHalfClose,
+        Scenario::ClientCrashIdle,
+        Scenario::ClientCrashSending,
+        Scenario::ClientCrashUploading,
+        Scenario::ClientCableFlap,
+        Scenario::ClientReboot,
+        Scenario::ClientUnreachable,
+        Scenario::ClientStalled,
+    ];
+
     /// The stable name (`client-exit`, …).
     pub const fn name(self) -> &'static str {
         match self {

@@ -10,13 +10,21 @@ use hangup_lab::{format_duration, LabConfig, LabError, Setup};
 use crate::args::{LabArgs, LabCommand};
 
 pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
-    if let Some(LabCommand::Peer(peer)) = args.command {
-        let options = hangup_lab::PeerOptions {
-            device: peer.device,
-            heartbeat: peer.heartbeat,
-        };
-        hangup_lab::run_peer(peer.connect, peer.mode, &options)?;
-        return Ok(ExitCode::SUCCESS);
+    match args.command {
+        Some(LabCommand::Peer(peer)) => {
+            let options = hangup_lab::PeerOptions {
+                device: peer.device,
+                heartbeat: peer.heartbeat,
+                payload: peer.payload_hex.map(|hex| hex.0).unwrap_or_default(),
+            };
+            hangup_lab::run_peer(peer.connect, peer.mode, &options)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(LabCommand::Sockwatch(watch)) => {
+            hangup_lab::run_sockwatch(watch.port)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        None => {}
     }
     if args.cleanup {
         return cleanup();
@@ -38,6 +46,20 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         config.setups = vec![Setup::Full];
     } else if !args.setup.is_empty() {
         config.setups = args.setup;
+    }
+    if let Some(command) = args.target {
+        let payload = match &args.payload {
+            Some(path) => std::fs::read(path)
+                .with_context(|| format!("cannot read --payload {}", path.display()))?,
+            None => Vec::new(),
+        };
+        config.target = Some(hangup_lab::Target {
+            command,
+            port: args.port.context("--target needs --port")?,
+            payload,
+        });
+        config.setups = vec![Setup::Target];
+        config.scenarios = hangup_lab::Scenario::TARGET.to_vec();
     }
     if !args.scenario.is_empty() {
         config.scenarios = args.scenario;
@@ -84,6 +106,15 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.svg {
         hangup_lab::write_svg(&report, path)?;
         eprintln!("hangup lab: chart written to {}", path.display());
+    }
+    if config.target.is_some() {
+        let missed = report.cells.iter().filter(|c| !c.meets_expectation).count();
+        println!(
+            "target: {} of {} cells within the bounds SPEC §7 sets for hangup's full policy",
+            report.cells.len() - missed,
+            report.cells.len()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let full: Vec<_> = report
         .cells
