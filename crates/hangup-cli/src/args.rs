@@ -611,7 +611,7 @@ pub struct LabArgs {
     /// Run only this scenario (repeatable): client-exit, client-exit-unread,
     /// client-half-close, client-crash-idle, client-crash-sending, client-crash-uploading,
     /// client-cable-flap, client-reboot, client-reconnect, client-unreachable,
-    /// client-stalled, server-exit, server-crash, server-unreachable, server-reboot,
+    /// client-unreachable-sending, client-stalled, server-exit, server-crash, server-unreachable, server-reboot,
     /// server-shutdown.
     #[arg(long, value_name = "NAME", value_parser = parse_scenario)]
     pub scenario: Vec<hangup_lab::Scenario>,
@@ -657,6 +657,16 @@ pub struct LabArgs {
     /// What the --target peer sends first (an HTTP request, an MQTT CONNECT, …).
     #[arg(long, value_name = "FILE", requires = "target")]
     pub payload: Option<PathBuf>,
+
+    /// Instead of --payload in client-crash-sending and client-stalled: a request whose
+    /// answer streams at least 1 MiB (e.g. a GET of a large file).
+    #[arg(long, value_name = "FILE", requires = "target")]
+    pub payload_streaming: Option<PathBuf>,
+
+    /// Instead of --payload in client-crash-uploading: the head of a large request whose
+    /// body the peer then streams as filler bytes (e.g. a POST with a large Content-Length).
+    #[arg(long, value_name = "FILE", requires = "target")]
+    pub payload_upload: Option<PathBuf>,
 
     /// Fail on purpose once the first cell's processes run (tests the cleanup).
     #[arg(long, hide = true)]

@@ -40,7 +40,7 @@ enum Within {
 }
 
 /// (scenario, accepted causes — empty for "the connection is kept", bound).
-const EXPECTED: [(&str, &[&str], Within); 16] = [
+const EXPECTED: [(&str, &[&str], Within); 17] = [
     ("client-exit", &["peer_closed"], Within::Instant),
     ("client-exit-unread", &["peer_reset"], Within::Instant),
     ("client-half-close", &[], Within::Cap),
@@ -63,6 +63,13 @@ const EXPECTED: [(&str, &[&str], Within); 16] = [
     (
         "client-unreachable",
         &["unreachable", "heartbeat_missed"],
+        Within::Budget,
+    ),
+    // No session: the user timeout gives up on the unacknowledged replies, and the
+    // kernel's error is the ICMP's (EHOSTUNREACH).
+    (
+        "client-unreachable-sending",
+        &["unreachable"],
         Within::Budget,
     ),
     // `protocol_error`: a flooding peer stopped by SIGSTOP may also have stopped in the

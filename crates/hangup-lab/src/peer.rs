@@ -49,7 +49,7 @@ pub enum PeerMode {
     /// reply sits in its socket (or `unread 0` after a second without one).
     RawUnread,
     /// Any protocol: sends the payload, [`HALF_CLOSE_AFTER`] later `shutdown(SHUT_WR)`
-    /// (prints `half-closed`), then reads until EOF (prints `replied` at the first byte,
+    /// (prints `half-closed <Unix ns just before>`), then reads until EOF (prints `replied` at the first byte,
     /// `eof <bytes read>` at the end).
     RawHalfClose,
     /// Any protocol: sends the payload, then filler bytes without end (the body of a
@@ -170,10 +170,13 @@ pub fn run_peer(server: SocketAddr, mode: PeerMode, options: &PeerOptions) -> Re
             // The request is in; its answer may be under way (and the lab has seen the
             // connection open) before the FIN follows it.
             std::thread::sleep(HALF_CLOSE_AFTER);
+            // The time before the FIN leaves: the server may act on it before the lab
+            // reads this line.
+            let at = crate::events::ts_ns();
             stream
                 .shutdown(std::net::Shutdown::Write)
                 .map_err(io("shutdown(SHUT_WR)"))?;
-            say("half-closed");
+            say(&format!("half-closed {at}"));
             let mut buf = vec![0u8; 1 << 16];
             let mut received: u64 = 0;
             loop {

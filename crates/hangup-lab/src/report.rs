@@ -308,8 +308,9 @@ impl Report {
             "target": self.target.as_ref().map(|t| json!({
                 "command": t.command,
                 "port": t.port,
-                "payload_bytes": t.payload.len(),
                 "payload": String::from_utf8_lossy(&t.payload),
+                "payload_streaming": t.payload_streaming.as_deref().map(String::from_utf8_lossy),
+                "payload_upload": t.payload_upload.as_deref().map(String::from_utf8_lossy),
             })),
             "setups": setups,
             "scenarios": scenarios,

@@ -36,6 +36,9 @@ fn first_job_done(line: &str) -> bool {
     matches!(Reply::parse(line), Ok(Reply::Done(1, _)))
 }
 
+/// The check that the router's ICMP reached the watching side.
+const ROUTER_ANSWERED: &str = "the router answered with ICMP unreachable";
+
 /// Lower-case hex, how a payload travels on the peer's command line.
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -80,6 +83,27 @@ pub struct Target {
     pub port: u16,
     /// What the raw-socket peer sends first (an HTTP request, an MQTT CONNECT, …).
     pub payload: Vec<u8>,
+    /// Instead of `payload` in client-crash-sending and client-stalled: a request
+    /// whose answer streams (≥ 1 MiB), e.g. a GET of a large file.
+    pub payload_streaming: Option<Vec<u8>>,
+    /// Instead of `payload` in client-crash-uploading: the head of a large request
+    /// whose body the peer then streams (filler bytes), e.g. a POST with a large
+    /// Content-Length.
+    pub payload_upload: Option<Vec<u8>>,
+}
+
+impl Target {
+    /// What the peer sends first in `scenario`.
+    pub fn payload_for(&self, scenario: Scenario) -> &[u8] {
+        let special = match scenario {
+            Scenario::ClientCrashSending
+            | Scenario::ClientStalled
+            | Scenario::ClientUnreachableSending => &self.payload_streaming,
+            Scenario::ClientCrashUploading => &self.payload_upload,
+            _ => &None,
+        };
+        special.as_deref().unwrap_or(&self.payload)
+    }
 }
 
 impl LabConfig {
@@ -357,6 +381,7 @@ impl CellRun<'_> {
             Scenario::ClientCrashSending => self.client_crash_sending(),
             Scenario::ClientCrashUploading => self.client_crash_uploading(),
             Scenario::ClientUnreachable => self.client_unreachable(),
+            Scenario::ClientUnreachableSending => self.client_unreachable_sending(),
             Scenario::ServerUnreachable => self.server_unreachable(),
             Scenario::ClientCableFlap => self.client_cable_flap(),
             Scenario::ClientReboot => self.client_reboot(),
@@ -732,10 +757,7 @@ impl CellRun<'_> {
         match netns::counters(topology.netns(watcher)) {
             Ok(counters) => {
                 let get = |key: &str| counters.get(key).copied().unwrap_or(0);
-                self.check(
-                    "the router answered with ICMP unreachable",
-                    get("Icmp.InDestUnreachs") > 0,
-                );
+                self.check(ROUTER_ANSWERED, get("Icmp.InDestUnreachs") > 0);
                 self.note(format!(
                     "{} kernel: {} ICMP destination unreachable received, {} ignored as out of window",
                     match watcher {
@@ -747,10 +769,23 @@ impl CellRun<'_> {
                 ));
             }
             Err(err) => {
-                self.check("the router answered with ICMP unreachable", false);
+                self.check(ROUTER_ANSWERED, false);
                 self.note(format!("no ICMP counters: {err}"));
             }
         }
+    }
+
+    fn client_unreachable_sending(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let (mut peer_process, peer) = self.peer(&topology, PeerMode::LargeReplies)?;
+        peer_process.expect_stdout("`streaming`", soon(), |l| l == "streaming")?;
+        self.started()?;
+        let fault = topology.cut_unreachable(Side::Client)?;
+        peer_process.kill()?;
+        let outcome = self.detect(&mut server, Side::Server, Some(&peer), fault, fault)?;
+        self.note_icmp(&topology, Side::Server);
+        Ok(outcome)
     }
 
     fn server_unreachable(&mut self) -> Result<Outcome, LabError> {
@@ -816,7 +851,8 @@ impl CellRun<'_> {
             _ => PeerMode::RawRead,
         };
         let addr = SocketAddr::from((server_ip, target.port));
-        let (mut peer_process, peer) = self.raw_peer(&topology, addr, mode, target)?;
+        let payload = target.payload_for(scenario);
+        let (mut peer_process, peer) = self.raw_peer(&topology, addr, mode, payload)?;
         watcher.expect_event("the peer's connection", soon(), |e| {
             is(e, "connection_opened", &peer)
         })?;
@@ -847,7 +883,9 @@ impl CellRun<'_> {
                 self.started()?;
                 at
             }
-            Scenario::ClientCrashSending | Scenario::ClientStalled => {
+            Scenario::ClientCrashSending
+            | Scenario::ClientStalled
+            | Scenario::ClientUnreachableSending => {
                 if streaming(&mut peer_process)?.is_none() {
                     return Ok(Outcome::Skipped {
                         reason: "the target sent less than 1 MiB for the payload: nothing \
@@ -858,6 +896,10 @@ impl CellRun<'_> {
                 self.started()?;
                 if scenario == Scenario::ClientStalled {
                     peer_process.signal(libc::SIGSTOP)?
+                } else if scenario == Scenario::ClientUnreachableSending {
+                    let at = topology.cut_unreachable(Side::Client)?;
+                    peer_process.kill()?;
+                    at
                 } else {
                     let at = topology.cut(Side::Client)?;
                     peer_process.kill()?;
@@ -937,8 +979,11 @@ impl CellRun<'_> {
                 ));
             }
         }
-        if scenario == Scenario::ClientUnreachable {
+        if scenario.routed() {
+            // A note, not a check: a server that sends nothing to an idle peer (no
+            // keepalive) draws no ICMP, and that is part of what is measured.
             self.note_icmp(&topology, Side::Server);
+            self.checks.retain(|c| c.name != ROUTER_ANSWERED);
         }
         if let Outcome::Detected { .. } = &outcome {
             if let Some(event) = watcher
@@ -962,7 +1007,7 @@ impl CellRun<'_> {
         topology: &Topology,
         addr: SocketAddr,
         mode: PeerMode,
-        target: &Target,
+        payload: &[u8],
     ) -> Result<(LabProcess, String), LabError> {
         let mut args = vec![
             "lab".to_owned(),
@@ -972,8 +1017,8 @@ impl CellRun<'_> {
             "--mode".to_owned(),
             mode.name().to_owned(),
         ];
-        if !target.payload.is_empty() {
-            args.extend(["--payload-hex".to_owned(), hex(&target.payload)]);
+        if !payload.is_empty() {
+            args.extend(["--payload-hex".to_owned(), hex(payload)]);
         }
         let mut peer = LabProcess::spawn(
             "peer",

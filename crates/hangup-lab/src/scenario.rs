@@ -32,6 +32,8 @@ pub enum Scenario {
     /// Behind a router, the client's link goes down and the router answers for it with
     /// ICMP host unreachable; the client is killed.
     ClientUnreachable,
+    /// The same while the server streams a large reply (data unacknowledged).
+    ClientUnreachableSending,
     /// The client stops reading (SIGSTOP) during a large reply.
     ClientStalled,
     /// The server is SIGKILLed while the client idles at its prompt.
@@ -95,7 +97,7 @@ pub struct Expectation {
 
 impl Scenario {
     /// Every scenario, in SPEC order.
-    pub const ALL: [Scenario; 16] = [
+    pub const ALL: [Scenario; 17] = [
         Scenario::ClientExit,
         Scenario::ClientExitUnread,
         Scenario::ClientHalfClose,
@@ -106,6 +108,7 @@ impl Scenario {
         Scenario::ClientReboot,
         Scenario::ClientReconnect,
         Scenario::ClientUnreachable,
+        Scenario::ClientUnreachableSending,
         Scenario::ClientStalled,
         Scenario::ServerExit,
         Scenario::ServerCrash,
@@ -116,7 +119,7 @@ impl Scenario {
 
     /// The scenarios `--target` runs: those where the server watches and a raw-socket
     /// peer can make the fault (no sessions, so no client-reconnect).
-    pub const TARGET: [Scenario; 10] = [
+    pub const TARGET: [Scenario; 11] = [
         Scenario::ClientExit,
         Scenario::ClientExitUnread,
         Scenario::ClientHalfClose,
@@ -126,6 +129,7 @@ impl Scenario {
         Scenario::ClientCableFlap,
         Scenario::ClientReboot,
         Scenario::ClientUnreachable,
+        Scenario::ClientUnreachableSending,
         Scenario::ClientStalled,
     ];
 
@@ -142,6 +146,7 @@ impl Scenario {
             Scenario::ClientReboot => "client-reboot",
             Scenario::ClientReconnect => "client-reconnect",
             Scenario::ClientUnreachable => "client-unreachable",
+            Scenario::ClientUnreachableSending => "client-unreachable-sending",
             Scenario::ClientStalled => "client-stalled",
             Scenario::ServerExit => "server-exit",
             Scenario::ServerCrash => "server-crash",
@@ -170,6 +175,9 @@ impl Scenario {
             }
             Scenario::ClientUnreachable => {
                 "client link down behind a router that answers ICMP host unreachable, client SIGKILLed"
+            }
+            Scenario::ClientUnreachableSending => {
+                "raw peer's link down behind a router that answers ICMP host unreachable while the server streams replies, peer SIGKILLed"
             }
             Scenario::ServerUnreachable => {
                 "server link down behind a router that answers ICMP host unreachable, server SIGKILLed"
@@ -207,7 +215,9 @@ impl Scenario {
     pub const fn routed(self) -> bool {
         matches!(
             self,
-            Scenario::ClientUnreachable | Scenario::ServerUnreachable
+            Scenario::ClientUnreachable
+                | Scenario::ClientUnreachableSending
+                | Scenario::ServerUnreachable
         )
     }
 
@@ -248,6 +258,13 @@ impl Scenario {
                     &["unreachable", "heartbeat_missed"],
                     Bound::Budget,
                     "server detects ≤ 1.1·D",
+                ),
+                // No session (a raw peer): the kernel decides, with data in flight.
+                Scenario::ClientUnreachableSending => (
+                    false,
+                    &["unreachable"],
+                    Bound::Budget,
+                    "unreachable ≤ 1.1·D",
                 ),
                 Scenario::ServerUnreachable => (
                     false,

@@ -7,7 +7,8 @@
 //! server's port is open while its socket is ESTABLISHED or CLOSE_WAIT; it is
 //! *detected* the moment it leaves those states, i.e. when the server (or its kernel)
 //! acted. The cause is what the kernel tells, from the new state and the namespace's
-//! SNMP counters over that poll:
+//! SNMP counters since the connection was first seen (the lab's namespaces hold one
+//! connection at a time):
 //!
 //! | what the socket did | counters | cause |
 //! |---|---|---|
@@ -108,11 +109,10 @@ fn emit(event: serde_json::Value) {
 pub fn run_sockwatch(port: u16) -> Result<(), LabError> {
     let mut open: HashMap<(SocketAddr, SocketAddr), TcpState> = HashMap::new();
     let mut listening = false;
-    // Counters read before the previous dump: whatever ended a socket that dump still
-    // showed happened after them.
-    let mut before_previous = read_counters();
+    // The counters when each connection was first seen: only lab connections live in
+    // the namespace, one at a time, so what they count since is that connection's doing.
+    let mut baseline: HashMap<(SocketAddr, SocketAddr), HashMap<String, u64>> = HashMap::new();
     loop {
-        let before = read_counters();
         let snapshot = collect_sockets()
             .map_err(|err| LabError::io("sock_diag dump", std::io::Error::other(err)))?;
         let at = ts_ns();
@@ -132,9 +132,12 @@ pub fn run_sockwatch(port: u16) -> Result<(), LabError> {
                 continue;
             }
             match open.insert(key, state) {
-                None => emit(json!({
-                    "event": "connection_opened", "ts_ns": at, "peer": key.1.to_string(),
-                })),
+                None => {
+                    baseline.insert(key, read_counters());
+                    emit(json!({
+                        "event": "connection_opened", "ts_ns": at, "peer": key.1.to_string(),
+                    }));
+                }
                 Some(TcpState::Established) if state == TcpState::CloseWait => emit(json!({
                     "event": "peer_half_closed", "ts_ns": at, "peer": key.1.to_string(),
                 })),
@@ -150,11 +153,12 @@ pub fn run_sockwatch(port: u16) -> Result<(), LabError> {
             open.remove(&key);
             let to = ours.get(&key).copied();
             let now = after.get_or_insert_with(read_counters);
+            let then = baseline.remove(&key).unwrap_or_default();
             let delta = |key: &str| {
                 now.get(key)
                     .copied()
                     .unwrap_or(0)
-                    .saturating_sub(before_previous.get(key).copied().unwrap_or(0))
+                    .saturating_sub(then.get(key).copied().unwrap_or(0))
             };
             let reason = close_reason(to, &delta);
             emit(json!({
@@ -166,7 +170,6 @@ pub fn run_sockwatch(port: u16) -> Result<(), LabError> {
                 "to": to.map_or("gone", TcpState::name),
             }));
         }
-        before_previous = before;
         std::thread::sleep(POLL);
     }
 }

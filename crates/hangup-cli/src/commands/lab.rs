@@ -48,15 +48,20 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         config.setups = args.setup;
     }
     if let Some(command) = args.target {
-        let payload = match &args.payload {
-            Some(path) => std::fs::read(path)
-                .with_context(|| format!("cannot read --payload {}", path.display()))?,
-            None => Vec::new(),
+        let read = |flag: &str, path: &Option<std::path::PathBuf>| -> anyhow::Result<_> {
+            path.as_ref()
+                .map(|path| {
+                    std::fs::read(path)
+                        .with_context(|| format!("cannot read {flag} {}", path.display()))
+                })
+                .transpose()
         };
         config.target = Some(hangup_lab::Target {
             command,
             port: args.port.context("--target needs --port")?,
-            payload,
+            payload: read("--payload", &args.payload)?.unwrap_or_default(),
+            payload_streaming: read("--payload-streaming", &args.payload_streaming)?,
+            payload_upload: read("--payload-upload", &args.payload_upload)?,
         });
         config.setups = vec![Setup::Target];
         config.scenarios = hangup_lab::Scenario::TARGET.to_vec();
