@@ -630,6 +630,14 @@ pub struct LabArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub cap: Option<Duration>,
 
+    /// Divide the namespaces' own TCP timers by N (tcp_keepalive_time and _intvl; the
+    /// counts tcp_keepalive_probes and tcp_retries2 cannot be divided: retries2 is lowered
+    /// to the count whose timeout is nearest 924.6 s / N). The os-defaults and
+    /// keepalive-os columns then show the kernel's own verdicts, scaled; the default cap
+    /// grows to fit them. N = 75 divides keepalive exactly (96 s, 1 s).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub time_scale: Option<u32>,
+
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -716,9 +724,9 @@ pub struct LabPeerArgs {
     #[arg(long, value_name = "SECS", requires = "device")]
     pub heartbeat: Option<u64>,
 
-    /// The raw modes' first bytes, hex-encoded.
-    #[arg(long, value_name = "HEX", value_parser = parse_hex)]
-    pub payload_hex: Option<HexBytes>,
+    /// The raw modes' first bytes: this file's content.
+    #[arg(long, value_name = "FILE")]
+    pub payload_file: Option<PathBuf>,
 }
 
 /// `hangup presence`.
@@ -826,26 +834,6 @@ pub fn parse_scenario(s: &str) -> Result<hangup_lab::Scenario, String> {
 /// Parses a lab set-up name.
 pub fn parse_setup(s: &str) -> Result<hangup_lab::Setup, String> {
     s.parse().map_err(|e: hangup_lab::LabError| e.to_string())
-}
-
-/// Bytes given in hex on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HexBytes(pub Vec<u8>);
-
-/// Parses lower-case or upper-case hex into bytes.
-pub fn parse_hex(s: &str) -> Result<HexBytes, String> {
-    if s.len() % 2 != 0 {
-        return Err("hex needs an even number of digits".into());
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            s.get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or_else(|| format!("not hex: {s}"))
-        })
-        .collect::<Result<_, _>>()
-        .map(HexBytes)
 }
 
 /// Parses a lab peer mode.

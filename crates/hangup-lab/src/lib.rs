@@ -54,6 +54,7 @@ mod run;
 mod scenario;
 mod setup;
 mod sockwatch;
+mod timescale;
 
 pub use cell::{judge, judge_target, Cell, Check, Outcome};
 pub use chart::write_svg;
@@ -70,3 +71,4 @@ pub use run::{default_cap, run, Capabilities, LabConfig, Target};
 pub use scenario::{Bound, Expectation, Scenario, INSTANT};
 pub use setup::{heartbeat_for, Setup};
 pub use sockwatch::{close_reason, run_sockwatch, CloseReason, POLL as SOCKWATCH_POLL};
+pub use timescale::{keepalive_verdict, retries_timeout, TimeScale};

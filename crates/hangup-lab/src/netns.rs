@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::error::LabError;
 use crate::events::ts_ns;
+use crate::timescale::TimeScale;
 
 /// Every namespace the lab creates is named `hlab-<pid in hex>-<cell><c|s>`; others
 /// made through [`Netns::for_run`] are `hlab-<pid in hex>-<name>`.
@@ -258,12 +259,18 @@ pub(crate) struct Topology {
     client: Option<Netns>,
     server: Option<Netns>,
     router: Option<Netns>,
+    /// `--time-scale`: the endpoints' TCP timers divided.
+    scale: Option<TimeScale>,
 }
 
 impl Topology {
     /// Creates `<prefix>c` and `<prefix>s` (and `<prefix>r` when routed), the veth
     /// pairs, addresses, routes and links up.
-    pub(crate) fn create(prefix: &str, link: Link) -> Result<Self, LabError> {
+    pub(crate) fn create(
+        prefix: &str,
+        link: Link,
+        scale: Option<TimeScale>,
+    ) -> Result<Self, LabError> {
         let mut topology = Topology {
             link,
             veth: None,
@@ -271,9 +278,13 @@ impl Topology {
             client: None,
             server: None,
             router: None,
+            scale,
         };
         topology.client = Some(Netns::create(format!("{prefix}c"))?);
         topology.server = Some(Netns::create(format!("{prefix}s"))?);
+        for side in [Side::Client, Side::Server] {
+            topology.scale_timers(side)?;
+        }
         if link == Link::Routed {
             let router = Netns::create(format!("{prefix}r"))?;
             sysctl(router.name(), "net.ipv4.ip_forward", "1")?;
@@ -302,6 +313,16 @@ impl Topology {
         }
         topology.connect()?;
         Ok(topology)
+    }
+
+    /// Writes the scaled TCP timers (if any) into `side`'s namespace.
+    fn scale_timers(&self, side: Side) -> Result<(), LabError> {
+        if let Some(scale) = self.scale {
+            for (key, value) in scale.sysctls() {
+                sysctl(self.netns(side), key, &value)?;
+            }
+        }
+        Ok(())
     }
 
     /// The namespace of `side`.
@@ -488,6 +509,7 @@ impl Topology {
         };
         drop(slot.take());
         *slot = Some(Netns::create(name)?);
+        self.scale_timers(side)?;
         self.connect()
     }
 }

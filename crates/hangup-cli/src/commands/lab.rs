@@ -12,10 +12,15 @@ use crate::args::{LabArgs, LabCommand};
 pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(LabCommand::Peer(peer)) => {
+            let payload = match &peer.payload_file {
+                Some(path) => std::fs::read(path)
+                    .with_context(|| format!("cannot read --payload-file {}", path.display()))?,
+                None => Vec::new(),
+            };
             let options = hangup_lab::PeerOptions {
                 device: peer.device,
                 heartbeat: peer.heartbeat,
-                payload: peer.payload_hex.map(|hex| hex.0).unwrap_or_default(),
+                payload,
             };
             hangup_lab::run_peer(peer.connect, peer.mode, &options)?;
             return Ok(ExitCode::SUCCESS);
@@ -39,6 +44,19 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     hangup_lab::install_interrupt_handler().context("could not install the Ctrl-C handler")?;
     let hangup = std::env::current_exe().context("cannot find the hangup executable")?;
     let mut config = LabConfig::new(hangup, args.dead_after);
+    if let Some(factor) = args.time_scale {
+        let scale = hangup_lab::TimeScale { factor };
+        config.time_scale = Some(scale);
+        config.cap = config.cap.max(scale.cap());
+        eprintln!(
+            "hangup lab: TCP timers scaled 1/{factor} in the namespaces (tcp_keepalive_time {} s, \
+             intvl {} s, probes 9, tcp_retries2 {} → {}); every time below is SCALED",
+            scale.keepalive_time_s(),
+            scale.keepalive_intvl_s(),
+            scale.retries2(),
+            format_duration(hangup_lab::retries_timeout(scale.retries2())),
+        );
+    }
     if let Some(cap) = args.cap {
         config.cap = cap;
     }
@@ -91,6 +109,12 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         }
         Err(err) => return Err(err.into()),
     };
+    if let Some(scale) = report.time_scale {
+        println!(
+            "SCALED: TCP timers divided by {} in the namespaces; multiply times by {} for Linux's defaults",
+            scale.factor, scale.factor
+        );
+    }
     println!("{}", report.table());
     for remark in report.remarks() {
         println!("- {remark}");
@@ -98,9 +122,10 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     println!(
         "\n{}; {}; took {}",
         report.machine,
-        match report.heartbeat {
-            Some(h) => format!("full: sessions with heartbeat {}", format_duration(h)),
-            None => "full: no sessions in this build".to_owned(),
+        match (&report.target, report.heartbeat) {
+            (Some(target), _) => format!("target: {} (port {})", target.command, target.port),
+            (None, Some(h)) => format!("full: sessions with heartbeat {}", format_duration(h)),
+            (None, None) => "full: no sessions in this build".to_owned(),
         },
         format_duration(report.took),
     );
