@@ -632,9 +632,10 @@ pub struct LabArgs {
     pub quick: bool,
 
     /// Run only this scenario (repeatable): client-exit, client-exit-unread,
-    /// client-half-close, client-crash-idle, client-crash-sending, client-cable-flap,
-    /// client-reboot, client-reconnect, client-stalled, server-exit, server-crash,
-    /// server-reboot, server-shutdown.
+    /// client-half-close, client-crash-idle, client-crash-sending, client-crash-uploading,
+    /// client-cable-flap, client-reboot, client-reconnect, client-unreachable,
+    /// client-unreachable-sending, client-stalled, server-exit, server-crash, server-unreachable, server-reboot,
+    /// server-shutdown.
     #[arg(long, value_name = "NAME", value_parser = parse_scenario)]
     pub scenario: Vec<hangup_lab::Scenario>,
 
@@ -652,6 +653,14 @@ pub struct LabArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub cap: Option<Duration>,
 
+    /// Divide the namespaces' own TCP timers by N (tcp_keepalive_time and _intvl; the
+    /// counts tcp_keepalive_probes and tcp_retries2 cannot be divided: retries2 is lowered
+    /// to the count whose timeout is nearest 924.6 s / N). The os-defaults and
+    /// keepalive-os columns then show the kernel's own verdicts, scaled; the default cap
+    /// grows to fit them. N = 75 divides keepalive exactly (96 s, 1 s).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub time_scale: Option<u32>,
+
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -665,6 +674,31 @@ pub struct LabArgs {
     #[arg(long, conflicts_with_all = ["quick", "scenario", "setup", "json", "svg"])]
     pub cleanup: bool,
 
+    /// Run the server-side scenarios against this TCP server instead of `hangup serve`:
+    /// `sh -c 'exec COMMAND'` in the server namespace (it must stay in the foreground;
+    /// HANGUP_LAB_SERVER_IP and HANGUP_LAB_PORT are in its environment). Detection is
+    /// read from sock_diag: the moment its socket leaves ESTABLISHED/CLOSE_WAIT.
+    #[arg(long, value_name = "COMMAND", requires = "port", conflicts_with_all = ["setup", "quick"])]
+    pub target: Option<String>,
+
+    /// The port the --target server listens on.
+    #[arg(long, value_name = "PORT", requires = "target")]
+    pub port: Option<u16>,
+
+    /// What the --target peer sends first (an HTTP request, an MQTT CONNECT, …).
+    #[arg(long, value_name = "FILE", requires = "target")]
+    pub payload: Option<PathBuf>,
+
+    /// Instead of --payload in client-crash-sending and client-stalled: a request whose
+    /// answer streams at least 1 MiB (e.g. a GET of a large file).
+    #[arg(long, value_name = "FILE", requires = "target")]
+    pub payload_streaming: Option<PathBuf>,
+
+    /// Instead of --payload in client-crash-uploading: the head of a large request whose
+    /// body the peer then streams as filler bytes (e.g. a POST with a large Content-Length).
+    #[arg(long, value_name = "FILE", requires = "target")]
+    pub payload_upload: Option<PathBuf>,
+
     /// Fail on purpose once the first cell's processes run (tests the cleanup).
     #[arg(long, hide = true)]
     pub fail_after_start: bool,
@@ -676,6 +710,18 @@ pub enum LabCommand {
     /// A raw-socket peer for the lab's scenarios (runs inside a lab namespace).
     #[command(hide = true)]
     Peer(LabPeerArgs),
+    /// Reports a --target server's connections from sock_diag as JSON events (runs
+    /// inside a lab namespace).
+    #[command(hide = true)]
+    Sockwatch(LabSockwatchArgs),
+}
+
+/// `hangup lab sockwatch`.
+#[derive(Debug, Args)]
+pub struct LabSockwatchArgs {
+    /// The server's port.
+    #[arg(long, value_name = "PORT")]
+    pub port: u16,
 }
 
 /// `hangup lab peer`.
@@ -687,9 +733,23 @@ pub struct LabPeerArgs {
 
     /// `unread`: send PING and an endless JOB, never read; `large-replies`: rounds of
     /// 8192 pipelined STATUS, each reply read in full; `flood`: pipeline STATUS without
-    /// end while reading as fast as possible.
-    #[arg(long, value_name = "unread|large-replies|flood", value_parser = parse_peer_mode)]
+    /// end while reading as fast as possible; `upload`: stream comment lines without end;
+    /// `raw-read`, `raw-unread`, `raw-half-close`, `raw-upload`: any protocol (--target),
+    /// after the payload.
+    #[arg(long, value_name = "MODE", value_parser = parse_peer_mode)]
     pub mode: hangup_lab::PeerMode,
+
+    /// Open a session for this device first (HELLO, then WELCOME).
+    #[arg(long, value_name = "ID")]
+    pub device: Option<String>,
+
+    /// The heartbeat to propose with --device, in seconds.
+    #[arg(long, value_name = "SECS", requires = "device")]
+    pub heartbeat: Option<u64>,
+
+    /// The raw modes' first bytes: this file's content.
+    #[arg(long, value_name = "FILE")]
+    pub payload_file: Option<PathBuf>,
 }
 
 /// `hangup presence`.

@@ -40,7 +40,7 @@ enum Within {
 }
 
 /// (scenario, accepted causes — empty for "the connection is kept", bound).
-const EXPECTED: [(&str, &[&str], Within); 13] = [
+const EXPECTED: [(&str, &[&str], Within); 17] = [
     ("client-exit", &["peer_closed"], Within::Instant),
     ("client-exit-unread", &["peer_reset"], Within::Instant),
     ("client-half-close", &[], Within::Cap),
@@ -50,9 +50,30 @@ const EXPECTED: [(&str, &[&str], Within); 13] = [
         Within::Budget,
     ),
     ("client-crash-sending", &["timeout"], Within::Budget),
+    (
+        "client-crash-uploading",
+        &["timeout", "heartbeat_missed"],
+        Within::Budget,
+    ),
     ("client-cable-flap", &[], Within::Cap),
     ("client-reboot", &["peer_reset"], Within::Budget),
     ("client-reconnect", &["takeover"], Within::Instant),
+    // The router answers for the lost client with ICMP host unreachable; the session's
+    // heartbeat verdict comes before the kernel turns that soft error into EHOSTUNREACH.
+    (
+        "client-unreachable",
+        &["unreachable", "heartbeat_missed"],
+        Within::Budget,
+    ),
+    // No session: the user timeout gives up on the unacknowledged replies, and the
+    // kernel's error is the ICMP's (EHOSTUNREACH). `timeout` when the peer's window was
+    // shut at the cut: zero-window probes carry snd_una − 1, and Linux drops the ICMP
+    // answering them as out of window (LAB.md, "The new rows").
+    (
+        "client-unreachable-sending",
+        &["unreachable", "timeout"],
+        Within::Budget,
+    ),
     // `protocol_error`: a flooding peer stopped by SIGSTOP may also have stopped in the
     // middle of a line, and that half line's timer (D since it arrived) can end it before
     // the write timer (D since the last write progress) does. The core no longer runs
@@ -66,6 +87,11 @@ const EXPECTED: [(&str, &[&str], Within); 13] = [
     (
         "server-crash",
         &["timeout", "heartbeat_missed"],
+        Within::Budget,
+    ),
+    (
+        "server-unreachable",
+        &["unreachable", "heartbeat_missed"],
         Within::Budget,
     ),
     ("server-reboot", &["peer_reset"], Within::Heartbeat),
@@ -314,4 +340,66 @@ fn without_iproute2_it_says_so_and_fails() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("iproute2"), "{stderr}");
+}
+
+#[test]
+fn time_scale_brings_the_kernels_own_verdict_within_reach() {
+    if !privileged("time_scale_brings_the_kernels_own_verdict_within_reach") {
+        return;
+    }
+    let _lab = lock();
+    let json_path = temp_path("scaled.json");
+    // 1/1800: tcp_keepalive_time 7200 s → 4 s, tcp_keepalive_intvl 75 s → 1 s (the
+    // kernel's floor), 9 probes kept: the keepalive verdict comes 4 + 9 × 1 = 13 s after
+    // the last segment, instead of 2 h 11 min.
+    let (output, pid) = run_lab(&[
+        "--time-scale",
+        "1800",
+        "--setup",
+        "keepalive-os",
+        "--scenario",
+        "client-crash-idle",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stdout.contains("SCALED"),
+        "the table must say it is scaled:\n{stdout}\n{stderr}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("JSON report"))
+            .unwrap_or_else(|e| panic!("valid JSON ({e}):\n{stderr}"));
+    let _ = std::fs::remove_file(&json_path);
+    let scale = &report["time_scale"];
+    assert_eq!(scale["factor"], 1800, "{report:#}");
+    assert_eq!(
+        scale["sysctls"]["net.ipv4.tcp_keepalive_time"], "4",
+        "{scale:#}"
+    );
+    assert_eq!(
+        scale["sysctls"]["net.ipv4.tcp_keepalive_intvl"], "1",
+        "{scale:#}"
+    );
+    assert_eq!(
+        scale["sysctls"]["net.ipv4.tcp_keepalive_probes"], "9",
+        "{scale:#}"
+    );
+    let verdict_ms = scale["keepalive_verdict_ms"].as_f64().unwrap();
+    assert_eq!(verdict_ms, 13_000.0);
+    let cell = &report["cells"][0];
+    // With the host's 7200 s nothing would end it within the cap.
+    assert_eq!(cell["outcome"], "detected", "{cell:#}");
+    assert_eq!(cell["cause"], "timeout", "the kernel's ETIMEDOUT: {cell:#}");
+    let detect_ms = cell["detect_ms"].as_f64().unwrap();
+    assert!(
+        detect_ms >= verdict_ms / 2.0 && detect_ms <= verdict_ms * 1.5,
+        "detected after {detect_ms} ms; the scaled keepalive verdict is {verdict_ms} ms: {cell:#}"
+    );
+    assert_eq!(
+        leftovers(pid),
+        Vec::<String>::new(),
+        "left behind by a scaled run"
+    );
 }

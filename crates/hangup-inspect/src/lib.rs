@@ -77,6 +77,16 @@ pub fn collect() -> Result<Snapshot, InspectError> {
     sys::collect()
 }
 
+/// Like [`collect`], but without owners (no walk of `/proc/*/fd`): the sockets, their
+/// states, TCP_INFO and timers only, cheap enough to poll every few milliseconds (the
+/// fault lab watches a third-party server's connections this way).
+///
+/// # Errors
+/// As [`collect`].
+pub fn collect_sockets() -> Result<Snapshot, InspectError> {
+    sys::collect_sockets()
+}
+
 /// What `hangup inspect` was asked to do.
 ///
 /// Build it from [`Options::default`] and set fields; more may be added.

@@ -116,6 +116,27 @@ pub fn judge(scenario: Scenario, outcome: &Outcome, checks: &[Check], limit: Dur
     outcome_ok && checks_pass
 }
 
+/// [`judge`] for a `--target` cell: the same bounds, any cause the kernel tells (a
+/// third-party server has no hangup causes). A half-close must still get its reply
+/// (the check), whether or not the server closes afterwards.
+pub fn judge_target(
+    scenario: Scenario,
+    outcome: &Outcome,
+    checks: &[Check],
+    limit: Duration,
+) -> bool {
+    let checks_pass = checks.iter().all(|check| check.passed);
+    let outcome_ok = match (scenario, outcome) {
+        (Scenario::ClientHalfClose, Outcome::Kept { .. } | Outcome::Detected { .. }) => true,
+        (_, Outcome::Kept { .. }) => scenario.expectation().survives,
+        (_, Outcome::Detected { side, after, .. }) => {
+            !scenario.expectation().survives && *side == scenario.watcher() && *after <= limit
+        }
+        _ => false,
+    };
+    outcome_ok && checks_pass
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

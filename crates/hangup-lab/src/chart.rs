@@ -21,6 +21,7 @@ fn colour(setup: Setup) -> RGBColor {
         Setup::KeepaliveTuned => RGBColor(40, 110, 200),
         Setup::KeepaliveUserTimeout => RGBColor(150, 70, 180),
         Setup::Full => RGBColor(20, 150, 60),
+        Setup::Target => RGBColor(200, 40, 40),
     }
 }
 

@@ -53,18 +53,22 @@ mod report;
 mod run;
 mod scenario;
 mod setup;
+mod sockwatch;
+mod timescale;
 
-pub use cell::{judge, Cell, Check, Outcome};
+pub use cell::{judge, judge_target, Cell, Check, Outcome};
 pub use chart::write_svg;
 pub use error::LabError;
 pub use interrupt::{install_handler as install_interrupt_handler, requested as interrupted};
 pub use netns::{
     cleanup_leftovers, ip, namespaces_with_prefix, owner_pid, preflight, processes_with_marker,
-    run_prefix, server_addr, Cleanup, Netns, Side, Veth, CLIENT_IP, NETNS_PREFIX, RUN_MARKER_ENV,
-    SERVER_IP, SERVER_PORT,
+    run_prefix, server_addr, Cleanup, Netns, Side, Veth, CLIENT_IP, NETNS_PREFIX, ROUTED_CLIENT_IP,
+    ROUTED_SERVER_IP, RUN_MARKER_ENV, SERVER_IP, SERVER_PORT,
 };
-pub use peer::{run_peer, PeerMode, STREAMING_AFTER_BYTES};
+pub use peer::{run_peer, PeerMode, PeerOptions, STREAMING_AFTER_BYTES};
 pub use report::{format_duration, Machine, Report};
-pub use run::{default_cap, run, Capabilities, LabConfig};
+pub use run::{default_cap, run, Capabilities, LabConfig, Target};
 pub use scenario::{Bound, Expectation, Scenario, INSTANT};
 pub use setup::{heartbeat_for, Setup};
+pub use sockwatch::{close_reason, run_sockwatch, CloseReason, POLL as SOCKWATCH_POLL};
+pub use timescale::{keepalive_verdict, retries_timeout, TimeScale};

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::error::LabError;
 use crate::events::ts_ns;
+use crate::timescale::TimeScale;
 
 /// Every namespace the lab creates is named `hlab-<pid in hex>-<cell><c|s>`; others
 /// made through [`Netns::for_run`] are `hlab-<pid in hex>-<name>`.
@@ -221,27 +222,107 @@ impl Drop for Veth {
     }
 }
 
-/// The two namespaces of one cell and the veth pair between them.
+/// How the two sides of a cell are joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Link {
+    /// One veth pair, one subnet: 10.77.0.1 ══ 10.77.0.2.
+    Direct,
+    /// Through a router namespace with forwarding on: 10.77.1.1 ══ router ══ 10.77.2.2,
+    /// so that after a cut the router can answer for the lost side with ICMP.
+    Routed,
+}
+
+/// The client's address behind the router ([`Link::Routed`]).
+pub const ROUTED_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
+/// The server's address behind the router ([`Link::Routed`]).
+pub const ROUTED_SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
+/// The router's address on the client's subnet.
+const ROUTER_CLIENT_SIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 254);
+/// The router's address on the server's subnet.
+const ROUTER_SERVER_SIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 254);
+
+/// The namespaces of one cell and the links between them: two namespaces and a veth
+/// pair, or (routed) client ══ router ══ server with a veth pair on each side.
+///
+/// ```text
+///   Direct:  <prefix>c 10.77.0.1/24 ══════════════════════════════ 10.77.0.2/24 <prefix>s
+///   Routed:  <prefix>c 10.77.1.1/24 ══ .1.254 <prefix>r .2.254 ══ 10.77.2.2/24 <prefix>s
+/// ```
 #[derive(Debug)]
 pub(crate) struct Topology {
+    link: Link,
     // Field order: the namespaces go last, after everything that lives in them.
+    /// Client ══ server (direct) or client ══ router (routed).
     veth: Option<Veth>,
+    /// Router ══ server (routed only).
+    uplink: Option<Veth>,
     client: Option<Netns>,
     server: Option<Netns>,
+    router: Option<Netns>,
+    /// `--time-scale`: the endpoints' TCP timers divided.
+    scale: Option<TimeScale>,
 }
 
 impl Topology {
-    /// Creates `<prefix>c` and `<prefix>s`, the veth pair, addresses and links up.
-    pub(crate) fn create(prefix: &str) -> Result<Self, LabError> {
+    /// Creates `<prefix>c` and `<prefix>s` (and `<prefix>r` when routed), the veth
+    /// pairs, addresses, routes and links up.
+    pub(crate) fn create(
+        prefix: &str,
+        link: Link,
+        scale: Option<TimeScale>,
+    ) -> Result<Self, LabError> {
         let mut topology = Topology {
+            link,
             veth: None,
+            uplink: None,
             client: None,
             server: None,
+            router: None,
+            scale,
         };
         topology.client = Some(Netns::create(format!("{prefix}c"))?);
         topology.server = Some(Netns::create(format!("{prefix}s"))?);
+        for side in [Side::Client, Side::Server] {
+            topology.scale_timers(side)?;
+        }
+        if link == Link::Routed {
+            let router = Netns::create(format!("{prefix}r"))?;
+            sysctl(router.name(), "net.ipv4.ip_forward", "1")?;
+            // Every packet for a lost host gets its ICMP answer, not one a second.
+            sysctl(router.name(), "net.ipv4.icmp_ratelimit", "0")?;
+            topology.router = Some(router);
+            topology.uplink = Some(Veth::create(
+                topology.router.as_ref(),
+                topology.server.as_ref(),
+            )?);
+            let router_ns = topology.netns_of_router().to_owned();
+            let uplink_router_dev = topology.uplink_dev(Side::Client).to_owned();
+            ip(&[
+                "-n",
+                &router_ns,
+                "addr",
+                "add",
+                &format!("{ROUTER_SERVER_SIDE_IP}/24"),
+                "dev",
+                &uplink_router_dev,
+            ])?;
+            ip(&["-n", &router_ns, "link", "set", &uplink_router_dev, "up"])?;
+            let server_dev = topology.uplink_dev(Side::Server).to_owned();
+            let server_ns = topology.netns(Side::Server).to_owned();
+            ip(&["-n", &server_ns, "link", "set", &server_dev, "up"])?;
+        }
         topology.connect()?;
         Ok(topology)
+    }
+
+    /// Writes the scaled TCP timers (if any) into `side`'s namespace.
+    fn scale_timers(&self, side: Side) -> Result<(), LabError> {
+        if let Some(scale) = self.scale {
+            for (key, value) in scale.sysctls() {
+                sysctl(self.netns(side), key, &value)?;
+            }
+        }
+        Ok(())
     }
 
     /// The namespace of `side`.
@@ -253,16 +334,80 @@ impl Topology {
         netns.as_ref().map_or("", Netns::name)
     }
 
-    fn dev(&self, side: Side) -> &str {
-        self.veth.as_ref().map_or("", |veth| veth.dev(side))
+    fn netns_of_router(&self) -> &str {
+        self.router.as_ref().map_or("", Netns::name)
     }
 
-    /// A new veth pair between the two namespaces, addressed and up.
+    /// `side`'s address.
+    pub(crate) fn ip(&self, side: Side) -> Ipv4Addr {
+        match (self.link, side) {
+            (Link::Direct, side) => side.ip(),
+            (Link::Routed, Side::Client) => ROUTED_CLIENT_IP,
+            (Link::Routed, Side::Server) => ROUTED_SERVER_IP,
+        }
+    }
+
+    /// The address the server listens on and the client dials.
+    pub(crate) fn server_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip(Side::Server), SERVER_PORT))
+    }
+
+    /// `side`'s own interface (the other end of it is the peer, or the router).
+    fn dev(&self, side: Side) -> &str {
+        match (self.link, side) {
+            (Link::Routed, Side::Server) => self.uplink_dev(Side::Server),
+            _ => self.veth.as_ref().map_or("", |veth| veth.dev(side)),
+        }
+    }
+
+    /// The router ══ server pair's ends (its "client" end is the router's).
+    fn uplink_dev(&self, end: Side) -> &str {
+        self.uplink.as_ref().map_or("", |veth| veth.dev(end))
+    }
+
+    /// A new veth pair from the client (to the server, or to the router), addressed,
+    /// routed and up.
     fn connect(&mut self) -> Result<(), LabError> {
-        self.veth = Some(Veth::create(self.client.as_ref(), self.server.as_ref())?);
-        for side in [Side::Client, Side::Server] {
-            self.address(side, "add")?;
-            ip(&["-n", self.netns(side), "link", "set", self.dev(side), "up"])?;
+        match self.link {
+            Link::Direct => {
+                self.veth = Some(Veth::create(self.client.as_ref(), self.server.as_ref())?);
+                for side in [Side::Client, Side::Server] {
+                    self.address(side, "add")?;
+                    ip(&["-n", self.netns(side), "link", "set", self.dev(side), "up"])?;
+                }
+            }
+            Link::Routed => {
+                self.veth = Some(Veth::create(self.client.as_ref(), self.router.as_ref())?);
+                let router_dev = self.veth.as_ref().map_or("", |v| v.dev(Side::Server));
+                ip(&[
+                    "-n",
+                    self.netns_of_router(),
+                    "addr",
+                    "add",
+                    &format!("{ROUTER_CLIENT_SIDE_IP}/24"),
+                    "dev",
+                    router_dev,
+                ])?;
+                ip(&[
+                    "-n",
+                    self.netns_of_router(),
+                    "link",
+                    "set",
+                    router_dev,
+                    "up",
+                ])?;
+                ip(&[
+                    "-n",
+                    self.netns(Side::Client),
+                    "link",
+                    "set",
+                    self.dev(Side::Client),
+                    "up",
+                ])?;
+                for side in [Side::Client, Side::Server] {
+                    self.address(side, "add")?;
+                }
+            }
         }
         Ok(())
     }
@@ -283,16 +428,36 @@ impl Topology {
         Ok(at)
     }
 
-    /// Undoes [`Topology::cut`]: the address (and its route) is back.
+    /// Cuts `side` off as [`Topology::cut`] does, and the router (routed only) then
+    /// answers every packet for it with ICMP host unreachable (an `unreachable` route
+    /// for its address: at once, without the ~3 s of failed ARP a vanished neighbour
+    /// costs). Returns the Unix time in ns just before.
+    pub(crate) fn cut_unreachable(&self, side: Side) -> Result<u64, LabError> {
+        let at = self.cut(side)?;
+        let lost = format!("{}/32", self.ip(side));
+        ip(&[
+            "-n",
+            self.netns_of_router(),
+            "route",
+            "replace",
+            "unreachable",
+            &lost,
+        ])?;
+        Ok(at)
+    }
+
+    /// Undoes [`Topology::cut`]: the address (and its routes) are back.
     pub(crate) fn reconnect(&self, side: Side) -> Result<u64, LabError> {
         let at = ts_ns();
         self.address(side, "add")?;
         Ok(at)
     }
 
-    /// `ip addr add|del` of `side`'s address on its veth end.
+    /// `ip addr add|del` of `side`'s address on its interface; when routed, adding it
+    /// also adds the default route through the router (deleting the last address took
+    /// it away).
     fn address(&self, side: Side, verb: &str) -> Result<(), LabError> {
-        let address = format!("{}/24", side.ip());
+        let address = format!("{}/24", self.ip(side));
         ip(&[
             "-n",
             self.netns(side),
@@ -302,6 +467,21 @@ impl Topology {
             "dev",
             self.dev(side),
         ])?;
+        if self.link == Link::Routed && verb == "add" {
+            let gateway = match side {
+                Side::Client => ROUTER_CLIENT_SIDE_IP,
+                Side::Server => ROUTER_SERVER_SIDE_IP,
+            };
+            ip(&[
+                "-n",
+                self.netns(side),
+                "route",
+                "replace",
+                "default",
+                "via",
+                &gateway.to_string(),
+            ])?;
+        }
         Ok(())
     }
 
@@ -313,6 +493,12 @@ impl Topology {
     /// namespace alive, unnamed and without a link, until the kernel gives up on them:
     /// they can never send anything, as on a host that lost power.
     pub(crate) fn reboot(&mut self, side: Side) -> Result<(), LabError> {
+        if self.link == Link::Routed {
+            return Err(LabError::io(
+                "reboot a side of a routed topology",
+                std::io::ErrorKind::Unsupported.into(),
+            ));
+        }
         if let Some(veth) = self.veth.take() {
             veth.delete()?;
         }
@@ -323,8 +509,59 @@ impl Topology {
         };
         drop(slot.take());
         *slot = Some(Netns::create(name)?);
+        self.scale_timers(side)?;
         self.connect()
     }
+}
+
+/// The namespace's SNMP counters (`/proc/net/snmp` and `/proc/net/netstat` as seen
+/// from inside it), keyed `Group.Name`: `Icmp.InDestUnreachs`,
+/// `TcpExt.OutOfWindowIcmps`, `TcpExt.TCPAbortOnTimeout`, …
+pub(crate) fn counters(netns: &str) -> Result<std::collections::HashMap<String, u64>, LabError> {
+    let text = ip(&[
+        "netns",
+        "exec",
+        netns,
+        "cat",
+        "/proc/net/snmp",
+        "/proc/net/netstat",
+    ])?;
+    Ok(parse_counters(&text))
+}
+
+/// Parses the header/value line pairs of `/proc/net/snmp` and `/proc/net/netstat`.
+pub(crate) fn parse_counters(text: &str) -> std::collections::HashMap<String, u64> {
+    let mut counters = std::collections::HashMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.chunks(2) {
+        let [header, values] = pair else { continue };
+        let (Some((group, names)), Some((_, numbers))) =
+            (header.split_once(':'), values.split_once(':'))
+        else {
+            continue;
+        };
+        for (name, number) in names.split_whitespace().zip(numbers.split_whitespace()) {
+            if let Ok(number) = number.parse::<u64>() {
+                counters.insert(format!("{group}.{name}"), number);
+            }
+        }
+    }
+    counters
+}
+
+/// `sysctl -w KEY=VALUE` inside the namespace `netns` (the `net.*` keys are per
+/// network namespace).
+pub(crate) fn sysctl(netns: &str, key: &str, value: &str) -> Result<(), LabError> {
+    ip(&[
+        "netns",
+        "exec",
+        netns,
+        "sysctl",
+        "-q",
+        "-w",
+        &format!("{key}={value}"),
+    ])
+    .map(drop)
 }
 
 /// What `--cleanup` removed, or left alone because its run is still alive.
@@ -452,6 +689,15 @@ pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_pair_header_and_value_lines() {
+        let text = "Icmp: InMsgs InDestUnreachs\nIcmp: 7 3\nTcpExt: SyncookiesSent OutOfWindowIcmps\nTcpExt: 0 2\n";
+        let counters = parse_counters(text);
+        assert_eq!(counters["Icmp.InDestUnreachs"], 3);
+        assert_eq!(counters["TcpExt.OutOfWindowIcmps"], 2);
+        assert_eq!(counters.len(), 4);
+    }
 
     #[test]
     fn owner_pid_reads_the_hex_pid() {

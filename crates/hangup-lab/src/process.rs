@@ -42,6 +42,8 @@ pub(crate) struct LabProcess {
     stdout: Arc<Mutex<Vec<StdoutLine>>>,
     log: Arc<Mutex<VecDeque<String>>>,
     exit: Option<ExitStatus>,
+    /// Signals go to its whole process group (a third-party server's workers).
+    group: bool,
 }
 
 impl std::fmt::Debug for LabProcess {
@@ -63,11 +65,46 @@ impl LabProcess {
         args: &[String],
         run_marker: &str,
     ) -> Result<Self, LabError> {
+        Self::spawn_in(role, netns, exe, args, run_marker, &[], false)
+    }
+
+    /// Starts `sh -c 'exec COMMAND'` inside `netns` with `env` added; signals reach its
+    /// whole process group (the lab made it the group's leader), so that a server's
+    /// worker processes go with it.
+    pub(crate) fn spawn_shell(
+        role: &str,
+        netns: &str,
+        shell_command: &str,
+        run_marker: &str,
+        env: &[(&str, String)],
+    ) -> Result<Self, LabError> {
+        let args = ["-c".to_owned(), format!("exec {shell_command}")];
+        Self::spawn_in(
+            role,
+            netns,
+            Path::new("/bin/sh"),
+            &args,
+            run_marker,
+            env,
+            true,
+        )
+    }
+
+    fn spawn_in(
+        role: &str,
+        netns: &str,
+        exe: &Path,
+        args: &[String],
+        run_marker: &str,
+        env: &[(&str, String)],
+        group: bool,
+    ) -> Result<Self, LabError> {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", netns])
             .arg(exe)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env(RUN_MARKER_ENV, run_marker)
             .env("RUST_LOG", "info")
             .stdin(Stdio::piped())
@@ -130,6 +167,7 @@ impl LabProcess {
             stdout,
             log,
             exit: None,
+            group,
         })
     }
 
@@ -178,8 +216,11 @@ impl LabProcess {
             ));
         }
         let at = ts_ns();
-        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-        if unsafe { libc::kill(self.child.id() as libc::pid_t, signal) } != 0 {
+        let pid = self.child.id() as libc::pid_t;
+        let target = if self.group { -pid } else { pid };
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child
+        // (and with `group`, the process group it leads since we spawned it).
+        if unsafe { libc::kill(target, signal) } != 0 {
             return Err(LabError::io(
                 format!("signal the {}", self.role),
                 std::io::Error::last_os_error(),
@@ -310,6 +351,10 @@ impl LabProcess {
 impl Drop for LabProcess {
     fn drop(&mut self) {
         if self.exit.is_none() {
+            if self.group {
+                // SAFETY: as in `signal`: the group our unreaped child leads.
+                unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+            }
             // Also ends a stopped process; then reap it so no zombie is left.
             let _ = self.child.kill();
             let _ = self.child.wait();

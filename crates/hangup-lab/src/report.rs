@@ -38,6 +38,10 @@ pub struct Report {
     pub setups: Vec<Setup>,
     /// Every cell, row by row.
     pub cells: Vec<Cell>,
+    /// The third-party server of a `--target` run.
+    pub target: Option<crate::run::Target>,
+    /// `--time-scale`: the namespaces' TCP timers were divided (every time is scaled).
+    pub time_scale: Option<crate::timescale::TimeScale>,
 }
 
 /// The machine a run was made on.
@@ -303,6 +307,20 @@ impl Report {
             "drain": self.capabilities.drain,
             "started_unix_ns": self.started_unix_ns,
             "took_ms": ms(self.took),
+            "target": self.target.as_ref().map(|t| json!({
+                "command": t.command,
+                "port": t.port,
+                "payload": String::from_utf8_lossy(&t.payload),
+                "payload_streaming": t.payload_streaming.as_deref().map(String::from_utf8_lossy),
+                "payload_upload": t.payload_upload.as_deref().map(String::from_utf8_lossy),
+            })),
+            "time_scale": self.time_scale.map(|t| json!({
+                "factor": t.factor,
+                "sysctls": t.sysctls().iter().map(|(k, v)| (k.to_string(), Value::from(v.clone()))).collect::<serde_json::Map<_, _>>(),
+                "keepalive_verdict_ms": ms(t.keepalive_verdict()),
+                "retries2_timeout_ms": ms(crate::timescale::retries_timeout(t.retries2())),
+                "note": "every time in this report is scaled: multiply by factor for Linux's defaults; retries2 is a count, lowered rather than divided",
+            })),
             "setups": setups,
             "scenarios": scenarios,
             "cells": cells,

@@ -1,6 +1,7 @@
 //! Running the matrix: for each cell, fresh namespaces, a fresh server and client,
 //! the fault, and the wait for the watching side's `connection_closed`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -8,16 +9,17 @@ use hangup_core::{Command, Reply, DEFAULT_SEED};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
-use crate::cell::{judge, Cell, Check, Outcome};
+use crate::cell::{judge, judge_target, Cell, Check, Outcome};
 use crate::error::LabError;
 use crate::events::{self, elapsed, name, ts, ts_ns};
 use crate::interrupt;
-use crate::netns::{self, run_prefix, server_addr, Side, Topology, SERVER_IP, SERVER_PORT};
+use crate::netns::{self, run_prefix, Link, Side, Topology};
 use crate::peer::PeerMode;
 use crate::process::LabProcess;
 use crate::report::{format_duration, Machine, Report};
 use crate::scenario::Scenario;
 use crate::setup::{heartbeat_for, Setup};
+use crate::timescale::TimeScale;
 
 /// Rounds of a job that never ends on its own (10^10 SHA-256 rounds).
 const ENDLESS_ROUNDS: u64 = 10_000_000_000;
@@ -34,6 +36,9 @@ fn job(rounds: u64) -> String {
 fn first_job_done(line: &str) -> bool {
     matches!(Reply::parse(line), Ok(Reply::Done(1, _)))
 }
+
+/// The check that the router's ICMP reached the watching side.
+const ROUTER_ANSWERED: &str = "the router answered with ICMP unreachable";
 
 /// How long a process may take to start and connect before the cell counts as failed.
 const STARTUP: Duration = Duration::from_secs(10);
@@ -55,9 +60,49 @@ pub struct LabConfig {
     pub progress: bool,
     /// The command line, recorded in the report.
     pub command: String,
+    /// `--time-scale N`: the namespaces' own TCP timers divided by N (see
+    /// [`TimeScale`]); `None`: Linux's defaults.
+    pub time_scale: Option<TimeScale>,
+    /// Run the server-side scenarios against this third-party server instead of
+    /// `hangup serve` (the only column then is [`Setup::Target`]).
+    pub target: Option<Target>,
     /// For the cleanup test: fail the run once the first cell's processes run.
     #[doc(hidden)]
     pub fail_after_start: bool,
+}
+
+/// A third-party TCP server for `--target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Run by `sh -c 'exec COMMAND'` in the server namespace, with
+    /// `HANGUP_LAB_SERVER_IP` and `HANGUP_LAB_PORT` in its environment; it must stay
+    /// in the foreground and listen on `PORT` (any address, or the server IP).
+    pub command: String,
+    /// The port it listens on.
+    pub port: u16,
+    /// What the raw-socket peer sends first (an HTTP request, an MQTT CONNECT, …).
+    pub payload: Vec<u8>,
+    /// Instead of `payload` in client-crash-sending and client-stalled: a request
+    /// whose answer streams (≥ 1 MiB), e.g. a GET of a large file.
+    pub payload_streaming: Option<Vec<u8>>,
+    /// Instead of `payload` in client-crash-uploading: the head of a large request
+    /// whose body the peer then streams (filler bytes), e.g. a POST with a large
+    /// Content-Length.
+    pub payload_upload: Option<Vec<u8>>,
+}
+
+impl Target {
+    /// What the peer sends first in `scenario`.
+    pub fn payload_for(&self, scenario: Scenario) -> &[u8] {
+        let special = match scenario {
+            Scenario::ClientCrashSending
+            | Scenario::ClientStalled
+            | Scenario::ClientUnreachableSending => &self.payload_streaming,
+            Scenario::ClientCrashUploading => &self.payload_upload,
+            _ => &None,
+        };
+        special.as_deref().unwrap_or(&self.payload)
+    }
 }
 
 impl LabConfig {
@@ -71,6 +116,8 @@ impl LabConfig {
             setups: Setup::ALL.to_vec(),
             progress: false,
             command: String::new(),
+            target: None,
+            time_scale: None,
             fail_after_start: false,
         }
     }
@@ -187,6 +234,8 @@ pub fn run(config: &LabConfig) -> Result<Report, LabError> {
         scenarios: config.scenarios.clone(),
         setups: config.setups.clone(),
         cells,
+        target: config.target.clone(),
+        time_scale: config.time_scale,
     })
 }
 
@@ -218,6 +267,7 @@ impl Lab<'_> {
     fn run_cell(&self, index: usize, scenario: Scenario, setup: Setup) -> Result<Cell, LabError> {
         let mut cell = CellRun {
             lab: self,
+            scenario,
             setup,
             prefix: format!("{}-{index}", self.run_prefix),
             checks: Vec::new(),
@@ -233,7 +283,7 @@ impl Lab<'_> {
                 .limit(self.config.dead_after, heartbeat, self.config.cap);
         let outcome = match cell.skip_reason(scenario) {
             Some(reason) => Outcome::Skipped { reason },
-            None => match cell.run(scenario) {
+            None => match cell.run_either(scenario) {
                 Ok(outcome) => outcome,
                 Err(err) if err.is_fatal() => return Err(err),
                 Err(err) => Outcome::Error {
@@ -241,7 +291,11 @@ impl Lab<'_> {
                 },
             },
         };
-        let meets_expectation = judge(scenario, &outcome, &cell.checks, limit);
+        let meets_expectation = if setup == Setup::Target {
+            judge_target(scenario, &outcome, &cell.checks, limit)
+        } else {
+            judge(scenario, &outcome, &cell.checks, limit)
+        };
         Ok(Cell {
             scenario,
             setup,
@@ -267,6 +321,7 @@ impl Drop for TempDir {
 /// One cell being run.
 struct CellRun<'a> {
     lab: &'a Lab<'a>,
+    scenario: Scenario,
     setup: Setup,
     prefix: String,
     checks: Vec<Check>,
@@ -311,6 +366,13 @@ impl CellRun<'_> {
         }
     }
 
+    fn run_either(&mut self, scenario: Scenario) -> Result<Outcome, LabError> {
+        match &self.lab.config.target {
+            Some(target) if self.setup == Setup::Target => self.run_target(scenario, target),
+            _ => self.run(scenario),
+        }
+    }
+
     fn run(&mut self, scenario: Scenario) -> Result<Outcome, LabError> {
         match scenario {
             Scenario::ClientExit => self.client_exit(),
@@ -318,6 +380,10 @@ impl CellRun<'_> {
             Scenario::ClientHalfClose => self.client_half_close(),
             Scenario::ClientCrashIdle => self.client_crash_idle(),
             Scenario::ClientCrashSending => self.client_crash_sending(),
+            Scenario::ClientCrashUploading => self.client_crash_uploading(),
+            Scenario::ClientUnreachable => self.client_unreachable(),
+            Scenario::ClientUnreachableSending => self.client_unreachable_sending(),
+            Scenario::ServerUnreachable => self.server_unreachable(),
             Scenario::ClientCableFlap => self.client_cable_flap(),
             Scenario::ClientReboot => self.client_reboot(),
             Scenario::ClientReconnect => self.client_reconnect(),
@@ -351,7 +417,12 @@ impl CellRun<'_> {
     }
 
     fn topology(&self) -> Result<Topology, LabError> {
-        Topology::create(&self.prefix)
+        let link = if self.scenario.routed() {
+            Link::Routed
+        } else {
+            Link::Direct
+        };
+        Topology::create(&self.prefix, link, self.lab.config.time_scale)
     }
 
     fn liveness_args(&self) -> Vec<String> {
@@ -359,7 +430,7 @@ impl CellRun<'_> {
             "--dead-after".to_owned(),
             format!("{}ms", self.dead_after().as_millis()),
         ];
-        args.extend(self.setup.liveness_flags().map(str::to_owned));
+        args.extend(self.setup.liveness_flags().iter().map(|f| (*f).to_owned()));
         args
     }
 
@@ -369,7 +440,7 @@ impl CellRun<'_> {
         let mut args = vec![
             "serve".to_owned(),
             "--listen".to_owned(),
-            format!("{SERVER_IP}:{SERVER_PORT}"),
+            topology.server_addr().to_string(),
             "--log-format".to_owned(),
             "json".to_owned(),
         ];
@@ -409,7 +480,7 @@ impl CellRun<'_> {
     fn client(&self, topology: &Topology, device: &str) -> Result<LabProcess, LabError> {
         let mut args = vec![
             "client".to_owned(),
-            server_addr().to_string(),
+            topology.server_addr().to_string(),
             "--log-format".to_owned(),
             "json".to_owned(),
         ];
@@ -437,14 +508,33 @@ impl CellRun<'_> {
 
     /// Starts a raw-socket peer in the client namespace; returns it and its address.
     fn peer(&self, topology: &Topology, mode: PeerMode) -> Result<(LabProcess, String), LabError> {
-        let args = vec![
+        self.peer_with(topology, mode, None)
+    }
+
+    /// [`CellRun::peer`], opening a session for `device` first (with the lab's
+    /// heartbeat) when given.
+    fn peer_with(
+        &self,
+        topology: &Topology,
+        mode: PeerMode,
+        device: Option<&str>,
+    ) -> Result<(LabProcess, String), LabError> {
+        let mut args = vec![
             "lab".to_owned(),
             "peer".to_owned(),
             "--connect".to_owned(),
-            server_addr().to_string(),
+            topology.server_addr().to_string(),
             "--mode".to_owned(),
             mode.name().to_owned(),
         ];
+        if let Some(device) = device {
+            args.extend([
+                "--device".to_owned(),
+                device.to_owned(),
+                "--heartbeat".to_owned(),
+                self.lab.heartbeat.as_secs().to_string(),
+            ]);
+        }
         let mut peer = LabProcess::spawn(
             "peer",
             topology.netns(Side::Client),
@@ -631,6 +721,332 @@ impl CellRun<'_> {
         let fault = topology.cut(Side::Client)?;
         peer_process.kill()?;
         self.detect(&mut server, Side::Server, Some(&peer), fault, fault)
+    }
+
+    fn client_crash_uploading(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let session = self.sessions().then(|| self.device());
+        let (mut peer_process, peer) =
+            self.peer_with(&topology, PeerMode::Upload, session.as_deref())?;
+        peer_process.expect_stdout("`streaming`", soon(), |l| l == "streaming")?;
+        self.started()?;
+        let fault = topology.cut(Side::Client)?;
+        peer_process.kill()?;
+        self.detect(&mut server, Side::Server, Some(&peer), fault, fault)
+    }
+
+    fn client_unreachable(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let mut client = self.client(&topology, &self.device())?;
+        let (peer, _) = self.accepted(&mut server, &[])?;
+        self.welcomed(&mut client)?;
+        self.warm_up(&mut client, "before-unreachable")?;
+        self.started()?;
+        let fault = topology.cut_unreachable(Side::Client)?;
+        client.kill()?;
+        let outcome = self.detect(&mut server, Side::Server, Some(&peer), fault, fault)?;
+        self.note_icmp(&topology, Side::Server);
+        Ok(outcome)
+    }
+
+    /// What the watching side's kernel made of the router's ICMP: how many host
+    /// unreachables arrived, and how many it dropped as out of window (those answering
+    /// keepalive probes, which carry snd_una − 1).
+    fn note_icmp(&mut self, topology: &Topology, watcher: Side) {
+        match netns::counters(topology.netns(watcher)) {
+            Ok(counters) => {
+                let get = |key: &str| counters.get(key).copied().unwrap_or(0);
+                // Checked where the watcher certainly sends after the cut (the full
+                // policy's heartbeats, probes, retransmissions); an idle watcher draws
+                // no ICMP, and that is part of what the other cells show.
+                if self.setup == Setup::Full {
+                    self.check(ROUTER_ANSWERED, get("Icmp.InDestUnreachs") > 0);
+                }
+                self.note(format!(
+                    "{} kernel: {} ICMP destination unreachable received, {} ignored as out of window",
+                    match watcher {
+                        Side::Client => "client",
+                        Side::Server => "server",
+                    },
+                    get("Icmp.InDestUnreachs"),
+                    get("TcpExt.OutOfWindowIcmps"),
+                ));
+            }
+            Err(err) => {
+                if self.setup == Setup::Full {
+                    self.check(ROUTER_ANSWERED, false);
+                }
+                self.note(format!("no ICMP counters: {err}"));
+            }
+        }
+    }
+
+    fn client_unreachable_sending(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let (mut peer_process, peer) = self.peer(&topology, PeerMode::LargeReplies)?;
+        peer_process.expect_stdout("`streaming`", soon(), |l| l == "streaming")?;
+        self.started()?;
+        let fault = topology.cut_unreachable(Side::Client)?;
+        peer_process.kill()?;
+        let outcome = self.detect(&mut server, Side::Server, Some(&peer), fault, fault)?;
+        self.note_icmp(&topology, Side::Server);
+        Ok(outcome)
+    }
+
+    fn server_unreachable(&mut self) -> Result<Outcome, LabError> {
+        let topology = self.topology()?;
+        let mut server = self.server(&topology)?;
+        let mut client = self.client(&topology, &self.device())?;
+        self.welcomed(&mut client)?;
+        self.warm_up(&mut client, "before-unreachable")?;
+        self.started()?;
+        let fault = topology.cut_unreachable(Side::Server)?;
+        server.kill()?;
+        let outcome = self.detect(&mut client, Side::Client, None, fault, fault)?;
+        self.note_icmp(&topology, Side::Client);
+        Ok(outcome)
+    }
+
+    // ------------------------------------------------------------ --target
+
+    /// One server-side scenario against a third-party server: its connection watched
+    /// through sock_diag by `hangup lab sockwatch`, its client a raw-socket peer.
+    fn run_target(&mut self, scenario: Scenario, target: &Target) -> Result<Outcome, LabError> {
+        let mut topology = self.topology()?;
+        let server_ip = topology.ip(Side::Server);
+        let mut watcher = LabProcess::spawn(
+            "sockwatch",
+            topology.netns(Side::Server),
+            &self.lab.config.hangup,
+            &[
+                "lab".to_owned(),
+                "sockwatch".to_owned(),
+                "--port".to_owned(),
+                target.port.to_string(),
+            ],
+            &self.lab.run_prefix,
+        )?;
+        let mut server = LabProcess::spawn_shell(
+            "target",
+            topology.netns(Side::Server),
+            &target.command,
+            &self.lab.run_prefix,
+            &[
+                ("HANGUP_LAB_SERVER_IP", server_ip.to_string()),
+                ("HANGUP_LAB_PORT", target.port.to_string()),
+            ],
+        )?;
+        let listening = watcher.wait_event(soon(), |e| name(e) == "listening")?;
+        if listening.is_none() {
+            let exited = server.wait_exit(Instant::now())?;
+            return Err(LabError::Timeout {
+                what: format!(
+                    "the target never listened on port {} ({})",
+                    target.port,
+                    exited.map_or("still running".to_owned(), |s| format!("it exited: {s}"))
+                ),
+                process: "target".into(),
+                log: server.log_tail(),
+            });
+        }
+        let mode = match scenario {
+            Scenario::ClientExitUnread => PeerMode::RawUnread,
+            Scenario::ClientHalfClose => PeerMode::RawHalfClose,
+            Scenario::ClientCrashUploading => PeerMode::RawUpload,
+            _ => PeerMode::RawRead,
+        };
+        let addr = SocketAddr::from((server_ip, target.port));
+        let payload = target.payload_for(scenario);
+        let (mut peer_process, peer) = self.raw_peer(&topology, addr, mode, payload)?;
+        watcher.expect_event("the peer's connection", soon(), |e| {
+            is(e, "connection_opened", &peer)
+        })?;
+        let streaming = |p: &mut LabProcess| {
+            p.wait_stdout(Instant::now() + Duration::from_secs(3), |l| {
+                l == "streaming"
+            })
+        };
+        let fault = match scenario {
+            Scenario::ClientExit => {
+                // Let the payload's answer arrive and be read: the kill then sends FIN.
+                interrupt::sleep(Duration::from_millis(200))?;
+                self.started()?;
+                peer_process.kill()?
+            }
+            Scenario::ClientExitUnread => {
+                let (_, unread) =
+                    peer_process.expect_stdout("`unread`", soon(), |l| l.starts_with("unread "))?;
+                let bytes: u64 = unread.trim_start_matches("unread ").parse().unwrap_or(0);
+                self.check("the reply waits unread in the peer's socket", bytes > 0);
+                self.note(format!("{bytes} bytes unread in the peer's socket"));
+                self.started()?;
+                peer_process.kill()?
+            }
+            Scenario::ClientHalfClose => {
+                let (read_at, line) = peer_process
+                    .expect_stdout("`half-closed`", soon(), |l| l.starts_with("half-closed "))?;
+                self.started()?;
+                // The peer's own time, just before its FIN: the server may act on the
+                // FIN before the lab reads this line.
+                line.trim_start_matches("half-closed ")
+                    .parse()
+                    .unwrap_or(read_at)
+            }
+            Scenario::ClientCrashSending
+            | Scenario::ClientStalled
+            | Scenario::ClientUnreachableSending => {
+                if streaming(&mut peer_process)?.is_none() {
+                    return Ok(Outcome::Skipped {
+                        reason: "the target sent less than 1 MiB for the payload: nothing \
+                                 streams to crash or stall on"
+                            .into(),
+                    });
+                }
+                self.started()?;
+                if scenario == Scenario::ClientStalled {
+                    peer_process.signal(libc::SIGSTOP)?
+                } else if scenario == Scenario::ClientUnreachableSending {
+                    let at = topology.cut_unreachable(Side::Client)?;
+                    peer_process.kill()?;
+                    at
+                } else {
+                    let at = topology.cut(Side::Client)?;
+                    peer_process.kill()?;
+                    at
+                }
+            }
+            Scenario::ClientCrashUploading => {
+                if streaming(&mut peer_process)?.is_none() {
+                    return Ok(Outcome::Skipped {
+                        reason: "the target did not take 1 MiB of upload within 3 s".into(),
+                    });
+                }
+                self.started()?;
+                let at = topology.cut(Side::Client)?;
+                peer_process.kill()?;
+                at
+            }
+            Scenario::ClientCrashIdle | Scenario::ClientCableFlap => {
+                interrupt::sleep(Duration::from_millis(200))?;
+                self.started()?;
+                let at = topology.cut(Side::Client)?;
+                if scenario == Scenario::ClientCrashIdle {
+                    peer_process.kill()?;
+                }
+                at
+            }
+            Scenario::ClientReboot => {
+                interrupt::sleep(Duration::from_millis(200))?;
+                self.started()?;
+                let at = topology.cut(Side::Client)?;
+                peer_process.kill()?;
+                topology.reboot(Side::Client)?;
+                at
+            }
+            Scenario::ClientUnreachable => {
+                interrupt::sleep(Duration::from_millis(200))?;
+                self.started()?;
+                let at = topology.cut_unreachable(Side::Client)?;
+                peer_process.kill()?;
+                at
+            }
+            other => {
+                return Ok(Outcome::Skipped {
+                    reason: format!("{other} is not a server-side scenario"),
+                })
+            }
+        };
+        if scenario == Scenario::ClientCableFlap {
+            interrupt::sleep(self.dead_after() / 2)?;
+            topology.reconnect(Side::Client)?;
+            let watch = self.dead_after() * 2 + self.dead_after() / 2;
+            return Ok(
+                match self.detect_until(&mut watcher, Some(&peer), fault, watch)? {
+                    Some(event) => self.false_positive(Side::Server, &event, fault),
+                    None => Outcome::Kept {
+                        proven_after: watch,
+                    },
+                },
+            );
+        }
+        let mut outcome = self.detect(&mut watcher, Side::Server, Some(&peer), fault, fault)?;
+        if scenario == Scenario::ClientHalfClose {
+            if let Outcome::NotDetected { within } = outcome {
+                outcome = Outcome::Kept {
+                    proven_after: within,
+                };
+            }
+            let replied = peer_process
+                .wait_stdout(Instant::now() + Duration::from_secs(2), |l| l == "replied")?;
+            self.check("the half-closing peer got a reply", replied.is_some());
+            if let Some((_, eof)) =
+                peer_process.wait_stdout(Instant::now(), |l| l.starts_with("eof "))?
+            {
+                self.note(format!(
+                    "the half-closed peer read {} bytes, then EOF",
+                    eof.trim_start_matches("eof ")
+                ));
+            }
+        }
+        if scenario.routed() {
+            // A note only (see note_icmp).
+            self.note_icmp(&topology, Side::Server);
+        }
+        if let Outcome::Detected { .. } = &outcome {
+            if let Some(event) = watcher
+                .events_matching(|e| is(e, "connection_closed", &peer))
+                .first()
+            {
+                self.note(format!(
+                    "server socket {} → {}",
+                    event["from"].as_str().unwrap_or("?"),
+                    event["to"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+        drop(server);
+        Ok(outcome)
+    }
+
+    /// A raw-socket peer for `--target` in the client namespace.
+    fn raw_peer(
+        &self,
+        topology: &Topology,
+        addr: SocketAddr,
+        mode: PeerMode,
+        payload: &[u8],
+    ) -> Result<(LabProcess, String), LabError> {
+        let mut args = vec![
+            "lab".to_owned(),
+            "peer".to_owned(),
+            "--connect".to_owned(),
+            addr.to_string(),
+            "--mode".to_owned(),
+            mode.name().to_owned(),
+        ];
+        // Through a file: a payload can be larger than one argument may be (128 KiB).
+        let dir = std::env::temp_dir().join(format!("{}-payload", self.prefix));
+        std::fs::create_dir_all(&dir)
+            .map_err(|err| LabError::io(format!("create {}", dir.display()), err))?;
+        let dir = TempDir(dir);
+        let file = dir.0.join("payload");
+        std::fs::write(&file, payload)
+            .map_err(|err| LabError::io(format!("write {}", file.display()), err))?;
+        args.extend(["--payload-file".to_owned(), file.display().to_string()]);
+        let mut peer = LabProcess::spawn(
+            "peer",
+            topology.netns(Side::Client),
+            &self.lab.config.hangup,
+            &args,
+            &self.lab.run_prefix,
+        )?;
+        // The peer has read its payload once it says `ready`.
+        let (_, ready) = peer.expect_stdout("`ready`", soon(), |l| l.starts_with("ready "))?;
+        drop(dir);
+        Ok((peer, ready.trim_start_matches("ready ").to_owned()))
     }
 
     fn client_cable_flap(&mut self) -> Result<Outcome, LabError> {

@@ -21,18 +21,28 @@ pub enum Scenario {
     ClientCrashIdle,
     /// The same while the server streams a large reply (data unacknowledged).
     ClientCrashSending,
+    /// The same while the client streams a large request (the server only receives).
+    ClientCrashUploading,
     /// The client's link goes down for D/2, then up again.
     ClientCableFlap,
     /// Link down, kill, and the client's host comes back without any socket.
     ClientReboot,
     /// A crashed client leaves a ghost; the same device connects again.
     ClientReconnect,
+    /// Behind a router, the client's link goes down and the router answers for it with
+    /// ICMP host unreachable; the client is killed.
+    ClientUnreachable,
+    /// The same while the server streams a large reply (data unacknowledged).
+    ClientUnreachableSending,
     /// The client stops reading (SIGSTOP) during a large reply.
     ClientStalled,
     /// The server is SIGKILLed while the client idles at its prompt.
     ServerExit,
     /// The server's link goes down, then the server is killed.
     ServerCrash,
+    /// Behind a router, the server's link goes down and the router answers for it with
+    /// ICMP host unreachable; the server is killed.
+    ServerUnreachable,
     /// The server crashes, its host comes back with a fresh server.
     ServerReboot,
     /// The server gets SIGTERM with a job in flight.
@@ -87,20 +97,40 @@ pub struct Expectation {
 
 impl Scenario {
     /// Every scenario, in SPEC order.
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 17] = [
         Scenario::ClientExit,
         Scenario::ClientExitUnread,
         Scenario::ClientHalfClose,
         Scenario::ClientCrashIdle,
         Scenario::ClientCrashSending,
+        Scenario::ClientCrashUploading,
         Scenario::ClientCableFlap,
         Scenario::ClientReboot,
         Scenario::ClientReconnect,
+        Scenario::ClientUnreachable,
+        Scenario::ClientUnreachableSending,
         Scenario::ClientStalled,
         Scenario::ServerExit,
         Scenario::ServerCrash,
+        Scenario::ServerUnreachable,
         Scenario::ServerReboot,
         Scenario::ServerShutdown,
+    ];
+
+    /// The scenarios `--target` runs: those where the server watches and a raw-socket
+    /// peer can make the fault (no sessions, so no client-reconnect).
+    pub const TARGET: [Scenario; 11] = [
+        Scenario::ClientExit,
+        Scenario::ClientExitUnread,
+        Scenario::ClientHalfClose,
+        Scenario::ClientCrashIdle,
+        Scenario::ClientCrashSending,
+        Scenario::ClientCrashUploading,
+        Scenario::ClientCableFlap,
+        Scenario::ClientReboot,
+        Scenario::ClientUnreachable,
+        Scenario::ClientUnreachableSending,
+        Scenario::ClientStalled,
     ];
 
     /// The stable name (`client-exit`, …).
@@ -111,12 +141,16 @@ impl Scenario {
             Scenario::ClientHalfClose => "client-half-close",
             Scenario::ClientCrashIdle => "client-crash-idle",
             Scenario::ClientCrashSending => "client-crash-sending",
+            Scenario::ClientCrashUploading => "client-crash-uploading",
             Scenario::ClientCableFlap => "client-cable-flap",
             Scenario::ClientReboot => "client-reboot",
             Scenario::ClientReconnect => "client-reconnect",
+            Scenario::ClientUnreachable => "client-unreachable",
+            Scenario::ClientUnreachableSending => "client-unreachable-sending",
             Scenario::ClientStalled => "client-stalled",
             Scenario::ServerExit => "server-exit",
             Scenario::ServerCrash => "server-crash",
+            Scenario::ServerUnreachable => "server-unreachable",
             Scenario::ServerReboot => "server-reboot",
             Scenario::ServerShutdown => "server-shutdown",
         }
@@ -135,6 +169,18 @@ impl Scenario {
             Scenario::ClientCrashIdle => "client link down, then client SIGKILLed (no FIN leaves)",
             Scenario::ClientCrashSending => {
                 "raw peer's link down while the server streams replies, peer SIGKILLed"
+            }
+            Scenario::ClientCrashUploading => {
+                "raw peer's link down while it streams a large request, peer SIGKILLed"
+            }
+            Scenario::ClientUnreachable => {
+                "client link down behind a router that answers ICMP host unreachable, client SIGKILLed"
+            }
+            Scenario::ClientUnreachableSending => {
+                "raw peer's link down behind a router that answers ICMP host unreachable while the server streams replies, peer SIGKILLed"
+            }
+            Scenario::ServerUnreachable => {
+                "server link down behind a router that answers ICMP host unreachable, server SIGKILLed"
             }
             Scenario::ClientCableFlap => "client link down for D/2, then up",
             Scenario::ClientReboot => {
@@ -158,10 +204,21 @@ impl Scenario {
         match self {
             Scenario::ServerExit
             | Scenario::ServerCrash
+            | Scenario::ServerUnreachable
             | Scenario::ServerReboot
             | Scenario::ServerShutdown => Side::Client,
             _ => Side::Server,
         }
+    }
+
+    /// Whether the cell needs the routed topology (a router that can answer with ICMP).
+    pub const fn routed(self) -> bool {
+        matches!(
+            self,
+            Scenario::ClientUnreachable
+                | Scenario::ClientUnreachableSending
+                | Scenario::ServerUnreachable
+        )
     }
 
     /// What the full policy must achieve.
@@ -187,6 +244,34 @@ impl Scenario {
                 Scenario::ClientCrashSending => {
                     (false, &["timeout"], Bound::Budget, "timeout ≤ 1.1·D")
                 }
+                Scenario::ClientCrashUploading => (
+                    false,
+                    &["timeout", "heartbeat_missed"],
+                    Bound::Budget,
+                    "server detects ≤ 1.1·D",
+                ),
+                // `heartbeat_missed`: the session's verdict (1.5·H) comes before the
+                // kernel's, which keeps an ICMP host unreachable as a soft error until
+                // its own timer gives up (LAB.md, "ICMP").
+                Scenario::ClientUnreachable => (
+                    false,
+                    &["unreachable", "heartbeat_missed"],
+                    Bound::Budget,
+                    "server detects ≤ 1.1·D",
+                ),
+                // No session (a raw peer): the kernel decides, with data in flight.
+                Scenario::ClientUnreachableSending => (
+                    false,
+                    &["unreachable"],
+                    Bound::Budget,
+                    "unreachable ≤ 1.1·D",
+                ),
+                Scenario::ServerUnreachable => (
+                    false,
+                    &["unreachable", "heartbeat_missed"],
+                    Bound::Budget,
+                    "client detects ≤ 1.1·D",
+                ),
                 Scenario::ClientCableFlap => {
                     (true, &[], Bound::Cap, "no false positive; connection lives")
                 }

@@ -24,6 +24,8 @@ pub enum Setup {
     /// Everything: derived keepalive, TCP_USER_TIMEOUT, the hangup watch, the write
     /// timeout and, where the binary has them, sessions with heartbeats.
     Full,
+    /// `--target`: a third-party server (not hangup's flags), watched through sock_diag.
+    Target,
 }
 
 impl Setup {
@@ -44,29 +46,67 @@ impl Setup {
             Setup::KeepaliveTuned => "keepalive-tuned",
             Setup::KeepaliveUserTimeout => "keepalive+user-timeout",
             Setup::Full => "full",
+            Setup::Target => "target",
         }
     }
 
     /// The liveness flags given to both `hangup serve` and `hangup client` (besides
     /// `--dead-after D`).
-    pub const fn liveness_flags(self) -> [&'static str; 8] {
-        let (keepalive, user_timeout, watch, write_timeout) = match self {
-            Setup::OsDefaults => ("off", "off", "off", "off"),
-            Setup::KeepaliveOs => ("os", "off", "off", "off"),
-            Setup::KeepaliveTuned => ("auto", "off", "off", "off"),
-            Setup::KeepaliveUserTimeout => ("auto", "auto", "off", "off"),
-            Setup::Full => ("auto", "auto", "on", "auto"),
-        };
-        [
-            "--keepalive",
-            keepalive,
-            "--user-timeout",
-            user_timeout,
-            "--watch-hangup",
-            watch,
-            "--write-timeout",
-            write_timeout,
-        ]
+    /// ([`Setup::Target`]: none, it is not hangup.)
+    pub const fn liveness_flags(self) -> &'static [&'static str] {
+        match self {
+            Setup::OsDefaults => &[
+                "--keepalive",
+                "off",
+                "--user-timeout",
+                "off",
+                "--watch-hangup",
+                "off",
+                "--write-timeout",
+                "off",
+            ],
+            Setup::KeepaliveOs => &[
+                "--keepalive",
+                "os",
+                "--user-timeout",
+                "off",
+                "--watch-hangup",
+                "off",
+                "--write-timeout",
+                "off",
+            ],
+            Setup::KeepaliveTuned => &[
+                "--keepalive",
+                "auto",
+                "--user-timeout",
+                "off",
+                "--watch-hangup",
+                "off",
+                "--write-timeout",
+                "off",
+            ],
+            Setup::KeepaliveUserTimeout => &[
+                "--keepalive",
+                "auto",
+                "--user-timeout",
+                "auto",
+                "--watch-hangup",
+                "off",
+                "--write-timeout",
+                "off",
+            ],
+            Setup::Full => &[
+                "--keepalive",
+                "auto",
+                "--user-timeout",
+                "auto",
+                "--watch-hangup",
+                "on",
+                "--write-timeout",
+                "auto",
+            ],
+            Setup::Target => &[],
+        }
     }
 
     /// Whether the client opens a session with heartbeats (`--device`, `--heartbeat`).
@@ -87,6 +127,7 @@ impl FromStr for Setup {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Setup::ALL
             .into_iter()
+            .chain([Setup::Target])
             .find(|setup| setup.name() == s)
             .ok_or_else(|| LabError::UnknownName {
                 kind: "set-up",

@@ -42,6 +42,14 @@ const IDIAG_EXPIRES: usize = 52;
 /// Dumps every TCP socket of the calling thread's network namespace, IPv4 and
 /// IPv6, all states, with TCP_INFO, then resolves owners through `/proc`.
 pub(crate) fn collect() -> Result<Snapshot, InspectError> {
+    let mut snapshot = collect_sockets()?;
+    resolve_owners(&mut snapshot);
+    Ok(snapshot)
+}
+
+/// [`collect`] without the owners: the netlink dumps only, no walk of `/proc`
+/// (cheap enough to repeat every few milliseconds).
+pub(crate) fn collect_sockets() -> Result<Snapshot, InspectError> {
     let mut snapshot = Snapshot::default();
     let netlink = open()?;
     for (sequence, (family, name)) in (1..).zip([(AF_INET, "ipv4"), (AF_INET6, "ipv6")]) {
@@ -69,7 +77,6 @@ pub(crate) fn collect() -> Result<Snapshot, InspectError> {
             Err(other) => return Err(other),
         }
     }
-    resolve_owners(&mut snapshot);
     Ok(snapshot)
 }
 

@@ -7,9 +7,14 @@
 pub(crate) mod linux;
 
 #[cfg(target_os = "linux")]
-pub(crate) use linux::collect;
+pub(crate) use linux::{collect, collect_sockets};
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn collect() -> Result<crate::model::Snapshot, crate::error::InspectError> {
+    Err(crate::error::InspectError::Unsupported)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn collect_sockets() -> Result<crate::model::Snapshot, crate::error::InspectError> {
     Err(crate::error::InspectError::Unsupported)
 }
