@@ -13,7 +13,7 @@ use hangup_server::{Server, ServerConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use super::{read_secret, resolve_policy};
+use super::{read_secret, resolve_policy, runtime};
 use crate::args::{AdminAddr, ServeArgs};
 use crate::logging;
 
@@ -54,7 +54,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     config.presence = Some(store.recorder());
     let listen = args.listen;
-    let served = serve_runtime()?.block_on(async move {
+    let served = runtime()?.block_on(async move {
         let server = Server::bind(config).await.with_context(|| {
             format!("could not listen on {listen} (--listen) or the --admin address")
         })?;
@@ -75,24 +75,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         presence_max_batch_us = stats.max_batch_micros,
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// The server's runtime: its threads ask the kernel for a short time slice, so that a
-/// hangup's wake-up is not queued behind a job's slice (hangup_server::sched); job
-/// threads give it back when they take a job.
-fn serve_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    static REFUSED: std::sync::Once = std::sync::Once::new();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .on_thread_start(|| {
-            if let Err(err) = hangup_server::sched::prefer_io_thread() {
-                REFUSED.call_once(|| {
-                    tracing::info!(error = %err, "short time slice refused; default scheduling");
-                });
-            }
-        })
-        .build()
-        .context("could not start the tokio runtime")
 }
 
 /// The flags (and the config file, already merged into them) as the server's settings,
