@@ -5,56 +5,18 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{hangup_bin, poll_until};
-use serde_json::Value;
+use common::run_bench;
 
 #[test]
 fn bench_cancel_reports_both_modes_as_json() {
-    let json_path =
-        std::env::temp_dir().join(format!("hangup-bench-cancel-{}.json", std::process::id()));
-    let _ = std::fs::remove_file(&json_path);
-    let mut child = Command::new(hangup_bin())
-        .args([
-            "bench",
-            "cancel",
-            "--idle",
-            "200",
-            "--iterations",
-            "30",
-            "--json",
-        ])
-        .arg(&json_path)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn hangup bench cancel");
     // Generous: 60 hangups and 200 connections take well under a second normally.
-    let status = poll_until(Duration::from_secs(60), Duration::from_millis(20), || {
-        child.try_wait().unwrap()
-    });
-    if status.is_none() {
-        let _ = child.kill();
-    }
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        status.is_some(),
-        "the bench did not finish; stderr:\n{stderr}"
+    let run = run_bench(
+        &["cancel", "--idle", "200", "--iterations", "30"],
+        Duration::from_secs(60),
     );
-    assert!(
-        output.status.success(),
-        "{}; stderr:\n{stderr}",
-        output.status
-    );
-
-    let text = std::fs::read_to_string(&json_path).expect("the bench wrote its JSON file");
-    let _ = std::fs::remove_file(&json_path);
-    let report: Value = serde_json::from_str(&text).expect("valid JSON");
+    let report = &run.report;
     assert_eq!(report["bench"], "cancel");
     assert_eq!(report["idle_connections"], 200);
     assert_eq!(report["iterations"], 30);
@@ -62,7 +24,7 @@ fn bench_cancel_reports_both_modes_as_json() {
 
     let results = report["results"].as_array().expect("results");
     let modes: Vec<&str> = results.iter().filter_map(|r| r["mode"].as_str()).collect();
-    assert_eq!(modes, ["fin", "rst"], "{text}");
+    assert_eq!(modes, ["fin", "rst"], "{report}");
     for (result, cause) in results.iter().zip(["peer_closed", "peer_reset"]) {
         assert_eq!(result["expected_cause"], cause, "{result}");
         assert_eq!(result["samples"], 30, "{result}");
@@ -82,7 +44,7 @@ fn bench_cancel_reports_both_modes_as_json() {
         assert!(us("mean_us") <= max, "{result}");
     }
     // The table on stdout names both modes too.
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = &run.stdout;
     assert!(stdout.contains("fin") && stdout.contains("rst"), "{stdout}");
 }
 
@@ -91,14 +53,8 @@ fn bench_cancel_reports_both_modes_as_json() {
 /// a body-less request too), and the ratios are reported.
 #[test]
 fn bench_cancel_peer_times_both_servers_in_one_run() {
-    let json_path = std::env::temp_dir().join(format!(
-        "hangup-bench-cancel-peer-{}.json",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&json_path);
-    let (status, stdout, stderr) = common::run_hangup_within(
+    let run = run_bench(
         &[
-            "bench",
             "cancel",
             "--peer",
             "axum",
@@ -106,22 +62,17 @@ fn bench_cancel_peer_times_both_servers_in_one_run() {
             "50",
             "--iterations",
             "12",
-            "--json",
-            json_path.to_str().unwrap(),
         ],
         Duration::from_secs(120),
     );
-    assert!(status.success(), "{status}; stderr:\n{stderr}");
-    let text = std::fs::read_to_string(&json_path).expect("the bench wrote its JSON file");
-    let _ = std::fs::remove_file(&json_path);
-    let report: Value = serde_json::from_str(&text).expect("valid JSON");
+    let report = &run.report;
     let ours = report["results"].as_array().expect("results");
     let peer = &report["peer"];
-    assert_eq!(peer["server"], "axum", "{text}");
+    assert_eq!(peer["server"], "axum", "{report}");
     let theirs = peer["results"].as_array().expect("peer results");
     for results in [ours, theirs] {
         let modes: Vec<&str> = results.iter().filter_map(|r| r["mode"].as_str()).collect();
-        assert_eq!(modes, ["fin", "rst"], "{text}");
+        assert_eq!(modes, ["fin", "rst"], "{report}");
         for result in results {
             assert_eq!(result["samples"], 12, "{result}");
             assert_eq!(result["missed"], 0, "{result}");
@@ -132,10 +83,10 @@ fn bench_cancel_peer_times_both_servers_in_one_run() {
             assert!(p50 > 0.0 && p50 <= max, "{result}");
         }
     }
-    assert!(ours.iter().all(|r| r["server"] == "hangup"), "{text}");
-    assert!(theirs.iter().all(|r| r["server"] == "axum"), "{text}");
+    assert!(ours.iter().all(|r| r["server"] == "hangup"), "{report}");
+    assert!(theirs.iter().all(|r| r["server"] == "axum"), "{report}");
     let ratios = peer["ratios"].as_array().expect("ratios");
-    assert_eq!(ratios.len(), 2, "{text}");
-    assert!(ratios.iter().all(|r| r["p50"].is_number()), "{text}");
-    assert!(stdout.contains("ratio hangup/axum"), "{stdout}");
+    assert_eq!(ratios.len(), 2, "{report}");
+    assert!(ratios.iter().all(|r| r["p50"].is_number()), "{report}");
+    assert!(run.stdout.contains("ratio hangup/axum"), "{}", run.stdout);
 }

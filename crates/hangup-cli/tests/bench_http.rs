@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{hangup_bin, poll_until};
+use common::run_bench;
 use serde_json::Value;
 
 const SERVERS: [&str; 4] = ["axum", "axum-hangup", "hyper", "hyper-hangup"];
@@ -17,44 +16,25 @@ const CASES: [&str; 5] = ["fin", "rst", "pipelined", "unread-body", "half-close"
 
 #[test]
 fn bench_http_reports_every_server_and_case() {
-    let json_path =
-        std::env::temp_dir().join(format!("hangup-bench-http-{}.json", std::process::id()));
-    let _ = std::fs::remove_file(&json_path);
-    let mut child = Command::new(hangup_bin())
-        .args(["bench", "http", "--trials", "5"])
-        // Plain servers miss pipelined and unread-body: give up on them early.
-        .args(["--miss-limit", "1s", "--give-up-after", "2"])
-        .args(["--throughput-time", "300ms", "--throughput-runs", "1"])
-        .arg("--json")
-        .arg(&json_path)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn hangup bench http");
     // About 20 s normally: 8 misses of 2.5 s each dominate.
-    let status = poll_until(Duration::from_secs(180), Duration::from_millis(50), || {
-        child.try_wait().unwrap()
-    });
-    if status.is_none() {
-        let _ = child.kill();
-    }
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        status.is_some(),
-        "the bench did not finish; stderr:\n{stderr}"
+    let run = run_bench(
+        &[
+            "http",
+            "--trials",
+            "5",
+            // Plain servers miss pipelined and unread-body: give up on them early.
+            "--miss-limit",
+            "1s",
+            "--give-up-after",
+            "2",
+            "--throughput-time",
+            "300ms",
+            "--throughput-runs",
+            "1",
+        ],
+        Duration::from_secs(180),
     );
-    assert!(
-        output.status.success(),
-        "{}; stderr:\n{stderr}",
-        output.status
-    );
-
-    let text = std::fs::read_to_string(&json_path).expect("the bench wrote its JSON file");
-    let _ = std::fs::remove_file(&json_path);
-    let report: Value = serde_json::from_str(&text).expect("valid JSON");
+    let report = &run.report;
     assert_eq!(report["bench"], "http");
     assert_eq!(report["trials"], 5);
     assert!(report["machine"].as_str().is_some_and(|m| !m.is_empty()));
@@ -64,7 +44,7 @@ fn bench_http_reports_every_server_and_case() {
         results
             .iter()
             .find(|r| r["server"] == server && r["case"] == case)
-            .unwrap_or_else(|| panic!("no result for {server} {case}: {text}"))
+            .unwrap_or_else(|| panic!("no result for {server} {case}: {report}"))
     };
     for case in CASES {
         for server in SERVERS {
@@ -118,7 +98,7 @@ fn bench_http_reports_every_server_and_case() {
         "{throughput}"
     );
 
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = &run.stdout;
     for name in SERVERS.iter().chain(&CASES) {
         assert!(
             stdout.contains(name),

@@ -7,17 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::run_hangup_within;
-use serde_json::Value;
+use common::run_bench;
 
 #[test]
 fn bench_scale_holds_every_session_and_reports_json() {
-    let json_path =
-        std::env::temp_dir().join(format!("hangup-bench-scale-{}.json", std::process::id()));
-    let _ = std::fs::remove_file(&json_path);
-    let (status, stdout, stderr) = run_hangup_within(
+    let run = run_bench(
         &[
-            "bench",
             "scale",
             "--connections",
             "2000",
@@ -29,16 +24,11 @@ fn bench_scale_holds_every_session_and_reports_json() {
             "1",
             "--hold",
             "3s",
-            "--json",
-            json_path.to_str().unwrap(),
         ],
         Duration::from_secs(120),
     );
-    assert!(status.success(), "{status}; stderr:\n{stderr}");
-
-    let text = std::fs::read_to_string(&json_path).expect("the bench wrote its JSON file");
-    let _ = std::fs::remove_file(&json_path);
-    let report: Value = serde_json::from_str(&text).expect("valid JSON");
+    let report = &run.report;
+    let text = report.to_string();
     assert_eq!(report["bench"], "scale");
     assert_eq!(report["connections"], 2000);
     assert_eq!(report["instances"], 2);
@@ -62,5 +52,5 @@ fn bench_scale_holds_every_session_and_reports_json() {
     );
     assert!(p50 <= p99 && p99 <= max, "{text}");
     assert!(report["limits"]["nofile"].is_array(), "{text}");
-    assert!(stdout.contains("sessions reached"), "{stdout}");
+    assert!(run.stdout.contains("sessions reached"), "{}", run.stdout);
 }

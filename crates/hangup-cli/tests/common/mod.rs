@@ -1049,3 +1049,39 @@ pub fn server_sockets(server: SocketAddr) -> usize {
         })
         .count()
 }
+
+/// What a `hangup bench …` run printed and wrote.
+pub struct BenchRun {
+    /// The JSON file it wrote (`--json`), parsed.
+    pub report: Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `hangup bench <args> --json <a temp file>` within `limit`, asserts that it
+/// succeeded, and returns the parsed report (the file removed) with the output.
+pub fn run_bench(args: &[&str], limit: Duration) -> BenchRun {
+    // Unique per call: the tests of one binary run in parallel.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let json_path = std::env::temp_dir().join(format!(
+        "hangup-bench-{}-{}-{}.json",
+        args.first().copied().unwrap_or("bench"),
+        std::process::id(),
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&json_path);
+    let json = json_path.to_str().expect("temp paths are UTF-8").to_owned();
+    let mut full = vec!["bench"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--json", &json]);
+    let (status, stdout, stderr) = run_hangup_within(&full, limit);
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+    let text = std::fs::read_to_string(&json_path).expect("the bench wrote its JSON file");
+    let _ = std::fs::remove_file(&json_path);
+    let report = serde_json::from_str(&text).expect("valid JSON");
+    BenchRun {
+        report,
+        stdout,
+        stderr,
+    }
+}
