@@ -31,8 +31,9 @@ pub const JOB_NICE: i32 = 19;
 
 /// Makes the calling thread a job thread: nice [`JOB_NICE`] and [`JOB_THREAD_SLICE`].
 /// Nice only matters while threads compete for a core: with idle I/O threads the jobs
-/// still get every spare cycle. The blocking threads of the server's runtime only ever
-/// run jobs, so the setting is never undone.
+/// still get every spare cycle. The setting is never undone: the blocking threads of the
+/// server's runtime run jobs, and otherwise only the admin endpoint's walks of the live
+/// table, which may then run at nice 19 as well (they are not latency-critical).
 pub(crate) fn yield_to_io() {
     if set_this_thread(JOB_NICE, JOB_THREAD_SLICE).is_err() {
         // Before 6.12 `sched_runtime` may be refused: nice alone still helps.
