@@ -143,7 +143,7 @@ pub fn run_peer(server: SocketAddr, mode: PeerMode, options: &PeerOptions) -> Re
     match mode {
         PeerMode::RawRead => {
             say(&format!("ready {local}"));
-            read_all(&mut stream)?;
+            read_all(&mut stream);
             Ok(())
         }
         PeerMode::RawUnread => {
@@ -177,23 +177,15 @@ pub fn run_peer(server: SocketAddr, mode: PeerMode, options: &PeerOptions) -> Re
                 .shutdown(std::net::Shutdown::Write)
                 .map_err(io("shutdown(SHUT_WR)"))?;
             say(&format!("half-closed {at}"));
-            let mut buf = vec![0u8; 1 << 16];
             let mut received: u64 = 0;
-            loop {
-                let n = match stream.read(&mut buf) {
-                    Ok(n) => n,
-                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => 0,
-                };
-                if n == 0 {
-                    say(&format!("eof {received}"));
-                    return Ok(());
-                }
+            read_to_end(&mut stream, |n| {
                 if received == 0 {
                     say("replied");
                 }
                 received += n as u64;
-            }
+            });
+            say(&format!("eof {received}"));
+            Ok(())
         }
         PeerMode::RawUpload => {
             say(&format!("ready {local}"));
@@ -201,11 +193,7 @@ pub fn run_peer(server: SocketAddr, mode: PeerMode, options: &PeerOptions) -> Re
             let mut sent: u64 = 0;
             loop {
                 stream.write_all(&chunk).map_err(io("send"))?;
-                let before = sent;
-                sent += chunk.len() as u64;
-                if before < STREAMING_AFTER_BYTES && sent >= STREAMING_AFTER_BYTES {
-                    say("streaming");
-                }
+                count_streamed(&mut sent, chunk.len());
             }
         }
         PeerMode::Upload => {
@@ -214,11 +202,7 @@ pub fn run_peer(server: SocketAddr, mode: PeerMode, options: &PeerOptions) -> Re
             let mut sent: u64 = 0;
             loop {
                 stream.write_all(chunk.as_bytes()).map_err(io("send"))?;
-                let before = sent;
-                sent += chunk.len() as u64;
-                if before < STREAMING_AFTER_BYTES && sent >= STREAMING_AFTER_BYTES {
-                    say("streaming");
-                }
+                count_streamed(&mut sent, chunk.len());
             }
         }
         PeerMode::Unread => {
@@ -254,11 +238,7 @@ pub fn run_peer(server: SocketAddr, mode: PeerMode, options: &PeerOptions) -> Re
                     return Ok(());
                 }
                 replies += buf[..n].iter().filter(|&&b| b == b'\n').count();
-                let before = received;
-                received += n as u64;
-                if before < STREAMING_AFTER_BYTES && received >= STREAMING_AFTER_BYTES {
-                    say("streaming");
-                }
+                count_streamed(&mut received, n);
             }
         }
         PeerMode::Flood => {
@@ -272,11 +252,7 @@ pub fn run_peer(server: SocketAddr, mode: PeerMode, options: &PeerOptions) -> Re
                 if n == 0 {
                     return Ok(());
                 }
-                let before = received;
-                received += n as u64;
-                if before < STREAMING_AFTER_BYTES && received >= STREAMING_AFTER_BYTES {
-                    say("streaming");
-                }
+                count_streamed(&mut received, n);
             }
         }
     }
@@ -293,24 +269,28 @@ impl PeerMode {
 }
 
 /// Reads until EOF (or an error, which ends the connection as well); `streaming` once
-/// [`STREAMING_AFTER_BYTES`] arrived. Returns the bytes read.
-fn read_all(stream: &mut TcpStream) -> Result<u64, LabError> {
+/// [`STREAMING_AFTER_BYTES`] arrived.
+fn read_all(stream: &mut TcpStream) {
+    let mut received = 0;
+    read_to_end(stream, |n| count_streamed(&mut received, n));
+}
+
+/// Reads until EOF or an error (either ends the connection), calling `on_read` with
+/// each read's byte count.
+fn read_to_end(stream: &mut TcpStream, mut on_read: impl FnMut(usize)) {
     let mut buf = vec![0u8; 1 << 16];
-    let mut received: u64 = 0;
-    loop {
-        let n = match stream.read(&mut buf) {
-            Ok(n) => n,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => 0,
-        };
-        if n == 0 {
-            return Ok(received);
-        }
-        let before = received;
-        received += n as u64;
-        if before < STREAMING_AFTER_BYTES && received >= STREAMING_AFTER_BYTES {
-            say("streaming");
-        }
+    while let n @ 1.. = read_some(stream, &mut buf).unwrap_or(0) {
+        on_read(n);
+    }
+}
+
+/// Adds `n` bytes to `total`, saying `streaming` when it passes
+/// [`STREAMING_AFTER_BYTES`].
+fn count_streamed(total: &mut u64, n: usize) {
+    let before = *total;
+    *total += n as u64;
+    if before < STREAMING_AFTER_BYTES && *total >= STREAMING_AFTER_BYTES {
+        say("streaming");
     }
 }
 

@@ -344,6 +344,15 @@ fn is(event: &Value, wanted: &str, peer: &str) -> bool {
     name(event) == wanted && events::peer(event) == peer
 }
 
+/// How a scenario takes a peer off the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Its address goes: nothing answers for it.
+    Silent,
+    /// Behind the router, which answers for it with ICMP host unreachable.
+    Unreachable,
+}
+
 impl CellRun<'_> {
     fn dead_after(&self) -> Duration {
         self.lab.config.dead_after
@@ -713,27 +722,37 @@ impl CellRun<'_> {
     }
 
     fn client_crash_sending(&mut self) -> Result<Outcome, LabError> {
-        let topology = self.topology()?;
-        let mut server = self.server(&topology)?;
-        let (mut peer_process, peer) = self.peer(&topology, PeerMode::LargeReplies)?;
-        peer_process.expect_stdout("`streaming`", soon(), |l| l == "streaming")?;
-        self.started()?;
-        let fault = topology.cut(Side::Client)?;
-        peer_process.kill()?;
-        self.detect(&mut server, Side::Server, Some(&peer), fault, fault)
+        self.streaming_peer_dies(PeerMode::LargeReplies, None, Cut::Silent)
     }
 
     fn client_crash_uploading(&mut self) -> Result<Outcome, LabError> {
+        let session = self.sessions().then(|| self.device());
+        self.streaming_peer_dies(PeerMode::Upload, session.as_deref(), Cut::Silent)
+    }
+
+    /// A raw peer streams (`mode`, with a session for `device` if given), then its link
+    /// is cut and it is killed: when and how the server notices.
+    fn streaming_peer_dies(
+        &mut self,
+        mode: PeerMode,
+        device: Option<&str>,
+        cut: Cut,
+    ) -> Result<Outcome, LabError> {
         let topology = self.topology()?;
         let mut server = self.server(&topology)?;
-        let session = self.sessions().then(|| self.device());
-        let (mut peer_process, peer) =
-            self.peer_with(&topology, PeerMode::Upload, session.as_deref())?;
+        let (mut peer_process, peer) = self.peer_with(&topology, mode, device)?;
         peer_process.expect_stdout("`streaming`", soon(), |l| l == "streaming")?;
         self.started()?;
-        let fault = topology.cut(Side::Client)?;
+        let fault = match cut {
+            Cut::Silent => topology.cut(Side::Client)?,
+            Cut::Unreachable => topology.cut_unreachable(Side::Client)?,
+        };
         peer_process.kill()?;
-        self.detect(&mut server, Side::Server, Some(&peer), fault, fault)
+        let outcome = self.detect(&mut server, Side::Server, Some(&peer), fault, fault)?;
+        if cut == Cut::Unreachable {
+            self.note_icmp(&topology, Side::Server);
+        }
+        Ok(outcome)
     }
 
     fn client_unreachable(&mut self) -> Result<Outcome, LabError> {
@@ -784,16 +803,7 @@ impl CellRun<'_> {
     }
 
     fn client_unreachable_sending(&mut self) -> Result<Outcome, LabError> {
-        let topology = self.topology()?;
-        let mut server = self.server(&topology)?;
-        let (mut peer_process, peer) = self.peer(&topology, PeerMode::LargeReplies)?;
-        peer_process.expect_stdout("`streaming`", soon(), |l| l == "streaming")?;
-        self.started()?;
-        let fault = topology.cut_unreachable(Side::Client)?;
-        peer_process.kill()?;
-        let outcome = self.detect(&mut server, Side::Server, Some(&peer), fault, fault)?;
-        self.note_icmp(&topology, Side::Server);
-        Ok(outcome)
+        self.streaming_peer_dies(PeerMode::LargeReplies, None, Cut::Unreachable)
     }
 
     fn server_unreachable(&mut self) -> Result<Outcome, LabError> {
