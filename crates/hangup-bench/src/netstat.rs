@@ -4,7 +4,7 @@
 //! own (memory pressure, a timer, data after close) or a listen queue overflowed,
 //! without the cooperation of any process.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 
 use serde::Serialize;
@@ -12,61 +12,39 @@ use serde::Serialize;
 /// The counters worth reporting when connections are lost: resets sent and received,
 /// the kernel's own aborts, and listen-queue and SYN-queue overflows.
 pub const WATCHED: &[&str] = &[
-    "Tcp:OutRsts",
-    "Tcp:EstabResets",
-    "Tcp:AttemptFails",
-    "TcpExt:TCPAbortOnData",
-    "TcpExt:TCPAbortOnClose",
-    "TcpExt:TCPAbortOnMemory",
-    "TcpExt:TCPAbortOnTimeout",
-    "TcpExt:TCPAbortOnLinger",
-    "TcpExt:TCPAbortFailed",
-    "TcpExt:TCPMemoryPressures",
-    "TcpExt:ListenOverflows",
-    "TcpExt:ListenDrops",
-    "TcpExt:TCPReqQFullDrop",
-    "TcpExt:TCPReqQFullDoCookies",
-    "TcpExt:SyncookiesSent",
-    "TcpExt:SyncookiesFailed",
-    "TcpExt:TCPBacklogDrop",
-    "TcpExt:TCPTimeouts",
-    "TcpExt:TCPSynRetrans",
+    "Tcp.OutRsts",
+    "Tcp.EstabResets",
+    "Tcp.AttemptFails",
+    "TcpExt.TCPAbortOnData",
+    "TcpExt.TCPAbortOnClose",
+    "TcpExt.TCPAbortOnMemory",
+    "TcpExt.TCPAbortOnTimeout",
+    "TcpExt.TCPAbortOnLinger",
+    "TcpExt.TCPAbortFailed",
+    "TcpExt.TCPMemoryPressures",
+    "TcpExt.ListenOverflows",
+    "TcpExt.ListenDrops",
+    "TcpExt.TCPReqQFullDrop",
+    "TcpExt.TCPReqQFullDoCookies",
+    "TcpExt.SyncookiesSent",
+    "TcpExt.SyncookiesFailed",
+    "TcpExt.TCPBacklogDrop",
+    "TcpExt.TCPTimeouts",
+    "TcpExt.TCPSynRetrans",
 ];
 
-/// One reading of every counter, by `Group:Name`.
+/// One reading of every counter, by `Group.Name` (the lab's parser).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters(BTreeMap<String, u64>);
+pub struct Counters(HashMap<String, u64>);
 
 impl Counters {
     /// Reads this network namespace's counters now.
     pub fn read() -> io::Result<Self> {
-        let mut counters = Counters::default();
+        let mut text = String::new();
         for path in ["/proc/net/snmp", "/proc/net/netstat"] {
-            counters.absorb(&std::fs::read_to_string(path)?);
+            text.push_str(&std::fs::read_to_string(path)?);
         }
-        Ok(counters)
-    }
-
-    /// Parses the `Group: Name Name …` / `Group: value value …` line pairs of
-    /// `/proc/net/snmp` and `/proc/net/netstat`.
-    fn absorb(&mut self, text: &str) {
-        let mut lines = text.lines();
-        while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
-            let (Some((group, names)), Some((again, values))) =
-                (names.split_once(':'), values.split_once(':'))
-            else {
-                continue;
-            };
-            if group != again {
-                continue;
-            }
-            for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
-                // Some are signed gauges (Tcp: MaxConn is -1): not counters, left out.
-                if let Ok(value) = value.parse::<u64>() {
-                    self.0.insert(format!("{group}:{name}"), value);
-                }
-            }
-        }
+        Ok(Counters(hangup_lab::parse_counters(&text)))
     }
 
     /// How much each [`WATCHED`] counter grew since `before`, the non-zero ones.
@@ -84,7 +62,7 @@ impl Counters {
 /// The growth of the watched counters over a run, for the report.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CounterGrowth {
-    /// Counter (`Group:Name`) → growth; only those that grew.
+    /// Counter (`Group.Name`) → growth; only those that grew.
     pub grown: BTreeMap<String, u64>,
 }
 
@@ -96,7 +74,7 @@ impl CounterGrowth {
         }
         self.grown
             .iter()
-            .map(|(name, n)| format!("{} +{n}", name.split_once(':').map_or(&**name, |p| p.1)))
+            .map(|(name, n)| format!("{} +{n}", name.split_once('.').map_or(&**name, |p| p.1)))
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -112,19 +90,16 @@ mod tests {
         TcpExt: 0 0 7\nIpExt: InNoRoutes\nIpExt: 0\n";
 
     fn parsed(snmp: &str, netstat: &str) -> Counters {
-        let mut c = Counters::default();
-        c.absorb(snmp);
-        c.absorb(netstat);
-        c
+        Counters(hangup_lab::parse_counters(&format!("{snmp}{netstat}")))
     }
 
     #[test]
     fn pairs_of_lines_become_named_counters() {
         let c = parsed(SNMP, NETSTAT);
-        assert_eq!(c.0.get("Tcp:OutRsts"), Some(&3));
-        assert_eq!(c.0.get("TcpExt:ListenOverflows"), Some(&7));
-        assert_eq!(c.0.get("Ip:DefaultTTL"), Some(&64));
-        assert_eq!(c.0.get("Tcp:MaxConn"), None, "a signed gauge is no counter");
+        assert_eq!(c.0.get("Tcp.OutRsts"), Some(&3));
+        assert_eq!(c.0.get("TcpExt.ListenOverflows"), Some(&7));
+        assert_eq!(c.0.get("Ip.DefaultTTL"), Some(&64));
+        assert_eq!(c.0.get("Tcp.MaxConn"), None, "a signed gauge is no counter");
     }
 
     #[test]
@@ -138,8 +113,8 @@ mod tests {
         assert_eq!(
             grown.into_iter().collect::<Vec<_>>(),
             vec![
-                ("Tcp:OutRsts".to_owned(), 265),
-                ("TcpExt:TCPAbortOnMemory".to_owned(), 5)
+                ("Tcp.OutRsts".to_owned(), 265),
+                ("TcpExt.TCPAbortOnMemory".to_owned(), 5)
             ]
         );
         let growth = CounterGrowth {
@@ -152,7 +127,7 @@ mod tests {
     #[test]
     fn this_machine_has_the_counters() {
         let now = Counters::read().expect("/proc/net/snmp");
-        assert!(now.0.contains_key("Tcp:OutRsts"), "{:?}", now.0.keys());
-        assert!(now.0.contains_key("TcpExt:ListenOverflows"));
+        assert!(now.0.contains_key("Tcp.OutRsts"), "{:?}", now.0.keys());
+        assert!(now.0.contains_key("TcpExt.ListenOverflows"));
     }
 }

@@ -61,9 +61,9 @@ pub use chart::write_svg;
 pub use error::LabError;
 pub use interrupt::{install_handler as install_interrupt_handler, requested as interrupted};
 pub use netns::{
-    cleanup_leftovers, ip, namespaces_with_prefix, owner_pid, preflight, processes_with_marker,
-    run_prefix, server_addr, Cleanup, Netns, Side, Veth, CLIENT_IP, NETNS_PREFIX, ROUTED_CLIENT_IP,
-    ROUTED_SERVER_IP, RUN_MARKER_ENV, SERVER_IP, SERVER_PORT,
+    cleanup_leftovers, ip, namespaces_with_prefix, owner_pid, parse_counters, preflight,
+    processes_with_marker, run_prefix, server_addr, Cleanup, Netns, Side, Veth, CLIENT_IP,
+    NETNS_PREFIX, ROUTED_CLIENT_IP, ROUTED_SERVER_IP, RUN_MARKER_ENV, SERVER_IP, SERVER_PORT,
 };
 pub use peer::{run_peer, PeerMode, PeerOptions, STREAMING_AFTER_BYTES};
 pub use report::{format_duration, Machine, Report};

@@ -529,8 +529,9 @@ pub(crate) fn counters(netns: &str) -> Result<std::collections::HashMap<String, 
     Ok(parse_counters(&text))
 }
 
-/// Parses the header/value line pairs of `/proc/net/snmp` and `/proc/net/netstat`.
-pub(crate) fn parse_counters(text: &str) -> std::collections::HashMap<String, u64> {
+/// Parses the header/value line pairs of `/proc/net/snmp` and `/proc/net/netstat` into
+/// counters keyed `Group.Name` (signed gauges such as `Tcp.MaxConn` = -1 left out).
+pub fn parse_counters(text: &str) -> std::collections::HashMap<String, u64> {
     let mut counters = std::collections::HashMap::new();
     let lines: Vec<&str> = text.lines().collect();
     for pair in lines.chunks(2) {
