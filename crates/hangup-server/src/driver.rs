@@ -1,11 +1,12 @@
-//! The tokio driver of one connection: moves bytes and readiness between the socket
-//! and the sans-IO [`Connection`], runs its jobs, and keeps one sleep armed at the
-//! core's next deadline.
+//! One connection as its I/O thread drives it (reactor.rs): moves bytes and
+//! readiness between the socket and the sans-IO [`Connection`], starts and cancels its
+//! jobs, and tells the thread its next deadline. Everything here runs on the
+//! connection's I/O thread, without blocking; what happens elsewhere (a job's end, a
+//! takeover, a durable commit) comes back as a [`ConnMessage`].
 
-use std::io;
+use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -14,22 +15,17 @@ use hangup_core::{
     authorize, classify_readiness, retransmitting, Cause, CloseMode, Connection, ErrorCode, Event,
     Heartbeat, JobId, SessionId,
 };
+use mio::net::TcpStream;
 use socket2::SockRef;
-use tokio::io::Interest;
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use crate::live::{lock, ConnectionState, LiveConnection, LiveSession};
-use crate::workers::Finished;
+use crate::reactor::{ConnMessage, Context, Key};
 use crate::{PresenceDurability, SessionHandle, Shared, DURABLE_WELCOME_LIMIT};
 use hangup::apply_policy;
 
-/// Bytes read from the socket per read call.
-const READ_CHUNK: usize = 16 * 1024;
-/// Reads per wake-up before yielding to the other connections.
-const READS_PER_WAKE: usize = 4;
+/// Reads per turn before the other connections of the thread get theirs.
+const READS_PER_TURN: usize = 4;
 /// The presence store hears that an open session's peer is alive at most this often
 /// (or once per heartbeat, if that is longer): an open session's `last_seen` lags by at
 /// most this plus the writer's batch interval; its end records the exact time. Writing
@@ -40,19 +36,85 @@ const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// How much of the peer's remaining input a graceful close discards at most.
 const DRAIN_BYTES: usize = 1 << 20;
 
-thread_local! {
-    /// The read buffer of the connections polled on this thread, zeroed once rather
-    /// than on every wake-up (a heartbeat is a few bytes; zeroing 16 KiB cost more).
-    static READ_BUFFER: std::cell::RefCell<Box<[u8]>> =
-        std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+/// What the thread should do with a connection after its turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drive {
+    /// Wait for readiness, a message or the deadline.
+    Idle,
+    /// It has more to do (input left after its fair share): another turn soon.
+    Busy,
+    /// It is over: drop it.
+    Ended,
 }
 
-/// The job this connection has on the worker pool: how to cancel it and where its
-/// outcome arrives. (The core keeps its own record of the job it started.)
+/// Socket readiness as epoll reported it and the connection has not used up yet (the
+/// socket is edge-triggered: each change is reported once). The closed states and the
+/// error stay once seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Ready(u8);
+
+impl Ready {
+    const READABLE: u8 = 1;
+    const WRITABLE: u8 = 2;
+    const READ_CLOSED: u8 = 4;
+    const WRITE_CLOSED: u8 = 8;
+    const ERROR: u8 = 16;
+
+    fn of(event: &mio::event::Event) -> Self {
+        let bits = [
+            (event.is_readable(), Self::READABLE),
+            (event.is_writable(), Self::WRITABLE),
+            (event.is_read_closed(), Self::READ_CLOSED),
+            (event.is_write_closed(), Self::WRITE_CLOSED),
+            (event.is_error(), Self::ERROR),
+        ];
+        Self(
+            bits.into_iter()
+                .filter(|(on, _)| *on)
+                .fold(0, |all, (_, bit)| all | bit),
+        )
+    }
+
+    /// The part of the readiness the core asks for now.
+    fn wanted(self, wanted: hangup_core::Interest) -> Self {
+        let mut mask = 0;
+        if wanted.read {
+            mask |= Self::READABLE | Self::READ_CLOSED;
+        }
+        if wanted.write {
+            mask |= Self::WRITABLE | Self::WRITE_CLOSED;
+        }
+        if wanted.hangup {
+            mask |= Self::ERROR;
+        }
+        Self(self.0 & mask)
+    }
+
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    fn clear(&mut self, bit: u8) {
+        self.0 &= !bit;
+    }
+}
+
+/// What one pass over the core's events did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Events {
+    /// There were none.
+    None,
+    /// Some were carried out; they may have queued replies or more events.
+    Handled,
+    /// One closed the connection: with this cause, flushing first or not.
+    Close(Cause, bool),
+}
+
+/// The job this connection has on the worker pool: how to cancel it. (The core keeps
+/// its own record of the job it started; its end arrives as a message.)
 struct WorkerJob {
     id: JobId,
     cancel: CancellationToken,
-    outcome: oneshot::Receiver<Finished>,
     /// When its cancellation was asked for.
     cancelled_at: Option<Instant>,
 }
@@ -62,28 +124,32 @@ struct OpenSession {
     device: Box<str>,
     id: SessionId,
     heartbeat: Duration,
-    /// Fires with the evicting `HELLO`'s instant when another connection takes over.
-    kick: Option<oneshot::Receiver<Instant>>,
     /// When the presence store was last told the peer is alive.
     seen_recorded: Instant,
 }
 
-/// One connection's state, built before its task is spawned and moved into it whole.
-///
-/// Building it outside the task matters for memory: an async fn keeps its arguments in
-/// every state of its future even after they were moved into a local, so a task that
-/// builds its driver from the stream and address would carry them twice.
-pub(super) struct Driver {
+/// After our FIN: what the graceful close still waits for.
+struct Closing {
+    cause: Cause,
+    /// When it stops waiting for the peer's remaining input.
+    until: Instant,
+    /// Input discarded so far.
+    drained: usize,
+}
+
+/// One connection's state: its entry in its I/O thread's slab.
+pub(crate) struct Conn {
     /// First field, so dropped first: out of the live table before the socket closes
     /// (the admin endpoint reads TCP_INFO from the descriptor of every entry).
     _listed: Listed,
     stream: TcpStream,
-    shared: Arc<Shared>,
+    key: Key,
+    ready: Ready,
     conn: Connection,
     /// Boxed: most connections never run a job, and every byte here is per connection.
     job: Option<Box<WorkerJob>>,
     /// What this connection last added to the shared (running, queued) job counters.
-    jobs_counted: (u64, u64),
+    jobs_counted: (u32, u32),
     /// When the last job's worker stopped (Unix ns), for its `job_cancelled` event.
     job_stopped_ns: u64,
     bytes_in: u64,
@@ -93,19 +159,16 @@ pub(super) struct Driver {
     live: Arc<LiveConnection>,
     session: Option<OpenSession>,
     /// With durable presence: the session whose `WELCOME` waits for its commit.
-    welcome_after: Option<Box<PendingWelcome>>,
+    welcome_after: Option<SessionId>,
+    /// Set once the core closed the connection gracefully: the drain of the peer's
+    /// remaining input.
+    closing: Option<Box<Closing>>,
     /// Last field, so dropped last: the slot is free once the descriptor is.
     _slot: Slot,
 }
 
-/// A `WELCOME` held back until the session's start is committed.
-struct PendingWelcome {
-    id: SessionId,
-    committed: std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>,
-}
-
 /// The connection's entry in the live table, removed on drop — also when the
-/// connection's task panics, so a panic leaks no entry.
+/// connection's handler panics, so a panic leaks no entry.
 struct Listed {
     shared: Arc<Shared>,
     id: u64,
@@ -119,13 +182,13 @@ impl Drop for Listed {
 
 /// The connection's slot in the `connections_open` gauge (taken at accept), given back
 /// on drop — also on a panic, so the server never thinks itself fuller than it is.
-pub(super) struct Slot {
+pub(crate) struct Slot {
     shared: Arc<Shared>,
 }
 
 impl Slot {
     /// Takes a slot.
-    pub(super) fn take(shared: &Arc<Shared>) -> Self {
+    pub(crate) fn take(shared: &Arc<Shared>) -> Self {
         shared.metrics.connections_open.inc();
         Self {
             shared: shared.clone(),
@@ -140,28 +203,35 @@ impl Drop for Slot {
     }
 }
 
-impl Driver {
-    /// A driver for an accepted connection, holding the slot the caller took; listed in
-    /// the live table until it is dropped.
-    pub(super) fn new(
+impl Conn {
+    /// A connection just accepted (and registered at `key`), holding the slot the
+    /// accept loop took; listed in the live table until it is dropped.
+    pub(crate) fn open(
         stream: TcpStream,
         peer: SocketAddr,
         id: u64,
-        shared: Arc<Shared>,
+        key: Key,
+        ctx: &Context,
         slot: Slot,
     ) -> Self {
+        let shared = &ctx.shared;
+        if let Err(err) = apply_policy(&stream, &shared.config.policy) {
+            tracing::warn!(conn = id, peer = %peer, error = %err, "could not apply the liveness policy");
+        }
         let now = Instant::now();
         let live = Arc::new(LiveConnection::new(id, peer, stream.as_raw_fd(), now));
         shared.live.insert(live.clone());
+        hangup::emit!("connection_opened", conn = id, peer = %peer);
+        shared.metrics.connections_opened.inc();
         Self {
             _listed: Listed {
                 shared: shared.clone(),
                 id,
             },
-            _slot: slot,
-            conn: Connection::with_shared_config(shared.connection_config.clone()),
             stream,
-            shared,
+            key,
+            ready: Ready::default(),
+            conn: Connection::with_shared_config(shared.connection_config.clone()),
             job: None,
             jobs_counted: (0, 0),
             job_stopped_ns: 0,
@@ -170,226 +240,229 @@ impl Driver {
             live,
             session: None,
             welcome_after: None,
+            closing: None,
+            _slot: slot,
         }
     }
 
-    /// Serves the connection until it is closed, then gives its slot back.
-    ///
-    /// Not an `async fn`: that would copy `mut self` into a second slot of the future;
-    /// an `async move` block uses its capture in place.
-    #[allow(clippy::manual_async_fn)]
-    pub(super) fn serve(
-        mut self,
-        shutdown: CancellationToken,
-    ) -> impl std::future::Future<Output = ()> + Send {
-        async move {
-            if let Err(err) = apply_policy(&self.stream, &self.shared.config.policy) {
-                tracing::warn!(conn = self.live.id, peer = %self.live.peer, error = %err, "could not apply the liveness policy");
-            }
-            hangup::emit!(
-                "connection_opened",
-                conn = self.live.id,
-                peer = %self.live.peer,
-            );
-            self.shared.metrics.connections_opened.inc();
-            self.run(shutdown).await;
-            // Dropping the driver takes it out of the live table, closes the socket and
-            // gives the slot back, in that order (its fields' order).
-        }
+    /// The jobs this connection last added to the shared counters.
+    fn jobs_counted(&self) -> (u64, u64) {
+        (
+            u64::from(self.jobs_counted.0),
+            u64::from(self.jobs_counted.1),
+        )
     }
-}
 
-impl Driver {
-    async fn run(&mut self, shutdown: CancellationToken) {
-        // One sleep for every timer of the core (SPEC §2 timers, a closed set inside
-        // the core, behind `Connection::poll_timeout`), reset only when the core's next deadline moves. No
-        // timer per event, and no scan of all connections per tick: tokio's wheel holds
-        // one entry per connection, and the core's table has four slots.
-        //
-        // A heartbeat moves the core's deadline 1.5 × H past it, and so this sleep:
-        // `Sleep::reset` to a later instant is a compare-and-swap, and tokio's wheel
-        // re-files the entry when the old instant comes up, without waking the task.
-        // That measured ~2 µs less server CPU per heartbeat than re-arming lazily in
-        // the core, which woke every connection about once per heartbeat (BENCHMARKS.md,
-        // bench scale). Both are O(1) per heartbeat.
-        let mut sleep: std::pin::Pin<&mut Sleep> = pin!(tokio::time::sleep(Duration::ZERO));
-        // Made once: a fresh `cancelled()` per wake-up would join and leave the token's
-        // waiter list (a lock shared by every connection) on every heartbeat.
-        let mut shutdown_started = pin!(shutdown.cancelled());
-        let mut armed = None;
-        // Only a draining connection needs this second timer; boxed on shutdown rather
-        // than pinned here, so that idle connections do not carry it (a `Sleep` is
-        // 112 bytes).
-        let mut drain_end: Option<std::pin::Pin<Box<Sleep>>> = None;
-        // An elapsed `Sleep` is ready on every poll: each stage fires once.
-        let mut drain_over = false;
-        let mut drain_stage = DrainStage::Jobs;
-        loop {
-            self.flush();
-            if let Some((cause, flush)) = self.process_events() {
-                // Boxed: the close (with its drain timeout) is a state every connection's
-                // future would otherwise carry for its whole life.
-                Box::pin(self.close(cause, flush)).await;
-                return;
-            }
-            let deadline = self.conn.poll_timeout();
-            // Only touch tokio's timer when the deadline moved (see above).
-            if let Some(deadline) = deadline.filter(|d| armed != Some(*d)) {
-                sleep.as_mut().reset(deadline.into());
-            }
-            armed = deadline;
-            let interest = self.socket_interest();
-            let kick = self.session.as_mut().and_then(|s| s.kick.as_mut());
-            let has_kick = kick.is_some();
-            let (stream, job) = (&self.stream, &mut self.job);
-            let has_job = job.is_some();
-            let has_welcome = self.welcome_after.is_some();
-            let welcome = self.welcome_after.as_mut();
-            tokio::select! {
-                kicked = kicked(kick), if has_kick => {
-                    if let Some(session) = self.session.as_mut() {
-                        session.kick = None;
-                    }
-                    if let Ok(hello_at) = kicked {
-                        let now = Instant::now();
-                        self.conn.handle_kicked(now);
-                        self.shared.metrics.eviction.observe(now.saturating_duration_since(hello_at).as_secs_f64());
-                    }
-                }
-                ready = stream.ready(interest.unwrap_or(Interest::ERROR)), if interest.is_some() => {
-                    match ready {
-                        Ok(ready) => self.on_ready(ready),
-                        Err(err) => self.conn.handle_error(Instant::now(), Cause::from_io_error(&err)),
-                    }
-                }
-                durable = committed(welcome), if has_welcome => {
-                    if let Some(pending) = self.welcome_after.take() {
-                        self.session_committed(pending.id, durable);
-                    }
-                }
-                finished = job_outcome(job), if has_job => {
-                    if let Some(job) = self.job.take() {
-                        if let Some(asked) = job.cancelled_at {
-                            self.shared.metrics.job_stop.observe(asked.elapsed().as_secs_f64());
-                        }
-                        self.job_stopped_ns = finished.stopped_ns;
-                        self.conn.handle_job_finished(Instant::now(), job.id, finished.outcome);
-                    }
-                }
-                () = &mut sleep, if deadline.is_some() => {
-                    if self.conn.interest().write {
-                        // Replies wait: tell the write-stall timer whether the peer
-                        // still acknowledges anything (one getsockopt per timer wake).
-                        let retransmitting = hangup::tcp_info(&self.stream)
-                            .is_ok_and(|info| retransmitting(info.retransmits, info.unacked));
-                        self.conn.handle_retransmitting(retransmitting);
-                    }
-                    self.conn.handle_timeout(Instant::now());
-                }
-                () = &mut shutdown_started, if drain_end.is_none() => {
-                    let now = Instant::now();
-                    drain_end = Some(Box::pin(tokio::time::sleep_until((now + self.shared.config.drain_timeout).into())));
-                    self.live.set_state(ConnectionState::Draining);
-                    self.conn.handle_goaway(now);
-                }
-                () = drained(drain_end.as_mut()), if drain_end.is_some() && !drain_over => {
-                    let now = Instant::now();
-                    match drain_stage {
-                        DrainStage::Jobs => {
-                            // Jobs had their time: close gracefully, within the grace.
-                            drain_stage = DrainStage::Close;
-                            if let Some(end) = drain_end.as_mut() {
-                                end.as_mut().reset((now + crate::SHUTDOWN_GRACE).into());
-                            }
-                            self.conn.handle_local_close(now, Cause::Shutdown, true);
-                        }
-                        DrainStage::Close => {
-                            // The peer does not take our last bytes: reset.
-                            drain_over = true;
-                            self.conn.handle_local_close(now, Cause::Shutdown, false);
-                        }
-                    }
-                }
-            }
+    /// The server's number for this connection.
+    pub(crate) fn id(&self) -> u64 {
+        self.key.id
+    }
+
+    /// For the thread to take the socket out of epoll before dropping it.
+    pub(crate) fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// The next instant the connection needs a turn without readiness or a message.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        match &self.closing {
+            Some(closing) => Some(closing.until),
+            None => self.conn.poll_timeout(),
         }
     }
 
-    /// The socket readiness the core wants, as a tokio interest.
-    fn socket_interest(&self) -> Option<Interest> {
-        let wanted = self.conn.interest();
-        let parts = [
-            (wanted.read, Interest::READABLE),
-            (wanted.write, Interest::WRITABLE),
-            (wanted.hangup, Interest::ERROR),
-        ];
-        parts
-            .into_iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, interest)| interest)
-            .reduce(|a, b| a | b)
+    /// Readiness epoll reported.
+    pub(crate) fn on_readiness(&mut self, event: &mio::event::Event) {
+        self.ready.0 |= Ready::of(event).0;
     }
 
-    fn on_ready(&mut self, ready: tokio::io::Ready) {
+    /// A message from another thread.
+    pub(crate) fn on_message(&mut self, ctx: &mut Context, message: ConnMessage) {
         let now = Instant::now();
-        let watch = self.shared.config.policy.watch_hangup;
+        match message {
+            ConnMessage::Kicked(hello_at) => {
+                if self.session.is_some() && self.closing.is_none() {
+                    self.conn.handle_kicked(now);
+                    ctx.shared
+                        .metrics
+                        .eviction
+                        .observe(now.saturating_duration_since(hello_at).as_secs_f64());
+                }
+            }
+            ConnMessage::JobFinished(id, finished) => {
+                if let Some(job) = self.job.take_if(|job| job.id == id) {
+                    if let Some(asked) = job.cancelled_at {
+                        ctx.shared
+                            .metrics
+                            .job_stop
+                            .observe(asked.elapsed().as_secs_f64());
+                    }
+                    self.job_stopped_ns = finished.stopped_ns;
+                    self.conn.handle_job_finished(now, id, finished.outcome);
+                }
+            }
+            ConnMessage::Committed(id, durable) => {
+                if self.welcome_after == Some(id) {
+                    self.welcome_after = None;
+                    self.session_committed(ctx, id, durable);
+                }
+            }
+            #[cfg(test)]
+            ConnMessage::Panic => panic!("a bug in one connection"),
+        }
+    }
+
+    /// The deadline came: the core's timers, or the end of the graceful close's drain.
+    pub(crate) fn on_timeout(&mut self, _ctx: &mut Context, now: Instant) {
+        if let Some(closing) = &mut self.closing {
+            // The peer had its time to send the rest: close now.
+            closing.until = now;
+            return;
+        }
+        if self.conn.interest().write {
+            // Replies wait: tell the write-stall timer whether the peer still
+            // acknowledges anything (one getsockopt per timer wake).
+            let retransmitting = hangup::tcp_info(&self.stream)
+                .is_ok_and(|info| retransmitting(info.retransmits, info.unacked));
+            self.conn.handle_retransmitting(retransmitting);
+        }
+        self.conn.handle_timeout(now);
+    }
+
+    /// Shutdown began: `GOAWAY`, then jobs in flight get the drain timeout.
+    pub(crate) fn goaway(&mut self, _ctx: &mut Context, now: Instant) {
+        if self.closing.is_none() {
+            self.live.set_state(ConnectionState::Draining);
+            self.conn.handle_goaway(now);
+        }
+    }
+
+    /// The server closes the connection: gracefully (`flush`) or at once.
+    pub(crate) fn local_close(&mut self, _ctx: &mut Context, now: Instant, flush: bool) {
+        match &mut self.closing {
+            // Draining the peer's input already; a reset ends that too.
+            Some(closing) if !flush => closing.until = now,
+            Some(_) => {}
+            None => self.conn.handle_local_close(now, Cause::Shutdown, flush),
+        }
+    }
+
+    /// One turn: writes what is queued, carries out the core's events and uses the
+    /// readiness the core asks for, at most a fair share of input.
+    pub(crate) fn drive(&mut self, ctx: &mut Context) -> Drive {
+        if self.closing.is_some() {
+            return self.drain_input(ctx);
+        }
+        if let Some((cause, flush)) = self.settle(ctx) {
+            return self.close(ctx, cause, flush);
+        }
+        let ready = self.ready.wanted(self.conn.interest());
+        if ready == Ready::default() {
+            return Drive::Idle;
+        }
+        let more = self.on_ready(ctx, ready);
+        if let Some((cause, flush)) = self.settle(ctx) {
+            return self.close(ctx, cause, flush);
+        }
+        let left = self.ready.wanted(self.conn.interest());
+        if more && left.has(Ready::READABLE) {
+            Drive::Busy
+        } else {
+            Drive::Idle
+        }
+    }
+
+    /// Writes and carries out events until the core has nothing new (an event's
+    /// handling, a session opened say, queues replies and further events); returns the
+    /// close request, if one came.
+    fn settle(&mut self, ctx: &mut Context) -> Option<(Cause, bool)> {
+        loop {
+            self.flush(ctx);
+            match self.process_events(ctx) {
+                Events::None => return None,
+                Events::Handled => {}
+                Events::Close(cause, flush) => return Some((cause, flush)),
+            }
+        }
+    }
+
+    /// Uses the readiness; true when input is left after this turn's share.
+    fn on_ready(&mut self, ctx: &mut Context, ready: Ready) -> bool {
+        let now = Instant::now();
+        let watch = ctx.shared.config.policy.watch_hangup;
+        let read_closed = watch && ready.has(Ready::READ_CLOSED);
         // Without the watch a FIN is only learnt at end of input, but a socket error is
-        // still taken: epoll reports EPOLLERR whatever was asked, and leaving it pending
-        // would make `ready()` return at once forever (a spin that never cancels).
-        if ready.is_error() || (watch && ready.is_read_closed()) {
+        // still taken (and, edge-triggered, never reported twice).
+        if ready.has(Ready::ERROR) || read_closed {
             // An RST also shows as read-closed; the socket error tells them apart (and
             // an error reading it counts as that error).
             let pending = self.stream.take_error().unwrap_or_else(Some);
-            let read_closed = watch && ready.is_read_closed();
-            match classify_readiness(ready.is_error(), read_closed, pending.as_ref()) {
+            match classify_readiness(ready.has(Ready::ERROR), read_closed, pending.as_ref()) {
                 Some(Cause::PeerClosed) => self.conn.handle_read_closed(now),
-                Some(cause) => return self.conn.handle_error(now, cause),
+                Some(cause) => {
+                    self.conn.handle_error(now, cause);
+                    return false;
+                }
                 None => {}
             }
         }
-        if ready.is_readable() || ready.is_read_closed() {
-            self.read_some(now);
+        if ready.has(Ready::READABLE) || ready.has(Ready::READ_CLOSED) {
+            return self.read_some(ctx, now);
         }
+        false
     }
 
-    /// Reads while the core wants input, up to a fair share per wake-up.
-    fn read_some(&mut self, now: Instant) {
-        READ_BUFFER.with_borrow_mut(|buf| self.read_into(now, buf));
-    }
-
-    fn read_into(&mut self, now: Instant, buf: &mut [u8]) {
-        for _ in 0..READS_PER_WAKE {
+    /// Reads while the core wants input, up to a fair share; true when the share ran
+    /// out with input left.
+    fn read_some(&mut self, ctx: &mut Context, now: Instant) -> bool {
+        for _ in 0..READS_PER_TURN {
             if !self.conn.interest().read {
-                return;
+                return false;
             }
-            match read_draining(&self.stream, buf) {
-                Ok(Read::Eof) => {
-                    let status = || self.shared.status_excluding(self.jobs_counted);
+            let buf = &mut ctx.buffer;
+            match self.stream.read(buf) {
+                Ok(0) => {
+                    let counted = self.jobs_counted();
+                    let status = || ctx.shared.status_excluding(counted);
                     self.conn.handle_eof(now, &status);
-                    return;
+                    return false;
                 }
-                Ok(Read::Bytes { n, drained }) => {
+                Ok(n) => {
                     self.bytes_in += n as u64;
                     self.live.saw_inbound(now);
-                    self.record_seen(now);
-                    let status = || self.shared.status_excluding(self.jobs_counted);
+                    self.record_seen(&ctx.shared, now);
+                    let counted = self.jobs_counted();
+                    let status = || ctx.shared.status_excluding(counted);
                     self.conn.handle_bytes(now, &buf[..n], &status);
-                    if drained {
-                        return;
+                    if n < buf.len() {
+                        // TCP's recvmsg copies until the buffer is full or the queue is
+                        // empty: a short read took everything, so no second read that
+                        // only returns EAGAIN. Bytes arriving after it are a new edge.
+                        self.ready.clear(Ready::READABLE);
+                        return false;
                     }
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.ready.clear(Ready::READABLE);
+                    return false;
+                }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return self.conn.handle_error(now, Cause::from_io_error(&err)),
+                Err(err) => {
+                    self.conn.handle_error(now, Cause::from_io_error(&err));
+                    return false;
+                }
             }
         }
+        true
     }
 
     /// Writes what the core has queued, as far as the socket takes it, and lets input
     /// held back at the reply high-water mark go on once the replies drained.
-    fn flush(&mut self) {
+    fn flush(&mut self, ctx: &Context) {
         self.write_pending();
         while self.conn.can_resume_input() {
-            let status = || self.shared.status_excluding(self.jobs_counted);
+            let counted = self.jobs_counted();
+            let status = || ctx.shared.status_excluding(counted);
             self.conn.handle_bytes(Instant::now(), &[], &status);
             self.write_pending();
             // The socket is full: go on when it is writable again. (When it took
@@ -406,12 +479,15 @@ impl Driver {
             if pending.is_empty() || !self.conn.interest().write {
                 return;
             }
-            match self.stream.try_write(pending) {
+            match self.stream.write(pending) {
                 Ok(n) => {
                     self.bytes_out += n as u64;
                     self.conn.handle_sent(Instant::now(), n);
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.ready.clear(Ready::WRITABLE);
+                    return;
+                }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
                     return self
@@ -422,29 +498,15 @@ impl Driver {
         }
     }
 
-    /// Carries out the core's events; returns the close request, if one came.
-    fn process_events(&mut self) -> Option<(Cause, bool)> {
-        let mut close = None;
+    /// Carries out the core's events.
+    fn process_events(&mut self, ctx: &mut Context) -> Events {
+        let mut handled = Events::None;
         while let Some(event) = self.conn.poll_event() {
+            if handled == Events::None {
+                handled = Events::Handled;
+            }
             match event {
-                Event::StartJob { id, rounds, seed } => {
-                    let cancel = CancellationToken::new();
-                    let outcome = self.shared.workers.spawn(seed, rounds, cancel.clone());
-                    self.job = Some(Box::new(WorkerJob {
-                        id,
-                        cancel,
-                        outcome,
-                        cancelled_at: None,
-                    }));
-                    self.shared.metrics.jobs_started.inc();
-                    hangup::emit!(
-                        "job_started",
-                        conn = self.live.id,
-                        peer = %self.live.peer,
-                        job = id,
-                        rounds,
-                    );
-                }
+                Event::StartJob { id, rounds, seed } => self.start_job(ctx, id, rounds, seed),
                 Event::CancelJob { id, .. } => {
                     if let Some(job) = self.job.as_mut().filter(|job| job.id == id) {
                         job.cancel.cancel();
@@ -453,7 +515,7 @@ impl Driver {
                 }
                 Event::JobDone { id, rounds } => {
                     self.job_stopped_ns = 0;
-                    self.shared.metrics.jobs_done.inc();
+                    ctx.shared.metrics.jobs_done.inc();
                     hangup::emit!(
                         "job_done",
                         conn = self.live.id,
@@ -467,7 +529,7 @@ impl Driver {
                     cause,
                     was_running,
                 } => {
-                    self.shared
+                    ctx.shared
                         .metrics
                         .jobs_cancelled
                         .get_or_create(&cause.into())
@@ -493,19 +555,51 @@ impl Driver {
                     device,
                     token,
                     heartbeat,
-                } => self.open_session(device, token.as_deref(), heartbeat),
-                Event::Close { cause, flush } => close = Some((cause, flush)),
+                } => self.open_session(ctx, device, token.as_deref(), heartbeat),
+                Event::Close { cause, flush } => handled = Events::Close(cause, flush),
             }
         }
-        self.count_jobs();
-        close
+        self.count_jobs(&ctx.shared);
+        handled
+    }
+
+    /// Queues the job on the worker pool; its end comes back as a message (also when
+    /// the worker vanished: then as cancelled).
+    fn start_job(&mut self, ctx: &Context, id: JobId, rounds: u64, seed: String) {
+        let cancel = CancellationToken::new();
+        let mailbox = ctx.mailbox(self.key);
+        ctx.shared
+            .workers
+            .spawn(seed, rounds, cancel.clone(), move |finished| {
+                mailbox.send(ConnMessage::JobFinished(id, finished));
+            });
+        self.job = Some(Box::new(WorkerJob {
+            id,
+            cancel,
+            cancelled_at: None,
+        }));
+        ctx.shared.metrics.jobs_started.inc();
+        hangup::emit!(
+            "job_started",
+            conn = self.live.id,
+            peer = %self.live.peer,
+            job = id,
+            rounds,
+        );
     }
 
     /// `HELLO`: checks the token, takes the device over in the registry (kicking the
     /// connection that held it) and opens the session.
-    fn open_session(&mut self, device: String, token: Option<&str>, heartbeat: Heartbeat) {
+    fn open_session(
+        &mut self,
+        ctx: &Context,
+        device: String,
+        token: Option<&str>,
+        heartbeat: Heartbeat,
+    ) {
         let now = Instant::now();
-        if let Some(secret) = &self.shared.config.auth_secret {
+        let shared = &ctx.shared;
+        if let Some(secret) = &shared.config.auth_secret {
             if let Err(message) = authorize(secret.as_bytes(), &device, token) {
                 hangup::emit!(
                     "session_refused",
@@ -519,11 +613,10 @@ impl Driver {
                     .handle_session_refused(now, ErrorCode::Unauthorized, message);
             }
         }
-        let (kick, kick_rx) = oneshot::channel();
         let wall = SystemTime::now();
         let handle = SessionHandle {
             conn: self.live.id,
-            kick: Some(kick),
+            kick: Some(ctx.mailbox(self.key)),
             epoch: 0,
             evict_seen: 0,
             peer: self.live.peer,
@@ -533,30 +626,24 @@ impl Driver {
                 .as_millis() as u64,
         };
         let (opened, live_sessions) = {
-            let mut registry = lock(&self.shared.sessions);
+            let mut registry = lock(&shared.sessions);
             let opened = registry.open(&device, handle);
             (opened, registry.len())
         };
-        self.shared.metrics.sessions_open.set(live_sessions as i64);
-        let durable = self.shared.config.presence_durability == PresenceDurability::Acked;
-        match (&self.shared.config.presence, durable) {
+        shared.metrics.sessions_open.set(live_sessions as i64);
+        let durable = shared.config.presence_durability == PresenceDurability::Acked;
+        match (&shared.config.presence, durable) {
             (Some(presence), true) => {
                 let presence = presence.clone();
                 let (id, device, peer) = (opened.id, device.clone(), self.live.peer);
-                self.welcome_after = Some(Box::new(PendingWelcome {
-                    id,
-                    committed: Box::pin(async move {
-                        presence
-                            .session_started_durably(
-                                id.0,
-                                &device,
-                                peer,
-                                wall,
-                                DURABLE_WELCOME_LIMIT,
-                            )
-                            .await
-                    }),
-                }));
+                let mailbox = ctx.mailbox(self.key);
+                self.welcome_after = Some(id);
+                ctx.runtime.spawn(async move {
+                    let durable = presence
+                        .session_started_durably(id.0, &device, peer, wall, DURABLE_WELCOME_LIMIT)
+                        .await;
+                    mailbox.send(ConnMessage::Committed(id, durable));
+                });
             }
             (Some(presence), false) => {
                 self.conn.handle_session_opened(now, opened.id);
@@ -564,15 +651,15 @@ impl Driver {
             }
             (None, _) => self.conn.handle_session_opened(now, opened.id),
         }
-        if let Some(cluster) = &self.shared.cluster {
+        if let Some(cluster) = &shared.cluster {
             cluster.claim(&device, opened.id, self.live.peer, wall);
         }
         if let Some((old_id, mut old)) = opened.evicted {
-            // The old connection may already be closing on its own; then nobody waits
-            // on the receiver, and that is fine: it ends either way.
-            let _ = old.kick_now(now);
-            self.end_session_record(old_id, wall, Cause::Takeover);
-            self.shared.metrics.takeovers.inc();
+            // The old connection may already be closing on its own; then its message
+            // finds nobody, and that is fine: it ends either way.
+            old.kick_now(now);
+            end_session_record(shared, old_id, wall, Cause::Takeover);
+            shared.metrics.takeovers.inc();
             hangup::emit!(
                 "session_taken_over",
                 conn = self.live.id,
@@ -583,7 +670,7 @@ impl Driver {
                 old_conn = old.conn,
             );
         }
-        self.shared.metrics.sessions_started.inc();
+        shared.metrics.sessions_started.inc();
         hangup::emit!(
             "session_started",
             conn = self.live.id,
@@ -602,56 +689,51 @@ impl Driver {
             device: device.into(),
             id: opened.id,
             heartbeat: heartbeat.interval,
-            kick: Some(kick_rx),
             seen_recorded: now,
         });
     }
 
     /// The durable start of session `id` was committed (`WELCOME` now) or not in time
     /// (`ERR busy`; the session is undone, recorded as ended `local`).
-    fn session_committed(&mut self, id: SessionId, durable: bool) {
+    fn session_committed(&mut self, ctx: &Context, id: SessionId, durable: bool) {
         let now = Instant::now();
         if durable {
             return self.conn.handle_session_opened(now, id);
         }
-        if let Some(session) = self.session.take().filter(|s| s.id == id) {
-            let (current, live_sessions) = {
-                let mut registry = lock(&self.shared.sessions);
-                (registry.close(&session.device, session.id), registry.len())
-            };
-            if current {
-                self.shared.metrics.sessions_open.set(live_sessions as i64);
-                self.end_session_record(id, SystemTime::now(), Cause::Local);
-            }
-            self.live.set_session(None);
+        if let Some(session) = self.session.take_if(|s| s.id == id) {
+            self.close_session(&ctx.shared, &session, SystemTime::now(), Cause::Local);
         }
         let message = "the presence store could not record the session in time; try again later";
         self.conn
             .handle_session_refused(now, ErrorCode::Busy, message);
     }
 
-    /// The session's end, in the metrics, the presence store and the event log.
-    fn end_session_record(&self, id: SessionId, at: SystemTime, cause: Cause) {
-        self.shared
-            .metrics
-            .sessions_ended
-            .get_or_create(&cause.into())
-            .inc();
-        if let Some(presence) = &self.shared.config.presence {
-            presence.session_ended(id.0, at, cause);
+    /// Takes the session out of the registry and, unless another connection took it
+    /// over (and recorded its end), records the end. Returns whether it was current.
+    fn close_session(
+        &self,
+        shared: &Shared,
+        session: &OpenSession,
+        at: SystemTime,
+        cause: Cause,
+    ) -> bool {
+        let (current, live_sessions) = {
+            let mut registry = lock(&shared.sessions);
+            let current = registry.close(&session.device, session.id);
+            (current, registry.len())
+        };
+        if current {
+            shared.metrics.sessions_open.set(live_sessions as i64);
+            end_session_record(shared, session.id, at, cause);
         }
-        hangup::emit!(
-            "session_ended",
-            session = %id,
-            cause = %cause,
-        );
+        self.live.set_session(None);
+        current
     }
 
     /// Tells the presence store the peer is alive, at most once per heartbeat and per
     /// [`SEEN_RESOLUTION`] (the session's end records the exact last time).
-    fn record_seen(&mut self, now: Instant) {
-        let (Some(session), Some(presence)) = (&mut self.session, &self.shared.config.presence)
-        else {
+    fn record_seen(&mut self, shared: &Shared, now: Instant) {
+        let (Some(session), Some(presence)) = (&mut self.session, &shared.config.presence) else {
             return;
         };
         let every = session.heartbeat.max(SEEN_RESOLUTION);
@@ -662,62 +744,102 @@ impl Driver {
     }
 
     /// Keeps the server-wide job counters in step with this connection.
-    fn count_jobs(&mut self) {
+    fn count_jobs(&mut self, shared: &Shared) {
         let (running, queued) = self.conn.job_counts();
-        let now = (running as u64, queued as u64);
-        if now != self.jobs_counted {
-            self.live.set_jobs(now.0, now.1);
+        let now = (running as u32, queued as u32);
+        if now == self.jobs_counted {
+            return;
         }
-        let counters = &self.shared.counters;
+        self.live.set_jobs(u64::from(now.0), u64::from(now.1));
+        let counters = &shared.counters;
         for (counter, before, after) in [
             (&counters.jobs_running, self.jobs_counted.0, now.0),
             (&counters.jobs_queued, self.jobs_counted.1, now.1),
         ] {
             if after > before {
-                counter.fetch_add(after - before, Ordering::Relaxed);
+                counter.fetch_add(u64::from(after - before), Ordering::Relaxed);
             } else {
-                counter.fetch_sub(before - after, Ordering::Relaxed);
+                counter.fetch_sub(u64::from(before - after), Ordering::Relaxed);
             }
         }
         self.jobs_counted = now;
     }
 
-    async fn close(&mut self, cause: Cause, flush: bool) {
+    /// The core closed the connection: the session ends, then the socket closes as the
+    /// cause says — a graceful close first drains the peer's remaining input.
+    fn close(&mut self, ctx: &mut Context, cause: Cause, flush: bool) -> Drive {
         let now = Instant::now();
         self.live.set_state(ConnectionState::Closing);
         if let Some(session) = self.session.take() {
-            let (current, live_sessions) = {
-                let mut registry = lock(&self.shared.sessions);
-                let current = registry.close(&session.device, session.id);
-                (current, registry.len())
-            };
+            let at = SystemTime::now();
+            let shared = &ctx.shared;
             // Taken over: the connection that evicted us has recorded the end.
-            if current {
-                self.shared.metrics.sessions_open.set(live_sessions as i64);
-                let at = SystemTime::now();
+            if self.close_session(shared, &session, at, cause) {
                 // The last time the peer was heard from, exact whatever the throttle
                 // left unwritten.
-                if let Some(presence) = &self.shared.config.presence {
+                if let Some(presence) = &shared.config.presence {
                     let last = at.checked_sub(self.live.silent_for(now)).unwrap_or(at);
                     presence.seen(session.id.0, last);
                 }
-                self.end_session_record(session.id, at, cause);
-                if let Some(cluster) = &self.shared.cluster {
+                if let Some(cluster) = &shared.cluster {
                     cluster.release(&session.device, session.id, cause, at);
                 }
             }
-            self.live.set_session(None);
         }
         match CloseMode::of(cause, flush) {
             CloseMode::Graceful => {
                 let _ = SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write);
-                drain_briefly(&self.stream).await;
+                self.closing = Some(Box::new(Closing {
+                    cause,
+                    until: now + DRAIN_TIME,
+                    drained: 0,
+                }));
+                // Our FIN makes the socket readable again only if the peer sends more.
+                self.ready.0 |= Ready::READABLE;
+                return self.drain_input(ctx);
             }
             CloseMode::Reset => {
                 let _ = SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
             }
             CloseMode::Close => {}
         }
+        self.closed(&ctx.shared, cause)
+    }
+
+    /// After our FIN: reads and discards what the peer still sends, until its FIN, an
+    /// error, [`DRAIN_TIME`] or [`DRAIN_BYTES`], so that closing with unread input does
+    /// not turn into an RST that could destroy replies the peer has not read yet.
+    fn drain_input(&mut self, ctx: &mut Context) -> Drive {
+        let Some(closing) = &mut self.closing else {
+            return Drive::Idle;
+        };
+        let mut over = closing.until <= Instant::now() || closing.drained >= DRAIN_BYTES;
+        while !over && self.ready.has(Ready::READABLE) {
+            match self.stream.read(&mut ctx.buffer) {
+                Ok(0) => over = true,
+                Ok(n) => {
+                    closing.drained += n;
+                    over = closing.drained >= DRAIN_BYTES;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.ready.clear(Ready::READABLE)
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => over = true,
+            }
+        }
+        if !over && !self.ready.has(Ready::ERROR) {
+            return Drive::Idle;
+        }
+        let cause = closing.cause;
+        self.closed(&ctx.shared, cause)
+    }
+
+    /// The connection is over: the record of its end. Dropping it then takes it out of
+    /// the live table, closes the socket and gives the slot back, in that order (its
+    /// fields' order).
+    fn closed(&mut self, shared: &Shared, cause: Cause) -> Drive {
+        let now = Instant::now();
         hangup::emit!(
             "connection_closed",
             conn = self.live.id,
@@ -728,112 +850,43 @@ impl Driver {
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
         );
-        self.shared
+        shared
             .metrics
             .observe_close(cause, self.live.silent_for(now));
-        self.count_jobs();
+        self.count_jobs(shared);
+        Drive::Ended
     }
 }
 
-/// What one read gave.
-enum Read {
-    /// The peer's FIN: no more input.
-    Eof,
-    /// `n` bytes; `drained`: fewer than asked for, so the receive queue is empty and the
-    /// socket's readiness was cleared without a second, empty read.
-    Bytes { n: usize, drained: bool },
-}
-
-/// One `recv` into `buf`. A read shorter than `buf` took everything the kernel held
-/// (TCP's `recvmsg` copies until the buffer is full or the queue is empty), so the
-/// readiness is cleared then and there: a heartbeat costs one `recv`, not a second
-/// one that only returns `EAGAIN`. tokio clears the readiness only if no new readiness
-/// arrived since it handed this one out, and epoll (edge-triggered) reports every new
-/// arrival, so bytes that come in after the `recv` wake the connection again.
-fn read_draining(stream: &TcpStream, buf: &mut [u8]) -> io::Result<Read> {
-    let mut short = 0;
-    let read = stream.try_io(Interest::READABLE, || {
-        // SAFETY: `buf` is valid for `buf.len()` writable bytes for the call; the
-        // descriptor is the stream's, open while it is borrowed.
-        let n = unsafe { libc::recv(stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        match n {
-            n if n < 0 => Err(io::Error::last_os_error()),
-            0 => Ok(0),
-            n if (n as usize) < buf.len() => {
-                short = n as usize;
-                Err(io::ErrorKind::WouldBlock.into())
-            }
-            n => Ok(n as usize),
-        }
-    });
-    match read {
-        Ok(0) => Ok(Read::Eof),
-        Ok(n) => Ok(Read::Bytes { n, drained: false }),
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(Read::Bytes {
-            n: short,
-            drained: true,
-        }),
-        Err(err) => Err(err),
+/// The session's end, in the metrics, the presence store and the event log.
+fn end_session_record(shared: &Shared, id: SessionId, at: SystemTime, cause: Cause) {
+    shared
+        .metrics
+        .sessions_ended
+        .get_or_create(&cause.into())
+        .inc();
+    if let Some(presence) = &shared.config.presence {
+        presence.session_ended(id.0, at, cause);
     }
+    hangup::emit!(
+        "session_ended",
+        session = %id,
+        cause = %cause,
+    );
 }
 
-/// The commit a `WELCOME` waits for; never resolves without one.
-async fn committed(pending: Option<&mut Box<PendingWelcome>>) -> bool {
-    match pending {
-        Some(pending) => pending.committed.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The kick of a session taken over; never resolves without a session.
-async fn kicked(
-    kick: Option<&mut oneshot::Receiver<Instant>>,
-) -> Result<Instant, oneshot::error::RecvError> {
-    match kick {
-        Some(kick) => kick.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Where a connection is in the server's shutdown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DrainStage {
-    /// `GOAWAY` sent; jobs in flight finish within the drain timeout.
-    Jobs,
-    /// Closing gracefully; reset once `SHUTDOWN_GRACE` is over.
-    Close,
-}
-
-/// The end of the drain time; never without one.
-async fn drained(drain_end: Option<&mut std::pin::Pin<Box<Sleep>>>) {
-    match drain_end {
-        Some(sleep) => sleep.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The running job's end; a worker that vanished counts as cancelled, now.
-async fn job_outcome(job: &mut Option<Box<WorkerJob>>) -> Finished {
-    match job {
-        Some(job) => (&mut job.outcome).await.unwrap_or_else(|_| Finished {
-            outcome: None,
-            stopped_ns: hangup::events::ts_ns(),
-        }),
-        None => std::future::pending().await,
-    }
-}
-
-/// After our FIN: read and discard what the peer still sends, until its FIN, an error,
-/// [`DRAIN_TIME`] or [`DRAIN_BYTES`], so that closing with unread input does not turn
-/// into an RST that could destroy replies the peer has not read yet.
-pub(super) async fn drain_briefly(stream: &TcpStream) {
+/// Reads and discards what a peer still sends after our FIN, on a tokio stream (the
+/// accept loop's `ERR busy` refusals): until its FIN, an error, [`DRAIN_TIME`] or
+/// [`DRAIN_BYTES`].
+pub(crate) async fn drain_briefly(stream: &tokio::net::TcpStream) {
     let drain = async {
         let mut drained = 0;
         while drained < DRAIN_BYTES {
             if stream.readable().await.is_err() {
                 return;
             }
-            match discard_input(stream) {
+            let mut buf = [0u8; 4096];
+            match stream.try_read(&mut buf) {
                 Ok(0) => return,
                 Ok(n) => drained += n,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
@@ -842,12 +895,4 @@ pub(super) async fn drain_briefly(stream: &TcpStream) {
         }
     };
     let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
-}
-
-/// One read into a buffer on the thread's stack. A buffer declared in the async block
-/// above would be part of every connection's future, closing or not (a future is as
-/// large as its largest state): 4 KiB per idle connection.
-fn discard_input(stream: &TcpStream) -> io::Result<usize> {
-    let mut buf = [0u8; 4096];
-    stream.try_read(&mut buf)
 }

@@ -6,7 +6,7 @@
 //! `hangup` crate, whose dependency tree stays small.
 //!
 //! ```text
-//!  accept loop ──▶ one task per connection (driver.rs)
+//!  accept loop ──▶ I/O threads (reactor.rs): a slab of connections each (driver.rs)
 //!                    ├─ socket readiness: bytes, FIN (EPOLLRDHUP), RST (EPOLLERR),
 //!                    │    a cause by hangup_core::classify_readiness
 //!                    ├─ hangup_core::Connection: replies, job starts/cancels, timers
@@ -24,6 +24,7 @@ mod driver;
 mod live;
 mod metrics;
 pub mod presence;
+mod reactor;
 pub mod sched;
 mod workers;
 
@@ -43,9 +44,10 @@ use hangup_core::{
     ConnectionConfig, HalfClosePolicy, LivenessPolicy, QueueBudget, SessionRegistry, StatusCounts,
     DEFAULT_DEAD_AFTER, DEFAULT_MAX_ROUNDS, DEFAULT_PORT,
 };
+use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{oneshot, Notify};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -111,6 +113,9 @@ pub struct ServerConfig {
     pub half_close: HalfClosePolicy,
     /// Jobs running at once across all connections; by default one per CPU.
     pub workers: NonZeroUsize,
+    /// Threads that drive the connections (each with its own epoll and its share of
+    /// the connections); by default one per CPU.
+    pub io_threads: NonZeroUsize,
     /// Connections served at once; the next one gets `ERR busy`.
     pub max_connections: NonZeroUsize,
     /// Largest accepted `JOB <rounds>`.
@@ -144,6 +149,7 @@ impl ServerConfig {
             policy: LivenessPolicy::from_dead_after(dead_after),
             half_close: HalfClosePolicy::default(),
             workers: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+            io_threads: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_rounds: DEFAULT_MAX_ROUNDS,
             admin: None,
@@ -187,9 +193,9 @@ pub(crate) struct Counters {
 #[derive(Debug)]
 pub(crate) struct SessionHandle {
     conn: u64,
-    /// Takes the instant the evicting `HELLO` was handled (for the eviction latency);
-    /// taken by the first kick.
-    kick: Option<oneshot::Sender<Instant>>,
+    /// Where the evicting `HELLO`'s instant goes (for the eviction latency); taken by
+    /// the first kick.
+    kick: Option<reactor::Mailbox>,
     /// The cluster's fencing epoch of this session; 0 until its claim returned (or
     /// without a cluster).
     epoch: u64,
@@ -206,7 +212,7 @@ impl SessionHandle {
         match self.kick.take() {
             Some(kick) => {
                 // The connection may be closing on its own: then nobody listens.
-                let _ = kick.send(hello_at);
+                kick.send(reactor::ConnMessage::Kicked(hello_at));
                 true
             }
             None => false,
@@ -266,7 +272,7 @@ impl Shared {
 /// # }
 /// ```
 pub struct Server {
-    listener: TcpListener,
+    listener: AsyncFd<std::net::TcpListener>,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
     cluster_task: Option<cluster::ClusterTask>,
@@ -298,7 +304,7 @@ impl Server {
                 let node = match &cluster_config.node_id {
                     Some(node) => node.clone(),
                     None => {
-                        let id = cluster::default_node_id(listener.local_addr()?.port());
+                        let id = cluster::default_node_id(listener.get_ref().local_addr()?.port());
                         // Instances sharing a port need ids of their own.
                         if config.reuse_port {
                             format!("{id}:{}", std::process::id())
@@ -336,7 +342,7 @@ impl Server {
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listener.get_ref().local_addr()
     }
 
     /// The admin endpoint's address, if it has one.
@@ -375,10 +381,12 @@ impl Server {
         let cluster_task = self
             .cluster_task
             .map(|task| tokio::spawn(task.run(shared.clone(), cluster_stop.clone())));
+        let mut reactors = reactor::Reactors::start(&shared, shared.config.io_threads.get())?;
+        // Refusals (`ERR busy`) are tokio tasks; connections live on the I/O threads.
         let tracker = TaskTracker::new();
         loop {
             let accepted = tokio::select! {
-                accepted = self.listener.accept() => accepted,
+                accepted = accept(&self.listener) => accepted,
                 () = shutdown.cancelled() => break,
             };
             match accepted {
@@ -389,16 +397,19 @@ impl Server {
                     let limit = shared.config.max_connections.get();
                     if open >= limit {
                         shared.metrics.connections_refused.inc();
-                        tracker.spawn(refuse_busy(stream, peer, limit));
+                        if let Ok(stream) = TcpStream::from_std(stream) {
+                            tracker.spawn(refuse_busy(stream, peer, limit));
+                        }
                         continue;
                     }
                     let slot = driver::Slot::take(&shared);
                     let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
-                    // Connections drain on `draining`, which is cancelled only after
-                    // the accept loop stopped: by the time a client reads GOAWAY,
-                    // /healthz already answers 503 and new connections are refused.
-                    let driver = driver::Driver::new(stream, peer, id, shared.clone(), slot);
-                    tracker.spawn(driver.serve(shared.draining.clone()));
+                    reactors.hand_over(reactor::Accepted {
+                        stream,
+                        peer,
+                        id,
+                        slot,
+                    });
                 }
                 Err(err) if is_resource_exhaustion(&err) => {
                     // Out of descriptors or memory: the pending connection stays in the
@@ -418,14 +429,21 @@ impl Server {
             }
         }
         drop(self.listener);
+        // Connections drain only once the accept loop stopped: by the time a client
+        // reads GOAWAY, /healthz already answers 503 and new connections are refused.
         shared.draining.cancel();
+        reactors.drain();
         tracker.close();
-        // Every driver closes by drain timeout + SHUTDOWN_GRACE whatever its peer does;
-        // this second bound only guards against a bug there.
+        // Every connection closes by drain timeout + SHUTDOWN_GRACE whatever its peer
+        // does; this second bound only guards against a bug there.
         let bound = shared.config.drain_timeout + 2 * SHUTDOWN_GRACE;
-        if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
+        let ended = async {
+            reactors.ended().await;
+            tracker.wait().await;
+        };
+        if tokio::time::timeout(bound, ended).await.is_err() {
             tracing::warn!(
-                open = tracker.len(),
+                open = shared.metrics.connections_open.get(),
                 "connections still open past the shutdown bound; dropping them"
             );
         }
@@ -495,17 +513,36 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// A listening socket with a backlog deep enough for reconnect storms (the kernel caps
 /// it at net.core.somaxconn); tokio's `bind` would leave it at 1024.
-fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
+fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<AsyncFd<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
     if reuse_port {
-        socket.set_reuseport(true)?;
+        socket.set_reuse_port(true)?;
     }
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    let listener: std::net::TcpListener = socket.into();
+    // SAFETY: the listener is moved into the AsyncFd, which owns it: its descriptor
+    // stays open, and the same, until the AsyncFd is dropped.
+    unsafe { AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE) }
+        .map_err(|err| err.into_parts().1)
+}
+
+/// The next connection, non-blocking, for an I/O thread (never registered with the
+/// runtime's reactor: that would cost two `epoll_ctl` and a readiness cell each).
+async fn accept(
+    listener: &AsyncFd<std::net::TcpListener>,
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        if let Ok(accepted) = ready.try_io(|listener| listener.get_ref().accept()) {
+            let (stream, peer) = accepted?;
+            stream.set_nonblocking(true)?;
+            return Ok((stream, peer));
+        }
+    }
 }
 
 /// Descriptors kept apart from connections: listeners, the presence store's SQLite
@@ -565,7 +602,7 @@ fn reserve_descriptors(config: &mut ServerConfig) {
 }
 
 /// Pending connections the kernel may queue before we accept them.
-const LISTEN_BACKLOG: u32 = 4096;
+const LISTEN_BACKLOG: i32 = 4096;
 
 fn is_resource_exhaustion(err: &io::Error) -> bool {
     matches!(
@@ -595,54 +632,68 @@ async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr, limit: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-    /// Every idle connection holds its task's future, so its size is memory per
-    /// connection. A buffer held across an await once made it 5.6 KiB; it is 1 168 bytes
-    /// in a release build (592 of them the driver, 368 of those the core). tokio
-    /// allocates a task as one 128-byte-aligned cell of the future, the task tracker's
-    /// 8 bytes and 104 bytes of its own: 1 168 is the most that fits 10 cache lines
-    /// (1 280 bytes); 24 bytes more made it 1 408 (massif, `hangup serve` with 3 000
-    /// sessions: 1 403 bytes per task cell).
-    #[tokio::test]
-    async fn connection_future_stays_small() {
-        let config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Duration::from_secs(30));
-        let server = Server::bind(config).await.unwrap();
-        let addr = server.local_addr().unwrap();
-        let _client = TcpStream::connect(addr).await.unwrap();
-        let (stream, peer) = server.listener.accept().await.unwrap();
-        let slot = driver::Slot::take(&server.shared);
-        let driver = driver::Driver::new(stream, peer, 1, server.shared.clone(), slot);
-        let future = driver.serve(CancellationToken::new());
-        let size = std::mem::size_of_val(&future);
-        eprintln!("connection future: {size} bytes");
-        assert!(size <= 2048, "the connection future grew to {size} bytes");
-    }
-
-    /// A connection whose task panics gives back its live-table entry and its slot:
-    /// the guards run while the panic unwinds.
+    /// A connection whose handler panics gives back its live-table entry and its slot
+    /// (the slab entry's guards run while the panic unwinds), and its I/O thread goes
+    /// on serving the others.
     #[tokio::test]
     async fn a_panicking_connection_leaks_neither_its_slot_nor_its_entry() {
-        let config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Duration::from_secs(30));
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Duration::from_secs(30));
+        config.io_threads = NonZeroUsize::MIN;
         let server = Server::bind(config).await.unwrap();
-        let _client = TcpStream::connect(server.local_addr().unwrap())
+        let addr = server.local_addr().unwrap();
+        let shared = server.shared.clone();
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(server.run(stop.clone()));
+
+        let mut doomed = BufReader::new(TcpStream::connect(addr).await.unwrap());
+        doomed.get_mut().write_all(b"HELLO doomed\n").await.unwrap();
+        let mut line = String::new();
+        doomed.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("WELCOME "), "{line:?}");
+        let mut bystander = BufReader::new(TcpStream::connect(addr).await.unwrap());
+        bystander
+            .get_mut()
+            .write_all(b"HELLO bystander\n")
             .await
             .unwrap();
-        let (stream, peer) = server.listener.accept().await.unwrap();
-        let shared = server.shared.clone();
-        let slot = driver::Slot::take(&shared);
-        let driver = driver::Driver::new(stream, peer, 7, shared.clone(), slot);
-        assert_eq!(shared.metrics.connections_open.get(), 1);
-        assert_eq!(shared.live.connections().len(), 1);
-        let task = tokio::spawn(async move {
-            let _driver = driver;
-            panic!("a bug in one connection");
-        });
-        assert!(task.await.unwrap_err().is_panic());
+        line.clear();
+        bystander.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("WELCOME "), "{line:?}");
+        assert_eq!(shared.metrics.connections_open.get(), 2);
+        assert_eq!(shared.live.connections().len(), 2);
+
+        let mailbox = live::lock(&shared.sessions)
+            .get_mut("doomed")
+            .and_then(|(_, handle)| handle.kick.clone())
+            .unwrap();
+        mailbox.send(reactor::ConnMessage::Panic);
+        // Its socket closes: end of stream or a reset, never a hang.
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(5), doomed.read_to_end(&mut rest));
+        assert!(
+            ended.await.is_ok(),
+            "the panicked connection's socket stayed open"
+        );
         assert_eq!(
             shared.metrics.connections_open.get(),
-            0,
+            1,
             "the slot came back"
         );
-        assert!(shared.live.connections().is_empty(), "the entry is gone");
+        let left = shared.live.connections();
+        assert_eq!(left.len(), 1, "the entry is gone: {left:?}");
+        assert_eq!(left[0].device.as_deref(), Some("bystander"));
+
+        bystander
+            .get_mut()
+            .write_all(b"PING after\n")
+            .await
+            .unwrap();
+        line.clear();
+        bystander.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "PONG after\n", "the thread serves the others on");
+        stop.cancel();
+        served.await.unwrap().unwrap();
     }
 }

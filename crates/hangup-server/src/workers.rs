@@ -5,7 +5,7 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use hangup_core::run_chain;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// How a job ended: its digest, or `None` if it was cancelled.
@@ -20,9 +20,41 @@ pub(crate) struct Finished {
     pub stopped_ns: u64,
 }
 
+impl Finished {
+    /// Cancelled, now.
+    fn cancelled() -> Self {
+        Self {
+            outcome: None,
+            stopped_ns: hangup::events::ts_ns(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct WorkerPool {
     permits: Arc<Semaphore>,
+}
+
+/// Calls `on_finished` exactly once: with the job's end, or as cancelled if the job's
+/// task is dropped first (the runtime shutting down, a worker that panicked).
+struct Report<F: FnOnce(Finished)> {
+    on_finished: Option<F>,
+}
+
+impl<F: FnOnce(Finished)> Report<F> {
+    fn send(mut self, finished: Finished) {
+        if let Some(on_finished) = self.on_finished.take() {
+            on_finished(finished);
+        }
+    }
+}
+
+impl<F: FnOnce(Finished)> Drop for Report<F> {
+    fn drop(&mut self) {
+        if let Some(on_finished) = self.on_finished.take() {
+            on_finished(Finished::cancelled());
+        }
+    }
 }
 
 impl WorkerPool {
@@ -33,45 +65,39 @@ impl WorkerPool {
         }
     }
 
-    /// Queues a job for a worker. The receiver yields when the chain completed or, once
+    /// Queues a job for a worker (from inside the runtime). `on_finished` is called
+    /// once, on the worker's thread or the runtime's, when the chain completed or, once
     /// `cancel` fires, within one slice of rounds (or at once if it was still waiting).
     pub(crate) fn spawn(
         &self,
         seed: String,
         rounds: u64,
         cancel: CancellationToken,
-    ) -> oneshot::Receiver<Finished> {
-        let (tx, rx) = oneshot::channel();
+        on_finished: impl FnOnce(Finished) + Send + 'static,
+    ) {
+        let report = Report {
+            on_finished: Some(on_finished),
+        };
         let permits = self.permits.clone();
         tokio::spawn(async move {
             let permit = tokio::select! {
                 permit = permits.acquire_owned() => permit,
-                () = cancel.cancelled() => {
-                    let _ = tx.send(Finished {
-                        outcome: None,
-                        stopped_ns: hangup::events::ts_ns(),
-                    });
-                    return;
-                }
+                () = cancel.cancelled() => return report.send(Finished::cancelled()),
             };
             let Ok(permit) = permit else { return };
-            let finished = tokio::task::spawn_blocking(move || {
+            let _ = tokio::task::spawn_blocking(move || {
                 crate::sched::yield_to_io();
                 let outcome = run_chain(seed.as_bytes(), rounds, || cancel.is_cancelled());
                 let stopped_ns = hangup::events::ts_ns();
                 drop(permit);
-                Finished {
+                // Straight from the worker's thread: the connection hears of the end
+                // without a hop through the runtime.
+                report.send(Finished {
                     outcome,
                     stopped_ns,
-                }
+                });
             })
-            .await
-            .unwrap_or_else(|_| Finished {
-                outcome: None,
-                stopped_ns: hangup::events::ts_ns(),
-            });
-            let _ = tx.send(finished);
+            .await;
         });
-        rx
     }
 }

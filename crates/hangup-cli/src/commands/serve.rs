@@ -95,6 +95,7 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         policy,
         half_close: args.on_half_close,
         workers,
+        io_threads: defaults.io_threads,
         max_connections,
         max_rounds: args.max_rounds,
         max_queued_bytes: args.max_queued_bytes,

@@ -1,0 +1,524 @@
+//! The I/O threads. Each owns an epoll instance (through mio), a slab of the
+//! connections it was handed and one heap of their deadlines, and drives them itself:
+//! no task, waker, timer entry or readiness cell per connection, so a connection costs
+//! its state in the slab and nothing beside it.
+//!
+//! ```text
+//!  accept loop ──Accepted──▶ inbox ─┐        epoll (edge-triggered, one per thread)
+//!  kicks, job ends, commits ──────▶ │  ┌──────────────┘
+//!                                   ▼  ▼
+//!                      slab of connections (driver.rs) ◀── deadline heap
+//! ```
+//!
+//! Other threads reach a connection through its [`Mailbox`]: a message into its
+//! thread's inbox, with the connection's id, so that one meant for a connection that
+//! ended never reaches the next one in its slot.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hangup_core::{JobId, SessionId};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use tokio::sync::oneshot;
+
+use crate::driver::{Conn, Drive, Slot};
+use crate::live::lock;
+use crate::workers::Finished;
+use crate::Shared;
+
+/// The inbox's token; connections use their slab index.
+const WAKER: Token = Token(usize::MAX);
+/// Readiness events taken per `epoll_wait`.
+const EVENTS_PER_POLL: usize = 1024;
+/// Bytes read from a socket per read call.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Where a connection lives: its slot in its thread's slab, and its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Key {
+    pub index: usize,
+    pub id: u64,
+}
+
+/// What another thread tells one connection.
+#[derive(Debug)]
+pub(crate) enum ConnMessage {
+    /// Its session was taken over by a `HELLO` handled at this instant.
+    Kicked(Instant),
+    /// Its job ended on the worker pool.
+    JobFinished(JobId, Finished),
+    /// The durable start of its session was committed (true) or not in time.
+    Committed(SessionId, bool),
+    /// Panics in the connection's handler (tests prove a panic leaks nothing).
+    #[cfg(test)]
+    Panic,
+}
+
+/// A connection the accept loop handed over.
+pub(crate) struct Accepted {
+    pub stream: std::net::TcpStream,
+    pub peer: SocketAddr,
+    pub id: u64,
+    pub slot: Slot,
+}
+
+enum Message {
+    Accepted(Accepted),
+    /// Shutdown began: `GOAWAY` to every connection, then the drain stages.
+    Drain,
+    Conn(Key, ConnMessage),
+}
+
+/// A thread's inbox: messages, and the eventfd that wakes its `epoll_wait`.
+struct Inbox {
+    queue: Mutex<Vec<Message>>,
+    waker: Waker,
+}
+
+impl Inbox {
+    /// Queues a message; wakes the thread only if the queue was empty (it takes the
+    /// whole queue when it wakes, so one wake-up serves a burst).
+    fn send(&self, message: Message) {
+        let was_empty = {
+            let mut queue = lock(&self.queue);
+            queue.push(message);
+            queue.len() == 1
+        };
+        if was_empty {
+            if let Err(err) = self.waker.wake() {
+                tracing::error!(error = %err, "could not wake an I/O thread");
+            }
+        }
+    }
+}
+
+/// How any thread reaches one connection.
+#[derive(Clone)]
+pub(crate) struct Mailbox {
+    inbox: Arc<Inbox>,
+    key: Key,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox").field("key", &self.key).finish()
+    }
+}
+
+impl Mailbox {
+    /// Delivers `message` to the connection, if it is still open when its thread
+    /// looks.
+    pub(crate) fn send(&self, message: ConnMessage) {
+        self.inbox.send(Message::Conn(self.key, message));
+    }
+}
+
+/// What a connection's handlers get from their thread.
+pub(crate) struct Context {
+    pub shared: Arc<Shared>,
+    /// For work the connection starts elsewhere (jobs, durable commits).
+    pub runtime: tokio::runtime::Handle,
+    inbox: Arc<Inbox>,
+    /// The read buffer of every connection on this thread, zeroed once.
+    pub buffer: Box<[u8]>,
+}
+
+impl Context {
+    /// The mailbox of the connection at `key`.
+    pub(crate) fn mailbox(&self, key: Key) -> Mailbox {
+        Mailbox {
+            inbox: self.inbox.clone(),
+            key,
+        }
+    }
+}
+
+/// The running I/O threads.
+pub(crate) struct Reactors {
+    inboxes: Vec<Arc<Inbox>>,
+    next: usize,
+    /// Each closes when its thread ends (also by a panic).
+    ended: Vec<oneshot::Receiver<()>>,
+}
+
+impl Reactors {
+    /// Starts `threads` I/O threads serving `shared`'s connections.
+    pub(crate) fn start(shared: &Arc<Shared>, threads: usize) -> io::Result<Self> {
+        let runtime = tokio::runtime::Handle::current();
+        let mut reactors = Self {
+            inboxes: Vec::with_capacity(threads),
+            next: 0,
+            ended: Vec::with_capacity(threads),
+        };
+        for n in 0..threads.max(1) {
+            let poll = Poll::new()?;
+            let waker = Waker::new(poll.registry(), WAKER)?;
+            let inbox = Arc::new(Inbox {
+                queue: Mutex::new(Vec::new()),
+                waker,
+            });
+            let (ended_tx, ended_rx) = oneshot::channel();
+            let reactor = Reactor {
+                poll,
+                conns: Slab::new(),
+                deadlines: BinaryHeap::new(),
+                runnable: VecDeque::new(),
+                ctx: Context {
+                    shared: shared.clone(),
+                    runtime: runtime.clone(),
+                    inbox: inbox.clone(),
+                    buffer: vec![0; READ_CHUNK].into_boxed_slice(),
+                },
+                drain: None,
+            };
+            std::thread::Builder::new()
+                .name(format!("hangup-io-{n}"))
+                .spawn(move || {
+                    let _ended = ended_tx;
+                    let _runtime = reactor.ctx.runtime.clone();
+                    let _entered = _runtime.enter();
+                    reactor.run();
+                })?;
+            reactors.inboxes.push(inbox);
+            reactors.ended.push(ended_rx);
+        }
+        Ok(reactors)
+    }
+
+    /// Hands an accepted connection to the next thread, round robin.
+    pub(crate) fn hand_over(&mut self, accepted: Accepted) {
+        let inbox = &self.inboxes[self.next % self.inboxes.len()];
+        self.next = self.next.wrapping_add(1);
+        inbox.send(Message::Accepted(accepted));
+    }
+
+    /// Starts every thread's drain; they end once their last connection has closed.
+    pub(crate) fn drain(&self) {
+        for inbox in &self.inboxes {
+            inbox.send(Message::Drain);
+        }
+    }
+
+    /// Waits for every thread to end.
+    pub(crate) async fn ended(self) {
+        for ended in self.ended {
+            let _ = ended.await;
+        }
+    }
+}
+
+/// A connection in its thread's slab.
+struct Entry {
+    conn: Conn,
+    /// The earliest deadline filed for it in the heap (later ones it moved to are
+    /// filed when this one comes up: one heap entry per connection, not per change).
+    filed: Option<Instant>,
+    /// In the run queue already.
+    queued: bool,
+}
+
+/// Where a thread is in the server's shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrainStage {
+    /// `GOAWAY` sent; jobs in flight finish within the drain timeout.
+    Jobs,
+    /// Closing gracefully; reset once `SHUTDOWN_GRACE` is over.
+    Close,
+    /// Everything was reset: waiting for the last connections to go.
+    Over,
+}
+
+struct Reactor {
+    poll: Poll,
+    conns: Slab<Entry>,
+    /// (deadline, slab index, connection id), earliest first.
+    deadlines: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Connections with work left after their fair share (more input to read, or input
+    /// held back that can go on).
+    runnable: VecDeque<Key>,
+    ctx: Context,
+    /// Set once shutdown began: the stage and when it ends.
+    drain: Option<(DrainStage, Instant)>,
+}
+
+impl Reactor {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %err, "epoll_wait failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            let mut inbox = false;
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => inbox = true,
+                    Token(index) => {
+                        if let Some(entry) = self.conns.get_mut(index) {
+                            entry.conn.on_readiness(event);
+                            self.drive(index);
+                        }
+                    }
+                }
+            }
+            if inbox {
+                self.take_inbox();
+            }
+            self.run_queue();
+            self.fire_deadlines(Instant::now());
+            if self.drain.is_some() && self.conns.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// How long `epoll_wait` may sleep: not at all with work queued, else until the
+    /// earliest deadline.
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.runnable.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let next = self.deadlines.peek().map(|Reverse((at, _, _))| *at);
+        let drain = self
+            .drain
+            .filter(|(stage, _)| *stage != DrainStage::Over)
+            .map(|(_, at)| at);
+        let earliest = match (next, drain) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        earliest.map(|at| at.saturating_duration_since(now))
+    }
+
+    fn take_inbox(&mut self) {
+        let messages = std::mem::take(&mut *lock(&self.ctx.inbox.queue));
+        for message in messages {
+            match message {
+                Message::Accepted(accepted) => self.accept(accepted),
+                Message::Drain => self.start_drain(),
+                Message::Conn(key, message) => {
+                    if self.is_current(key) {
+                        self.handle(key.index, |conn, ctx| conn.on_message(ctx, message));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_current(&self, key: Key) -> bool {
+        self.conns
+            .get(key.index)
+            .is_some_and(|entry| entry.conn.id() == key.id)
+    }
+
+    fn accept(&mut self, accepted: Accepted) {
+        let Accepted {
+            stream,
+            peer,
+            id,
+            slot,
+        } = accepted;
+        let mut stream = mio::net::TcpStream::from_std(stream);
+        let vacant = self.conns.vacant_entry();
+        let key = Key {
+            index: vacant.key(),
+            id,
+        };
+        if let Err(err) = self.poll.registry().register(
+            &mut stream,
+            Token(key.index),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            // Dropping the stream closes it; the slot comes back.
+            tracing::warn!(conn = id, peer = %peer, error = %err, "could not register a connection");
+            return;
+        }
+        let conn = Conn::open(stream, peer, id, key, &self.ctx, slot);
+        vacant.insert(Entry {
+            conn,
+            filed: None,
+            queued: false,
+        });
+        // Edge-triggered: the first readiness is reported once registered, input
+        // that arrived before included.
+        self.refile(key.index);
+        if self.drain.is_some() {
+            // Accepted just before the listener closed: it drains with the rest.
+            self.handle(key.index, |conn, ctx| conn.goaway(ctx, Instant::now()));
+        }
+    }
+
+    /// Runs `f` on the connection at `index`, then drives it. A panic in either ends
+    /// that connection alone: its entry is dropped, and with it the live-table entry,
+    /// the socket and the slot.
+    fn handle(&mut self, index: usize, f: impl FnOnce(&mut Conn, &mut Context)) {
+        let Some(entry) = self.conns.get_mut(index) else {
+            return;
+        };
+        let ctx = &mut self.ctx;
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            f(&mut entry.conn, ctx);
+            entry.conn.drive(ctx)
+        }));
+        self.after(index, outcome);
+    }
+
+    /// Drives the connection at `index` after readiness or from the run queue.
+    fn drive(&mut self, index: usize) {
+        self.handle(index, |_, _| {});
+    }
+
+    fn after(&mut self, index: usize, outcome: std::thread::Result<Drive>) {
+        match outcome {
+            Ok(Drive::Idle) => self.refile(index),
+            Ok(Drive::Busy) => {
+                self.refile(index);
+                if let Some(entry) = self.conns.get_mut(index) {
+                    if !entry.queued {
+                        entry.queued = true;
+                        self.runnable.push_back(Key {
+                            index,
+                            id: entry.conn.id(),
+                        });
+                    }
+                }
+            }
+            Ok(Drive::Ended) => self.remove(index),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                if let Some(entry) = self.conns.get(index) {
+                    tracing::error!(conn = entry.conn.id(), panic = %message, "a connection's handler panicked; the connection is dropped");
+                }
+                self.remove(index);
+            }
+        }
+    }
+
+    /// Takes the connection out of epoll and drops it. Deregistered before it closes:
+    /// a descriptor someone duplicated (pidfd_getfd) would keep its epoll entry, and its
+    /// events would reach the next connection in the slot.
+    fn remove(&mut self, index: usize) {
+        if let Some(mut entry) = self.conns.try_remove(index) {
+            let _ = self.poll.registry().deregister(entry.conn.stream_mut());
+        }
+    }
+
+    /// Files the connection's deadline in the heap if it is earlier than the one filed.
+    fn refile(&mut self, index: usize) {
+        let Some(entry) = self.conns.get_mut(index) else {
+            return;
+        };
+        if let Some(at) = entry.conn.deadline() {
+            if entry.filed.is_none_or(|filed| at < filed) {
+                entry.filed = Some(at);
+                self.deadlines.push(Reverse((at, index, entry.conn.id())));
+            }
+        }
+    }
+
+    /// One more share of work for each connection that had more than its share.
+    fn run_queue(&mut self) {
+        for _ in 0..self.runnable.len() {
+            let Some(key) = self.runnable.pop_front() else {
+                break;
+            };
+            if let Some(entry) = self.conns.get_mut(key.index) {
+                if entry.conn.id() == key.id {
+                    entry.queued = false;
+                    self.drive(key.index);
+                }
+            }
+        }
+    }
+
+    fn fire_deadlines(&mut self, now: Instant) {
+        while let Some(&Reverse((at, index, id))) = self.deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(entry) = self.conns.get_mut(index) else {
+                continue;
+            };
+            if entry.conn.id() != id || entry.filed != Some(at) {
+                // Filed for a connection since gone, or superseded by an earlier one.
+                continue;
+            }
+            entry.filed = None;
+            if entry.conn.deadline().is_some_and(|due| due <= now) {
+                self.handle(index, |conn, ctx| conn.on_timeout(ctx, now));
+            } else {
+                // The deadline moved later since it was filed: file it there.
+                self.refile(index);
+            }
+        }
+        if let Some((stage, at)) = self.drain {
+            if stage != DrainStage::Over && at <= now {
+                self.next_drain_stage(stage, now);
+            }
+        }
+    }
+
+    fn start_drain(&mut self) {
+        if self.drain.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        self.drain = Some((DrainStage::Jobs, now + self.ctx.shared.config.drain_timeout));
+        self.for_each(|conn, ctx| conn.goaway(ctx, now));
+    }
+
+    fn next_drain_stage(&mut self, stage: DrainStage, now: Instant) {
+        match stage {
+            DrainStage::Jobs => {
+                // Jobs had their time: close gracefully, within the grace.
+                self.drain = Some((DrainStage::Close, now + crate::SHUTDOWN_GRACE));
+                self.for_each(|conn, ctx| conn.local_close(ctx, now, true));
+            }
+            DrainStage::Close => {
+                // The peers do not take our last bytes: reset.
+                self.drain = Some((DrainStage::Over, now));
+                self.for_each(|conn, ctx| conn.local_close(ctx, now, false));
+            }
+            DrainStage::Over => {}
+        }
+    }
+
+    fn for_each(&mut self, f: impl Fn(&mut Conn, &mut Context)) {
+        let indices: Vec<usize> = self.conns.iter().map(|(index, _)| index).collect();
+        for index in indices {
+            self.handle(index, &f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection's state is its slab entry, so its size is memory per
+    /// connection.
+    #[test]
+    fn a_connection_entry_stays_small() {
+        let size = std::mem::size_of::<Entry>();
+        eprintln!("connection entry: {size} bytes");
+        assert!(
+            size <= 640,
+            "a connection's slab entry grew to {size} bytes"
+        );
+    }
+}
