@@ -360,15 +360,16 @@ impl Conn {
         if ready == Ready::default() {
             return Drive::Idle;
         }
-        let more = self.on_ready(ctx, ready);
+        self.on_ready(ctx, ready);
         if let Some((cause, flush)) = self.settle(ctx) {
             return self.close(ctx, cause, flush);
         }
-        let left = self.ready.wanted(self.conn.interest());
-        if more && left.has(Ready::READABLE) {
-            Drive::Busy
-        } else {
+        // Input left after the fair share, or input the core held back and now takes
+        // (its replies drained): another turn, after the thread's other connections.
+        if self.ready.wanted(self.conn.interest()) == Ready::default() {
             Drive::Idle
+        } else {
+            Drive::Busy
         }
     }
 
@@ -386,8 +387,8 @@ impl Conn {
         }
     }
 
-    /// Uses the readiness; true when input is left after this turn's share.
-    fn on_ready(&mut self, ctx: &mut Context, ready: Ready) -> bool {
+    /// Uses the readiness.
+    fn on_ready(&mut self, ctx: &mut Context, ready: Ready) {
         let now = Instant::now();
         let watch = ctx.shared.config.policy.watch_hangup;
         let read_closed = watch && ready.has(Ready::READ_CLOSED);
@@ -399,25 +400,20 @@ impl Conn {
             let pending = self.stream.take_error().unwrap_or_else(Some);
             match classify_readiness(ready.has(Ready::ERROR), read_closed, pending.as_ref()) {
                 Some(Cause::PeerClosed) => self.conn.handle_read_closed(now),
-                Some(cause) => {
-                    self.conn.handle_error(now, cause);
-                    return false;
-                }
+                Some(cause) => return self.conn.handle_error(now, cause),
                 None => {}
             }
         }
         if ready.has(Ready::READABLE) || ready.has(Ready::READ_CLOSED) {
-            return self.read_some(ctx, now);
+            self.read_some(ctx, now);
         }
-        false
     }
 
-    /// Reads while the core wants input, up to a fair share; true when the share ran
-    /// out with input left.
-    fn read_some(&mut self, ctx: &mut Context, now: Instant) -> bool {
+    /// Reads while the core wants input, up to a fair share.
+    fn read_some(&mut self, ctx: &mut Context, now: Instant) {
         for _ in 0..READS_PER_TURN {
             if !self.conn.interest().read {
-                return false;
+                return;
             }
             let buf = &mut ctx.buffer;
             match self.stream.read(buf) {
@@ -425,7 +421,7 @@ impl Conn {
                     let counted = self.jobs_counted();
                     let status = || ctx.shared.status_excluding(counted);
                     self.conn.handle_eof(now, &status);
-                    return false;
+                    return;
                 }
                 Ok(n) => {
                     self.bytes_in += n as u64;
@@ -439,21 +435,20 @@ impl Conn {
                         // empty: a short read took everything, so no second read that
                         // only returns EAGAIN. Bytes arriving after it are a new edge.
                         self.ready.clear(Ready::READABLE);
-                        return false;
+                        return;
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     self.ready.clear(Ready::READABLE);
-                    return false;
+                    return;
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
                     self.conn.handle_error(now, Cause::from_io_error(&err));
-                    return false;
+                    return;
                 }
             }
         }
-        true
     }
 
     /// Writes what the core has queued, as far as the socket takes it, and lets input
