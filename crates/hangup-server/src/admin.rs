@@ -158,16 +158,13 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn connections(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    // TCP_INFO for every socket: a syscall each, kept off the async threads.
-    let rows = tokio::task::spawn_blocking(move || shared.live.connections()).await;
-    match rows {
-        Ok(rows) => Json(rows).into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+    // Each I/O thread lists its own connections (TCP_INFO for each, on the thread
+    // that owns the socket).
+    Json(shared.reactors.connections().await)
 }
 
 async fn sessions(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let mut rows = shared.live.sessions();
+    let mut rows = shared.reactors.sessions().await;
     if let Some(cluster) = &shared.cluster {
         for row in &mut rows {
             row.node = Some(cluster.node.to_string());

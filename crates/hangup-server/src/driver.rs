@@ -6,7 +6,6 @@
 
 use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -19,7 +18,7 @@ use mio::net::TcpStream;
 use socket2::SockRef;
 use tokio_util::sync::CancellationToken;
 
-use crate::live::{lock, ConnectionState, LiveConnection, LiveSession};
+use crate::live::{lock, ConnectionSnapshot, ConnectionState, SessionSnapshot, TcpFigures};
 use crate::reactor::{ConnMessage, Context, Key};
 use crate::{PresenceDurability, SessionHandle, Shared, DURABLE_WELCOME_LIMIT};
 use hangup::apply_policy;
@@ -126,6 +125,8 @@ struct OpenSession {
     heartbeat: Duration,
     /// When the presence store was last told the peer is alive.
     seen_recorded: Instant,
+    /// When the `HELLO` came.
+    started_at: SystemTime,
 }
 
 /// After our FIN: what the graceful close still waits for.
@@ -139,9 +140,6 @@ struct Closing {
 
 /// One connection's state: its entry in its I/O thread's slab.
 pub(crate) struct Conn {
-    /// First field, so dropped first: out of the live table before the socket closes
-    /// (the admin endpoint reads TCP_INFO from the descriptor of every entry).
-    _listed: Listed,
     stream: TcpStream,
     key: Key,
     ready: Ready,
@@ -154,9 +152,11 @@ pub(crate) struct Conn {
     job_stopped_ns: u64,
     bytes_in: u64,
     bytes_out: u64,
-    /// The connection's id, peer, opening time and last inbound bytes live here (and
-    /// nowhere else: every byte of this struct is memory per connection).
-    live: Arc<LiveConnection>,
+    peer: SocketAddr,
+    opened: Instant,
+    /// Milliseconds after `opened` of the last inbound bytes.
+    last_inbound_ms: u32,
+    state: ConnectionState,
     session: Option<OpenSession>,
     /// With durable presence: the session whose `WELCOME` waits for its commit.
     welcome_after: Option<SessionId>,
@@ -165,19 +165,6 @@ pub(crate) struct Conn {
     closing: Option<Box<Closing>>,
     /// Last field, so dropped last: the slot is free once the descriptor is.
     _slot: Slot,
-}
-
-/// The connection's entry in the live table, removed on drop — also when the
-/// connection's handler panics, so a panic leaks no entry.
-struct Listed {
-    shared: Arc<Shared>,
-    id: u64,
-}
-
-impl Drop for Listed {
-    fn drop(&mut self) {
-        self.shared.live.remove(self.id);
-    }
 }
 
 /// The connection's slot in the `connections_open` gauge (taken at accept), given back
@@ -218,16 +205,9 @@ impl Conn {
         if let Err(err) = apply_policy(&stream, &shared.config.policy) {
             tracing::warn!(conn = id, peer = %peer, error = %err, "could not apply the liveness policy");
         }
-        let now = Instant::now();
-        let live = Arc::new(LiveConnection::new(id, peer, stream.as_raw_fd(), now));
-        shared.live.insert(live.clone());
         hangup::emit!("connection_opened", conn = id, peer = %peer);
         shared.metrics.connections_opened.inc();
         Self {
-            _listed: Listed {
-                shared: shared.clone(),
-                id,
-            },
             stream,
             key,
             ready: Ready::default(),
@@ -237,12 +217,69 @@ impl Conn {
             job_stopped_ns: 0,
             bytes_in: 0,
             bytes_out: 0,
-            live,
+            peer,
+            opened: Instant::now(),
+            last_inbound_ms: 0,
+            state: ConnectionState::Open,
             session: None,
             welcome_after: None,
             closing: None,
             _slot: slot,
         }
+    }
+
+    fn saw_inbound(&mut self, now: Instant) {
+        let ms = now.saturating_duration_since(self.opened).as_millis();
+        self.last_inbound_ms = u32::try_from(ms).unwrap_or(u32::MAX);
+    }
+
+    /// How long the peer has been silent (to the millisecond).
+    fn silent_for(&self, now: Instant) -> Duration {
+        let last = self.opened + Duration::from_millis(u64::from(self.last_inbound_ms));
+        now.saturating_duration_since(last)
+    }
+
+    /// Its row in the admin endpoint's `/connections` (with TCP_INFO, one getsockopt).
+    pub(crate) fn snapshot(&self, now: Instant, wall: SystemTime) -> ConnectionSnapshot {
+        let tcp = hangup::tcp_info(&self.stream).ok().map(|info| TcpFigures {
+            rtt_us: info.rtt.as_micros() as u64,
+            unacked: info.unacked,
+            retransmits: info.retransmits,
+            total_retrans: info.total_retrans,
+            probes: info.probes,
+            last_data_recv_ms: info.last_data_recv.as_millis() as u64,
+        });
+        let (running, queued) = self.conn.job_counts();
+        let age = now.saturating_duration_since(self.opened);
+        ConnectionSnapshot {
+            id: self.key.id,
+            peer: self.peer.to_string(),
+            device: self.session.as_ref().map(|s| s.device.to_string()),
+            session: self.session.as_ref().map(|s| s.id.to_string()),
+            state: self.state,
+            opened_at: humantime::format_rfc3339_millis(wall.checked_sub(age).unwrap_or(wall))
+                .to_string(),
+            age_ms: age.as_millis() as u64,
+            last_inbound_ms_ago: self.silent_for(now).as_millis() as u64,
+            jobs_running: running as u32,
+            jobs_queued: queued as u32,
+            tcp,
+        }
+    }
+
+    /// Its session's row in `/sessions`, if it carries one.
+    pub(crate) fn session_snapshot(&self, now: Instant) -> Option<SessionSnapshot> {
+        let session = self.session.as_ref()?;
+        Some(SessionSnapshot {
+            device: session.device.to_string(),
+            session: session.id.to_string(),
+            connection: self.key.id,
+            peer: self.peer.to_string(),
+            started_at: humantime::format_rfc3339_millis(session.started_at).to_string(),
+            heartbeat_s: session.heartbeat.as_secs_f64(),
+            last_inbound_ms_ago: self.silent_for(now).as_millis() as u64,
+            node: None,
+        })
     }
 
     /// The jobs this connection last added to the shared counters.
@@ -332,7 +369,7 @@ impl Conn {
     /// Shutdown began: `GOAWAY`, then jobs in flight get the drain timeout.
     pub(crate) fn goaway(&mut self, _ctx: &mut Context, now: Instant) {
         if self.closing.is_none() {
-            self.live.set_state(ConnectionState::Draining);
+            self.state = ConnectionState::Draining;
             self.conn.handle_goaway(now);
         }
     }
@@ -425,7 +462,7 @@ impl Conn {
                 }
                 Ok(n) => {
                     self.bytes_in += n as u64;
-                    self.live.saw_inbound(now);
+                    self.saw_inbound(now);
                     self.record_seen(&ctx.shared, now);
                     let counted = self.jobs_counted();
                     let status = || ctx.shared.status_excluding(counted);
@@ -513,8 +550,8 @@ impl Conn {
                     ctx.shared.metrics.jobs_done.inc();
                     hangup::emit!(
                         "job_done",
-                        conn = self.live.id,
-                        peer = %self.live.peer,
+                        conn = self.key.id,
+                        peer = %self.peer,
                         job = id,
                         rounds,
                     );
@@ -533,8 +570,8 @@ impl Conn {
                     let stopped_ns = std::mem::take(&mut self.job_stopped_ns);
                     hangup::emit!(
                         "job_cancelled",
-                        conn = self.live.id,
-                        peer = %self.live.peer,
+                        conn = self.key.id,
+                        peer = %self.peer,
                         job = id,
                         cause = %cause,
                         was_running,
@@ -543,8 +580,8 @@ impl Conn {
                 }
                 Event::PeerHalfClosed => hangup::emit!(
                     "peer_half_closed",
-                    conn = self.live.id,
-                    peer = %self.live.peer,
+                    conn = self.key.id,
+                    peer = %self.peer,
                 ),
                 Event::SessionRequested {
                     device,
@@ -576,8 +613,8 @@ impl Conn {
         ctx.shared.metrics.jobs_started.inc();
         hangup::emit!(
             "job_started",
-            conn = self.live.id,
-            peer = %self.live.peer,
+            conn = self.key.id,
+            peer = %self.peer,
             job = id,
             rounds,
         );
@@ -598,8 +635,8 @@ impl Conn {
             if let Err(message) = authorize(secret.as_bytes(), &device, token) {
                 hangup::emit!(
                     "session_refused",
-                    conn = self.live.id,
-                    peer = %self.live.peer,
+                    conn = self.key.id,
+                    peer = %self.peer,
                     device = %device,
                     reason = "unauthorized",
                 );
@@ -610,11 +647,11 @@ impl Conn {
         }
         let wall = SystemTime::now();
         let handle = SessionHandle {
-            conn: self.live.id,
+            conn: self.key.id,
             kick: Some(ctx.mailbox(self.key)),
             epoch: 0,
             evict_seen: 0,
-            peer: self.live.peer,
+            peer: self.peer,
             since_ms: wall
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
@@ -630,7 +667,7 @@ impl Conn {
         match (&shared.config.presence, durable) {
             (Some(presence), true) => {
                 let presence = presence.clone();
-                let (id, device, peer) = (opened.id, device.clone(), self.live.peer);
+                let (id, device, peer) = (opened.id, device.clone(), self.peer);
                 let mailbox = ctx.mailbox(self.key);
                 self.welcome_after = Some(id);
                 ctx.runtime.spawn(async move {
@@ -642,12 +679,12 @@ impl Conn {
             }
             (Some(presence), false) => {
                 self.conn.handle_session_opened(now, opened.id);
-                presence.session_started(opened.id.0, &device, self.live.peer, wall);
+                presence.session_started(opened.id.0, &device, self.peer, wall);
             }
             (None, _) => self.conn.handle_session_opened(now, opened.id),
         }
         if let Some(cluster) = &shared.cluster {
-            cluster.claim(&device, opened.id, self.live.peer, wall);
+            cluster.claim(&device, opened.id, self.peer, wall);
         }
         if let Some((old_id, mut old)) = opened.evicted {
             // The old connection may already be closing on its own; then its message
@@ -657,8 +694,8 @@ impl Conn {
             shared.metrics.takeovers.inc();
             hangup::emit!(
                 "session_taken_over",
-                conn = self.live.id,
-                peer = %self.live.peer,
+                conn = self.key.id,
+                peer = %self.peer,
                 device = %device,
                 session = %opened.id,
                 old_session = %old_id,
@@ -668,23 +705,18 @@ impl Conn {
         shared.metrics.sessions_started.inc();
         hangup::emit!(
             "session_started",
-            conn = self.live.id,
-            peer = %self.live.peer,
+            conn = self.key.id,
+            peer = %self.peer,
             device = %device,
             session = %opened.id,
             heartbeat_ms = heartbeat.interval.as_millis() as u64,
         );
-        self.live.set_session(Some(LiveSession {
-            device: device.as_str().into(),
-            id: opened.id,
-            heartbeat: heartbeat.interval,
-            started_at: wall,
-        }));
         self.session = Some(OpenSession {
             device: device.into(),
             id: opened.id,
             heartbeat: heartbeat.interval,
             seen_recorded: now,
+            started_at: wall,
         });
     }
 
@@ -721,7 +753,6 @@ impl Conn {
             shared.metrics.sessions_open.set(live_sessions as i64);
             end_session_record(shared, session.id, at, cause);
         }
-        self.live.set_session(None);
         current
     }
 
@@ -745,7 +776,6 @@ impl Conn {
         if now == self.jobs_counted {
             return;
         }
-        self.live.set_jobs(u64::from(now.0), u64::from(now.1));
         let counters = &shared.counters;
         for (counter, before, after) in [
             (&counters.jobs_running, self.jobs_counted.0, now.0),
@@ -764,7 +794,7 @@ impl Conn {
     /// cause says — a graceful close first drains the peer's remaining input.
     fn close(&mut self, ctx: &mut Context, cause: Cause, flush: bool) -> Drive {
         let now = Instant::now();
-        self.live.set_state(ConnectionState::Closing);
+        self.state = ConnectionState::Closing;
         if let Some(session) = self.session.take() {
             let at = SystemTime::now();
             let shared = &ctx.shared;
@@ -773,7 +803,7 @@ impl Conn {
                 // The last time the peer was heard from, exact whatever the throttle
                 // left unwritten.
                 if let Some(presence) = &shared.config.presence {
-                    let last = at.checked_sub(self.live.silent_for(now)).unwrap_or(at);
+                    let last = at.checked_sub(self.silent_for(now)).unwrap_or(at);
                     presence.seen(session.id.0, last);
                 }
                 if let Some(cluster) = &shared.cluster {
@@ -837,17 +867,15 @@ impl Conn {
         let now = Instant::now();
         hangup::emit!(
             "connection_closed",
-            conn = self.live.id,
-            peer = %self.live.peer,
+            conn = self.key.id,
+            peer = %self.peer,
             cause = %cause,
-            age_ms = now.saturating_duration_since(self.live.opened()).as_millis() as u64,
-            silent_ms = self.live.silent_for(now).as_millis() as u64,
+            age_ms = now.saturating_duration_since(self.opened).as_millis() as u64,
+            silent_ms = self.silent_for(now).as_millis() as u64,
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
         );
-        shared
-            .metrics
-            .observe_close(cause, self.live.silent_for(now));
+        shared.metrics.observe_close(cause, self.silent_for(now));
         self.count_jobs(shared);
         Drive::Ended
     }

@@ -52,7 +52,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::presence::PresenceRecorder;
-use live::LiveTable;
 use metrics::Metrics;
 use workers::WorkerPool;
 
@@ -230,7 +229,8 @@ pub(crate) struct Shared {
     /// Signalled whenever a connection ends (frees a slot, and a descriptor).
     connection_ended: Notify,
     sessions: Mutex<SessionRegistry<SessionHandle>>,
-    live: LiveTable,
+    /// The I/O threads, with the connections.
+    reactors: reactor::Reactors,
     metrics: Metrics,
     /// Cancelled when shutdown begins.
     draining: CancellationToken,
@@ -321,7 +321,7 @@ impl Server {
         };
         let shared = Arc::new(Shared {
             sessions: Mutex::new(SessionRegistry::new(first_session)),
-            live: LiveTable::default(),
+            reactors: reactor::Reactors::new(config.io_threads.get())?,
             metrics: Metrics::new(cluster.as_ref().map(|c| &*c.node)),
             cluster,
             draining: CancellationToken::new(),
@@ -359,6 +359,8 @@ impl Server {
         let admin_addr = self.admin_addr();
         let shared = self.shared;
         let admin_stop = CancellationToken::new();
+        // Started before the admin endpoint, whose listings they answer.
+        shared.reactors.start(&shared)?;
         let admin_task = self.admin.map(|admin| {
             let token = shared.config.admin_token.clone();
             tokio::spawn(admin::serve(
@@ -381,7 +383,7 @@ impl Server {
         let cluster_task = self
             .cluster_task
             .map(|task| tokio::spawn(task.run(shared.clone(), cluster_stop.clone())));
-        let mut reactors = reactor::Reactors::start(&shared, shared.config.io_threads.get())?;
+        let reactors = &shared.reactors;
         // Refusals (`ERR busy`) are tokio tasks; connections live on the I/O threads.
         let tracker = TaskTracker::new();
         loop {
@@ -662,7 +664,7 @@ mod tests {
         bystander.read_line(&mut line).await.unwrap();
         assert!(line.starts_with("WELCOME "), "{line:?}");
         assert_eq!(shared.metrics.connections_open.get(), 2);
-        assert_eq!(shared.live.connections().len(), 2);
+        assert_eq!(shared.reactors.connections().await.len(), 2);
 
         let mailbox = live::lock(&shared.sessions)
             .get_mut("doomed")
@@ -681,7 +683,7 @@ mod tests {
             1,
             "the slot came back"
         );
-        let left = shared.live.connections();
+        let left = shared.reactors.connections().await;
         assert_eq!(left.len(), 1, "the entry is gone: {left:?}");
         assert_eq!(left[0].device.as_deref(), Some("bystander"));
 

@@ -19,8 +19,9 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hangup_core::{JobId, SessionId};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -28,7 +29,7 @@ use slab::Slab;
 use tokio::sync::oneshot;
 
 use crate::driver::{Conn, Drive, Slot};
-use crate::live::lock;
+use crate::live::{lock, ConnectionSnapshot, SessionSnapshot};
 use crate::workers::Finished;
 use crate::Shared;
 
@@ -73,11 +74,17 @@ enum Message {
     /// Shutdown began: `GOAWAY` to every connection, then the drain stages.
     Drain,
     Conn(Key, ConnMessage),
+    /// The admin endpoint asks for the thread's connections.
+    Connections(oneshot::Sender<Vec<ConnectionSnapshot>>),
+    /// The admin endpoint asks for the thread's sessions.
+    Sessions(oneshot::Sender<Vec<SessionSnapshot>>),
 }
 
 /// A thread's inbox: messages, and the eventfd that wakes its `epoll_wait`.
 struct Inbox {
-    queue: Mutex<Vec<Message>>,
+    /// `None` once the thread ended: a message then is dropped at once (and a question's
+    /// reply channel with it, so nobody waits for an answer that cannot come).
+    queue: Mutex<Option<Vec<Message>>>,
     waker: Waker,
 }
 
@@ -87,6 +94,9 @@ impl Inbox {
     fn send(&self, message: Message) {
         let was_empty = {
             let mut queue = lock(&self.queue);
+            let Some(queue) = queue.as_mut() else {
+                return;
+            };
             queue.push(message);
             queue.len() == 1
         };
@@ -139,30 +149,44 @@ impl Context {
     }
 }
 
-/// The running I/O threads.
+/// The I/O threads: made with the server, started when it runs.
 pub(crate) struct Reactors {
     inboxes: Vec<Arc<Inbox>>,
-    next: usize,
+    /// The threads' epoll instances until they start.
+    polls: Mutex<Vec<Poll>>,
+    next: AtomicUsize,
     /// Each closes when its thread ends (also by a panic).
-    ended: Vec<oneshot::Receiver<()>>,
+    ended: Mutex<Vec<oneshot::Receiver<()>>>,
 }
 
 impl Reactors {
-    /// Starts `threads` I/O threads serving `shared`'s connections.
-    pub(crate) fn start(shared: &Arc<Shared>, threads: usize) -> io::Result<Self> {
-        let runtime = tokio::runtime::Handle::current();
-        let mut reactors = Self {
-            inboxes: Vec::with_capacity(threads),
-            next: 0,
-            ended: Vec::with_capacity(threads),
-        };
-        for n in 0..threads.max(1) {
+    /// `threads` epoll instances with their inboxes; no thread yet.
+    pub(crate) fn new(threads: usize) -> io::Result<Self> {
+        let mut inboxes = Vec::with_capacity(threads);
+        let mut polls = Vec::with_capacity(threads);
+        for _ in 0..threads.max(1) {
             let poll = Poll::new()?;
             let waker = Waker::new(poll.registry(), WAKER)?;
-            let inbox = Arc::new(Inbox {
-                queue: Mutex::new(Vec::new()),
+            inboxes.push(Arc::new(Inbox {
+                queue: Mutex::new(Some(Vec::new())),
                 waker,
-            });
+            }));
+            polls.push(poll);
+        }
+        Ok(Self {
+            inboxes,
+            polls: Mutex::new(polls),
+            next: AtomicUsize::new(0),
+            ended: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Starts the threads, serving `shared`'s connections (once; from inside the
+    /// runtime, which their connections' jobs run on).
+    pub(crate) fn start(&self, shared: &Arc<Shared>) -> io::Result<()> {
+        let runtime = tokio::runtime::Handle::current();
+        let polls = std::mem::take(&mut *lock(&self.polls));
+        for (n, (poll, inbox)) in polls.into_iter().zip(&self.inboxes).enumerate() {
             let (ended_tx, ended_rx) = oneshot::channel();
             let reactor = Reactor {
                 poll,
@@ -181,21 +205,21 @@ impl Reactors {
                 .name(format!("hangup-io-{n}"))
                 .spawn(move || {
                     let _ended = ended_tx;
-                    let _runtime = reactor.ctx.runtime.clone();
-                    let _entered = _runtime.enter();
+                    let runtime = reactor.ctx.runtime.clone();
+                    let _entered = runtime.enter();
+                    let inbox = reactor.ctx.inbox.clone();
                     reactor.run();
+                    *lock(&inbox.queue) = None;
                 })?;
-            reactors.inboxes.push(inbox);
-            reactors.ended.push(ended_rx);
+            lock(&self.ended).push(ended_rx);
         }
-        Ok(reactors)
+        Ok(())
     }
 
     /// Hands an accepted connection to the next thread, round robin.
-    pub(crate) fn hand_over(&mut self, accepted: Accepted) {
-        let inbox = &self.inboxes[self.next % self.inboxes.len()];
-        self.next = self.next.wrapping_add(1);
-        inbox.send(Message::Accepted(accepted));
+    pub(crate) fn hand_over(&self, accepted: Accepted) {
+        let next = self.next.fetch_add(1, Ordering::Relaxed);
+        self.inboxes[next % self.inboxes.len()].send(Message::Accepted(accepted));
     }
 
     /// Starts every thread's drain; they end once their last connection has closed.
@@ -206,10 +230,43 @@ impl Reactors {
     }
 
     /// Waits for every thread to end.
-    pub(crate) async fn ended(self) {
-        for ended in self.ended {
+    pub(crate) async fn ended(&self) {
+        let ended = std::mem::take(&mut *lock(&self.ended));
+        for ended in ended {
             let _ = ended.await;
         }
+    }
+
+    /// Every connection's row, by id.
+    pub(crate) async fn connections(&self) -> Vec<ConnectionSnapshot> {
+        let mut rows: Vec<_> = self.ask(Message::Connections).await;
+        rows.sort_by_key(|row| row.id);
+        rows
+    }
+
+    /// Every session's row, by device.
+    pub(crate) async fn sessions(&self) -> Vec<SessionSnapshot> {
+        let mut rows: Vec<_> = self.ask(Message::Sessions).await;
+        rows.sort_by(|a, b| a.device.cmp(&b.device));
+        rows
+    }
+
+    /// Asks every thread, and gathers the answers (a thread that ended has none).
+    async fn ask<T>(&self, question: fn(oneshot::Sender<Vec<T>>) -> Message) -> Vec<T> {
+        let answers: Vec<_> = self
+            .inboxes
+            .iter()
+            .map(|inbox| {
+                let (tx, rx) = oneshot::channel();
+                inbox.send(question(tx));
+                rx
+            })
+            .collect();
+        let mut rows = Vec::new();
+        for answer in answers {
+            rows.extend(answer.await.unwrap_or_default());
+        }
+        rows
     }
 }
 
@@ -301,9 +358,25 @@ impl Reactor {
     }
 
     fn take_inbox(&mut self) {
-        let messages = std::mem::take(&mut *lock(&self.ctx.inbox.queue));
+        let messages = lock(&self.ctx.inbox.queue)
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
         for message in messages {
             match message {
+                Message::Connections(reply) => {
+                    let (now, wall) = (Instant::now(), SystemTime::now());
+                    let rows = self.conns.iter().map(|(_, e)| e.conn.snapshot(now, wall));
+                    let _ = reply.send(rows.collect());
+                }
+                Message::Sessions(reply) => {
+                    let now = Instant::now();
+                    let rows = self.conns.iter();
+                    let _ = reply.send(
+                        rows.filter_map(|(_, e)| e.conn.session_snapshot(now))
+                            .collect(),
+                    );
+                }
                 Message::Accepted(accepted) => self.accept(accepted),
                 Message::Drain => self.start_drain(),
                 Message::Conn(key, message) => {

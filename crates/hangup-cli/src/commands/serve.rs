@@ -10,7 +10,7 @@ use anyhow::Context;
 use hangup_server::cluster::ClusterConfig;
 use hangup_server::presence::PresenceStore;
 use hangup_server::{Server, ServerConfig};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use super::{read_secret, resolve_policy, runtime};
@@ -55,11 +55,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.presence = Some(store.recorder());
     let listen = args.listen;
     let served = runtime()?.block_on(async move {
+        // The handlers are in place before the server listens: a signal that comes
+        // early is a shutdown too, never the default action's instant death.
+        let signals = (
+            signal(SignalKind::interrupt()).context("could not handle SIGINT")?,
+            signal(SignalKind::terminate()).context("could not handle SIGTERM")?,
+        );
         let server = Server::bind(config).await.with_context(|| {
             format!("could not listen on {listen} (--listen) or the --admin address")
         })?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        tokio::spawn(stop_on_signal(signals, shutdown.clone()));
         server.run(shutdown).await.context("server failed")
     });
     // Every session ended (cause `shutdown`) is on disk before we say we are done.
@@ -152,13 +158,7 @@ fn refuse_exposed(flag: &str, addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// First SIGINT/SIGTERM: stop accepting and close connections; second: exit at once.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return;
-    };
+async fn stop_on_signal((mut int, mut term): (Signal, Signal), shutdown: CancellationToken) {
     tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
     hangup::emit!("shutdown_started");
     shutdown.cancel();
