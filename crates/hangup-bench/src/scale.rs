@@ -60,6 +60,8 @@ pub struct ScaleSettings {
     pub concurrency: usize,
     /// The servers' dead-after D; `None`: 3 × heartbeat.
     pub dead_after: Option<Duration>,
+    /// The servers' `--io-threads`; `None`: their default (one per CPU).
+    pub io_threads: Option<usize>,
     /// Give up if ramp-up takes longer than this.
     pub ramp_limit: Duration,
     /// Run the same load against this peer too, in the same run: rounds alternate
@@ -307,7 +309,12 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
                     limits.nofile.0
                 ));
             }
-            let servers = start_servers(instances, fd_room, dead_after)?;
+            let io_threads = args.io_threads.map(|n| n.to_string());
+            let extra: Vec<&str> = match &io_threads {
+                Some(n) => vec!["--io-threads", n],
+                None => Vec::new(),
+            };
+            let servers = start_servers(instances, fd_room, dead_after, &extra)?;
             let target = servers[0].addr;
             let pids = servers.iter().map(ServerProcess::pid).collect();
             (target, servers, pids)
@@ -495,18 +502,19 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
     Ok(report)
 }
 
-/// K instances of `hangup serve --reuse-port` on one loopback port.
+/// K instances of `hangup serve --reuse-port` on one loopback port, with `extra` flags.
 pub(crate) fn start_servers(
     instances: usize,
     max_connections: usize,
     dead_after: Duration,
+    extra: &[&str],
 ) -> anyhow::Result<Vec<ServerProcess>> {
     start_servers_at(
         Ipv4Addr::LOCALHOST.into(),
         instances,
         max_connections,
         dead_after,
-        &[],
+        extra,
         &[],
     )
 }

@@ -165,6 +165,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
 
+    /// Threads that drive the connections, each with its own epoll and a share of them
+    /// [default: number of CPUs].
+    #[arg(long, value_name = "N")]
+    pub io_threads: Option<usize>,
+
     /// Connections served at once; the next one gets `ERR busy` and is closed.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS.get())]
     pub max_connections: usize,
@@ -406,6 +411,10 @@ pub struct BenchScaleArgs {
     /// what watches the sessions].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub dead_after: Option<Duration>,
+
+    /// The servers' --io-threads [default: theirs, one per CPU].
+    #[arg(long, value_name = "N", conflicts_with = "target")]
+    pub io_threads: Option<usize>,
 
     /// Give up if ramp-up takes longer than this.
     #[arg(long, value_name = "DURATION", default_value = "20m", value_parser = parse_duration)]

@@ -26,6 +26,7 @@ mod metrics;
 pub mod presence;
 mod reactor;
 pub mod sched;
+mod wheel;
 mod workers;
 
 pub use admin::{

@@ -1,5 +1,5 @@
 //! The I/O threads. Each owns an epoll instance (through mio), a slab of the
-//! connections it was handed and one heap of their deadlines, and drives them itself:
+//! connections it was handed and one timer wheel of their deadlines, and drives them itself:
 //! no task, waker, timer entry or readiness cell per connection, so a connection costs
 //! its state in the slab and nothing beside it.
 //!
@@ -7,15 +7,14 @@
 //!  accept loop ──Accepted──▶ inbox ─┐        epoll (edge-triggered, one per thread)
 //!  kicks, job ends, commits ──────▶ │  ┌──────────────┘
 //!                                   ▼  ▼
-//!                      slab of connections (driver.rs) ◀── deadline heap
+//!                      slab of connections (driver.rs) ◀── timer wheel (wheel.rs)
 //! ```
 //!
 //! Other threads reach a connection through its [`Mailbox`]: a message into its
 //! thread's inbox, with the connection's id, so that one meant for a connection that
 //! ended never reaches the next one in its slot.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -30,6 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::driver::{Conn, Drive, Slot};
 use crate::live::{lock, ConnectionSnapshot, SessionSnapshot};
+use crate::wheel::{Tick, Wheel};
 use crate::workers::Finished;
 use crate::Shared;
 
@@ -191,7 +191,8 @@ impl Reactors {
             let reactor = Reactor {
                 poll,
                 conns: Slab::new(),
-                deadlines: BinaryHeap::new(),
+                wheel: Wheel::new(Instant::now()),
+                due: Vec::new(),
                 runnable: VecDeque::new(),
                 ctx: Context {
                     shared: shared.clone(),
@@ -273,9 +274,9 @@ impl Reactors {
 /// A connection in its thread's slab.
 struct Entry {
     conn: Conn,
-    /// The earliest deadline filed for it in the heap (later ones it moved to are
-    /// filed when this one comes up: one heap entry per connection, not per change).
-    filed: Option<Instant>,
+    /// The earliest tick its deadline is filed at in the wheel (a later one it moved to
+    /// is filed when this one comes up: one entry per connection, not per change).
+    filed: Option<Tick>,
     /// In the run queue already.
     queued: bool,
 }
@@ -294,8 +295,10 @@ enum DrainStage {
 struct Reactor {
     poll: Poll,
     conns: Slab<Entry>,
-    /// (deadline, slab index, connection id), earliest first.
-    deadlines: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Every connection's next deadline, as (slab index, connection id).
+    wheel: Wheel<(usize, u64)>,
+    /// The slab indices whose deadline came up (kept for its capacity).
+    due: Vec<usize>,
     /// Connections with work left after their fair share (more input to read, or input
     /// held back that can go on).
     runnable: VecDeque<Key>,
@@ -345,7 +348,7 @@ impl Reactor {
         if !self.runnable.is_empty() {
             return Some(Duration::ZERO);
         }
-        let next = self.deadlines.peek().map(|Reverse((at, _, _))| *at);
+        let next = self.wheel.next_expiry();
         let drain = self
             .drain
             .filter(|(stage, _)| *stage != DrainStage::Over)
@@ -490,15 +493,16 @@ impl Reactor {
         }
     }
 
-    /// Files the connection's deadline in the heap if it is earlier than the one filed.
+    /// Files the connection's deadline in the wheel if it is earlier than the one filed.
     fn refile(&mut self, index: usize) {
         let Some(entry) = self.conns.get_mut(index) else {
             return;
         };
         if let Some(at) = entry.conn.deadline() {
-            if entry.filed.is_none_or(|filed| at < filed) {
-                entry.filed = Some(at);
-                self.deadlines.push(Reverse((at, index, entry.conn.id())));
+            let tick = self.wheel.tick_of(at);
+            if entry.filed.is_none_or(|filed| tick < filed) {
+                entry.filed = Some(tick);
+                self.wheel.file(tick, (index, entry.conn.id()));
             }
         }
     }
@@ -519,26 +523,33 @@ impl Reactor {
     }
 
     fn fire_deadlines(&mut self, now: Instant) {
-        while let Some(&Reverse((at, index, id))) = self.deadlines.peek() {
-            if at > now {
-                break;
-            }
-            self.deadlines.pop();
+        let mut due = std::mem::take(&mut self.due);
+        let conns = &self.conns;
+        self.wheel.expire(
+            now,
+            |(index, id)| {
+                let entry = conns.get(index).filter(|entry| entry.conn.id() == id)?;
+                entry.filed
+            },
+            |(index, _)| due.push(index),
+        );
+        // A slot may hold a connection twice (filed again in the same slot a turn on).
+        due.sort_unstable();
+        due.dedup();
+        for &index in &due {
             let Some(entry) = self.conns.get_mut(index) else {
                 continue;
             };
-            if entry.conn.id() != id || entry.filed != Some(at) {
-                // Filed for a connection since gone, or superseded by an earlier one.
-                continue;
-            }
             entry.filed = None;
-            if entry.conn.deadline().is_some_and(|due| due <= now) {
+            if entry.conn.deadline().is_some_and(|at| at <= now) {
                 self.handle(index, |conn, ctx| conn.on_timeout(ctx, now));
             } else {
                 // The deadline moved later since it was filed: file it there.
                 self.refile(index);
             }
         }
+        due.clear();
+        self.due = due;
         if let Some((stage, at)) = self.drain {
             if stage != DrainStage::Over && at <= now {
                 self.next_drain_stage(stage, now);

@@ -39,6 +39,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             per_worker: args.per_worker,
             concurrency: args.concurrency,
             dead_after: args.dead_after,
+            io_threads: args.io_threads,
             ramp_limit: args.ramp_limit,
             peer: args.peer,
             repeat: args.repeat,

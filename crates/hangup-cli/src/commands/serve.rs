@@ -95,13 +95,18 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         Some(workers) => NonZeroUsize::new(workers)
             .context("--workers must be at least 1 (or leave it out for one per CPU)")?,
     };
+    let io_threads = match args.io_threads {
+        None => defaults.io_threads,
+        Some(threads) => NonZeroUsize::new(threads)
+            .context("--io-threads must be at least 1 (or leave it out for one per CPU)")?,
+    };
     let config = ServerConfig {
         listen: args.listen,
         reuse_port: args.reuse_port,
         policy,
         half_close: args.on_half_close,
         workers,
-        io_threads: defaults.io_threads,
+        io_threads,
         max_connections,
         max_rounds: args.max_rounds,
         max_queued_bytes: args.max_queued_bytes,
