@@ -166,7 +166,7 @@ pub struct ServeArgs {
     pub workers: Option<usize>,
 
     /// Threads that drive the connections, each with its own epoll and a share of them
-    /// [default: number of CPUs].
+    /// [default: half the CPUs, at least 1].
     #[arg(long, value_name = "N")]
     pub io_threads: Option<usize>,
 
@@ -412,7 +412,7 @@ pub struct BenchScaleArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub dead_after: Option<Duration>,
 
-    /// The servers' --io-threads [default: theirs, one per CPU].
+    /// The servers' --io-threads [default: theirs, half the CPUs].
     #[arg(long, value_name = "N", conflicts_with = "target")]
     pub io_threads: Option<usize>,
 

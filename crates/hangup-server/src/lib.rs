@@ -114,7 +114,7 @@ pub struct ServerConfig {
     /// Jobs running at once across all connections; by default one per CPU.
     pub workers: NonZeroUsize,
     /// Threads that drive the connections (each with its own epoll and its share of
-    /// the connections); by default one per CPU.
+    /// the connections); by default [`default_io_threads`].
     pub io_threads: NonZeroUsize,
     /// Connections served at once; the next one gets `ERR busy`.
     pub max_connections: NonZeroUsize,
@@ -149,7 +149,7 @@ impl ServerConfig {
             policy: LivenessPolicy::from_dead_after(dead_after),
             half_close: HalfClosePolicy::default(),
             workers: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
-            io_threads: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+            io_threads: default_io_threads(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_rounds: DEFAULT_MAX_ROUNDS,
             admin: None,
@@ -171,6 +171,15 @@ impl ServerConfig {
             ..ConnectionConfig::new(&self.policy)
         }
     }
+}
+
+/// Half the CPUs, at least one: the other half runs the jobs and the presence writer.
+/// One I/O thread on two cores spent 0.88 × mosquitto's CPU per heartbeat where two
+/// spent 1.23 × (each woke up for half the events: twice the context switches), with
+/// round trips as short as mosquitto's (BENCHMARKS.md, `bench scale --io-threads`).
+pub fn default_io_threads() -> NonZeroUsize {
+    let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    NonZeroUsize::new(cpus / 2).unwrap_or(NonZeroUsize::MIN)
 }
 
 impl Default for ServerConfig {

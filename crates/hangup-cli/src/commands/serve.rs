@@ -98,7 +98,7 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     let io_threads = match args.io_threads {
         None => defaults.io_threads,
         Some(threads) => NonZeroUsize::new(threads)
-            .context("--io-threads must be at least 1 (or leave it out for one per CPU)")?,
+            .context("--io-threads must be at least 1 (or leave it out for half the CPUs)")?,
     };
     let config = ServerConfig {
         listen: args.listen,
