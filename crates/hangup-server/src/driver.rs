@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::live::{lock, ConnectionSnapshot, ConnectionState, SessionSnapshot, TcpFigures};
 use crate::reactor::{ConnMessage, Context, Key};
-use crate::{PresenceDurability, SessionHandle, Shared, DURABLE_WELCOME_LIMIT};
+use crate::{Claim, PresenceDurability, SessionHandle, Shared, DURABLE_WELCOME_LIMIT};
 use hangup::apply_policy;
 
 /// Reads per turn before the other connections of the thread get theirs.
@@ -159,7 +159,8 @@ pub(crate) struct Conn {
     state: ConnectionState,
     session: Option<OpenSession>,
     /// With durable presence: the session whose `WELCOME` waits for its commit.
-    welcome_after: Option<SessionId>,
+    /// (The core takes no input meanwhile: no second `HELLO` before the commit.)
+    welcome_pending: bool,
     /// Set once the core closed the connection gracefully: the drain of the peer's
     /// remaining input.
     closing: Option<Box<Closing>>,
@@ -222,7 +223,7 @@ impl Conn {
             last_inbound_ms: 0,
             state: ConnectionState::Open,
             session: None,
-            welcome_after: None,
+            welcome_pending: false,
             closing: None,
             _slot: slot,
         }
@@ -339,8 +340,8 @@ impl Conn {
                 }
             }
             ConnMessage::Committed(id, durable) => {
-                if self.welcome_after == Some(id) {
-                    self.welcome_after = None;
+                if self.welcome_pending {
+                    self.welcome_pending = false;
                     self.session_committed(ctx, id, durable);
                 }
             }
@@ -646,17 +647,21 @@ impl Conn {
             }
         }
         let wall = SystemTime::now();
-        let handle = SessionHandle {
+        let handle = Box::new(SessionHandle {
             conn: self.key.id,
             kick: Some(ctx.mailbox(self.key)),
-            epoch: 0,
-            evict_seen: 0,
-            peer: self.peer,
-            since_ms: wall
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64,
-        };
+            claim: shared.cluster.as_ref().map(|_| {
+                Box::new(Claim {
+                    epoch: 0,
+                    evict_seen: 0,
+                    peer: self.peer,
+                    since_ms: wall
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis() as u64,
+                })
+            }),
+        });
         let (opened, live_sessions) = {
             let mut registry = lock(&shared.sessions);
             let opened = registry.open(&device, handle);
@@ -669,7 +674,7 @@ impl Conn {
                 let presence = presence.clone();
                 let (id, device, peer) = (opened.id, device.clone(), self.peer);
                 let mailbox = ctx.mailbox(self.key);
-                self.welcome_after = Some(id);
+                self.welcome_pending = true;
                 ctx.runtime.spawn(async move {
                     let durable = presence
                         .session_started_durably(id.0, &device, peer, wall, DURABLE_WELCOME_LIMIT)

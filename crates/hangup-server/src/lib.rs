@@ -199,23 +199,47 @@ pub(crate) struct Counters {
 }
 
 /// What the registry keeps per session: how to reach the connection that owns it.
+/// Boxed in the registry, whose table keeps about twice as many buckets as sessions:
+/// a bucket is then a key, an id and a pointer.
 #[derive(Debug)]
 pub(crate) struct SessionHandle {
     conn: u64,
     /// Where the evicting `HELLO`'s instant goes (for the eviction latency); taken by
     /// the first kick.
     kick: Option<reactor::Mailbox>,
-    /// The cluster's fencing epoch of this session; 0 until its claim returned (or
-    /// without a cluster).
+    /// In cluster mode only: the session's claim.
+    claim: Option<Box<Claim>>,
+}
+
+/// What the cluster knows of a session this node holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claim {
+    /// The fencing epoch; 0 until the claim returned.
     epoch: u64,
     /// The highest epoch an eviction message named while our claim was in flight.
     evict_seen: u64,
     peer: SocketAddr,
-    /// When the `HELLO` came, Unix ms (for the cluster's reconciliation).
+    /// When the `HELLO` came, Unix ms (for the reconciliation).
     since_ms: u64,
 }
 
 impl SessionHandle {
+    /// The session's claim (all zero without a cluster).
+    fn claim(&self) -> Claim {
+        self.claim.as_deref().copied().unwrap_or(Claim {
+            epoch: 0,
+            evict_seen: 0,
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            since_ms: 0,
+        })
+    }
+
+    /// The session's claim, to update (made if it had none).
+    fn claim_mut(&mut self) -> &mut Claim {
+        let claim = self.claim();
+        self.claim.get_or_insert_with(|| Box::new(claim))
+    }
+
     /// Kicks the connection; false when it was kicked already.
     fn kick_now(&mut self, hello_at: Instant) -> bool {
         match self.kick.take() {
@@ -238,7 +262,7 @@ pub(crate) struct Shared {
     next_connection_id: AtomicU64,
     /// Signalled whenever a connection ends (frees a slot, and a descriptor).
     connection_ended: Notify,
-    sessions: Mutex<SessionRegistry<SessionHandle>>,
+    sessions: Mutex<SessionRegistry<Box<SessionHandle>>>,
     /// The I/O threads, with the connections.
     reactors: reactor::Reactors,
     metrics: Metrics,

@@ -534,8 +534,8 @@ impl ClusterTask {
         let devices: Vec<Box<str>> = registry.iter().map(|(device, ..)| device.into()).collect();
         for device in &devices {
             if let Some((_, handle)) = registry.get_mut(device) {
-                handle.epoch = 0;
-                handle.evict_seen = 0;
+                handle.claim_mut().epoch = 0;
+                handle.claim_mut().evict_seen = 0;
             }
         }
         hangup::emit!(
@@ -661,10 +661,10 @@ impl ClusterTask {
             if current != *session {
                 continue;
             }
-            handle.epoch = epoch;
-            if evicted_in_flight(epoch, handle.evict_seen) {
+            handle.claim_mut().epoch = epoch;
+            if evicted_in_flight(epoch, handle.claim().evict_seen) {
                 // A newer HELLO elsewhere was announced before our own claim returned.
-                let newer_epoch = handle.evict_seen;
+                let newer_epoch = handle.claim().evict_seen;
                 Evicted {
                     node: &self.node,
                     device,
@@ -698,9 +698,9 @@ fn evict(shared: &Shared, node: &str, device: &str, epoch: u64, since_ms: u64, b
     let Some((session, handle)) = registry.get_mut(device) else {
         return;
     };
-    match eviction(handle.epoch, epoch) {
+    match eviction(handle.claim().epoch, epoch) {
         Eviction::Defer => {
-            handle.evict_seen = handle.evict_seen.max(epoch);
+            handle.claim_mut().evict_seen = handle.claim().evict_seen.max(epoch);
             return;
         }
         Eviction::Ignore => return,
@@ -715,7 +715,7 @@ fn evict(shared: &Shared, node: &str, device: &str, epoch: u64, since_ms: u64, b
         node,
         device,
         session,
-        epoch: handle.epoch,
+        epoch: handle.claim().epoch,
         newer_epoch: epoch,
         reason: "message",
         by_node: Some(by),
@@ -769,9 +769,9 @@ impl ClusterTask {
             .map(|(device, session, handle)| Held {
                 device: device.into(),
                 session,
-                epoch: handle.epoch,
-                peer: handle.peer,
-                since_ms: handle.since_ms,
+                epoch: handle.claim().epoch,
+                peer: handle.claim().peer,
+                since_ms: handle.claim().since_ms,
             })
             .collect();
         let started = Instant::now();
@@ -833,8 +833,8 @@ impl ClusterTask {
                     } else {
                         claimed += 1;
                     }
-                    handle.epoch = epoch;
-                    handle.evict_seen = 0;
+                    handle.claim_mut().epoch = epoch;
+                    handle.claim_mut().evict_seen = 0;
                 }
             }
         }
