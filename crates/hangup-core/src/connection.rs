@@ -373,11 +373,9 @@ impl Connection {
         }
         if !bytes.is_empty() {
             self.last_inbound = Some(now);
-            // The deadline follows every sign of life: a slot write here, and for the
-            // driver one later `Sleep` deadline, which tokio takes without waking the
-            // task. Re-arming only when the deadline fired (lazily) woke every
-            // connection about once per heartbeat instead, and measured ~2 µs more
-            // server CPU per heartbeat (BENCHMARKS.md, bench scale).
+            // The deadline follows every sign of life: a slot write here. The driver
+            // refiles it in its timer wheel only when the old deadline comes up (one
+            // entry per connection, not one per heartbeat).
             if let Session::Open(_, heartbeat) = self.session {
                 self.timers
                     .set(Timer::Heartbeat, now + heartbeat.dead_after);

@@ -187,7 +187,6 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.shared.metrics.connections_open.dec();
-        self.shared.connection_ended.notify_waiters();
     }
 }
 

@@ -45,10 +45,8 @@ use hangup_core::{
     ConnectionConfig, HalfClosePolicy, LivenessPolicy, QueueBudget, SessionRegistry, StatusCounts,
     DEFAULT_DEAD_AFTER, DEFAULT_MAX_ROUNDS, DEFAULT_PORT,
 };
-use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -260,8 +258,8 @@ pub(crate) struct Shared {
     counters: Counters,
     workers: WorkerPool,
     next_connection_id: AtomicU64,
-    /// Signalled whenever a connection ends (frees a slot, and a descriptor).
-    connection_ended: Notify,
+    /// The `ERR busy` refusals in flight (tokio tasks).
+    refusals: TaskTracker,
     sessions: Mutex<SessionRegistry<Box<SessionHandle>>>,
     /// The I/O threads, with the connections.
     reactors: reactor::Reactors,
@@ -306,7 +304,7 @@ impl Shared {
 /// # }
 /// ```
 pub struct Server {
-    listener: AsyncFd<std::net::TcpListener>,
+    listener: std::net::TcpListener,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
     cluster_task: Option<cluster::ClusterTask>,
@@ -338,7 +336,7 @@ impl Server {
                 let node = match &cluster_config.node_id {
                     Some(node) => node.clone(),
                     None => {
-                        let id = cluster::default_node_id(listener.get_ref().local_addr()?.port());
+                        let id = cluster::default_node_id(listener.local_addr()?.port());
                         // Instances sharing a port need ids of their own.
                         if config.reuse_port {
                             format!("{id}:{}", std::process::id())
@@ -363,7 +361,7 @@ impl Server {
             workers: WorkerPool::new(config.workers),
             counters: Counters::default(),
             next_connection_id: AtomicU64::new(1),
-            connection_ended: Notify::new(),
+            refusals: TaskTracker::new(),
             config,
         });
         Ok(Self {
@@ -376,7 +374,7 @@ impl Server {
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.get_ref().local_addr()
+        self.listener.local_addr()
     }
 
     /// The admin endpoint's address, if it has one.
@@ -394,7 +392,8 @@ impl Server {
         let shared = self.shared;
         let admin_stop = CancellationToken::new();
         // Started before the admin endpoint, whose listings they answer.
-        shared.reactors.start(&shared)?;
+        let listener = Arc::new(self.listener);
+        shared.reactors.start(&shared, &listener)?;
         let admin_task = self.admin.map(|admin| {
             let token = shared.config.admin_token.clone();
             tokio::spawn(admin::serve(
@@ -417,65 +416,24 @@ impl Server {
         let cluster_task = self
             .cluster_task
             .map(|task| tokio::spawn(task.run(shared.clone(), cluster_stop.clone())));
-        let reactors = &shared.reactors;
-        // Refusals (`ERR busy`) are tokio tasks; connections live on the I/O threads.
-        let tracker = TaskTracker::new();
-        loop {
-            let accepted = tokio::select! {
-                accepted = accept(&self.listener) => accepted,
-                () = shutdown.cancelled() => break,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    // The gauge counts slots: taken here, given back once the
-                    // connection's socket is closed (its descriptor is free again).
-                    let open = shared.metrics.connections_open.get().max(0) as usize;
-                    let limit = shared.config.max_connections.get();
-                    if open >= limit {
-                        shared.metrics.connections_refused.inc();
-                        if let Ok(stream) = TcpStream::from_std(stream) {
-                            tracker.spawn(refuse_busy(stream, peer, limit));
-                        }
-                        continue;
-                    }
-                    let slot = driver::Slot::take(&shared);
-                    let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
-                    reactors.hand_over(reactor::Accepted {
-                        stream,
-                        peer,
-                        id,
-                        slot,
-                    });
-                }
-                Err(err) if is_resource_exhaustion(&err) => {
-                    // Out of descriptors or memory: the pending connection stays in the
-                    // backlog. Wait for one of ours to end (or a moment), never spin.
-                    hangup::emit!(
-                        WARN, "accept_paused",
-                        error = %err,
-                    );
-                    tokio::select! {
-                        () = shared.connection_ended.notified() => {}
-                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                        () = shutdown.cancelled() => break,
-                    }
-                }
-                // The connection died before we accepted it (ECONNABORTED, …): next.
-                Err(err) => tracing::debug!(error = %err, "accept failed"),
-            }
-        }
-        drop(self.listener);
-        // Connections drain only once the accept loop stopped: by the time a client
-        // reads GOAWAY, /healthz already answers 503 and new connections are refused.
+        shutdown.cancelled().await;
+        // Stop listening first (connects are refused from here on, and every I/O
+        // thread's accept says so); connections drain after: by the time a client reads
+        // GOAWAY, /healthz already answers 503 and new connections are refused.
+        let _ = socket2::SockRef::from(listener.as_ref()).shutdown(std::net::Shutdown::Read);
+        drop(listener);
         shared.draining.cancel();
+        let reactors = &shared.reactors;
         reactors.drain();
-        tracker.close();
+        // Refusals (`ERR busy`) are tokio tasks; connections live on the I/O threads.
+        let refusals = &shared.refusals;
+        refusals.close();
         // Every connection closes by drain timeout + SHUTDOWN_GRACE whatever its peer
         // does; this second bound only guards against a bug there.
         let bound = shared.config.drain_timeout + 2 * SHUTDOWN_GRACE;
         let ended = async {
             reactors.ended().await;
-            tracker.wait().await;
+            refusals.wait().await;
         };
         if tokio::time::timeout(bound, ended).await.is_err() {
             tracing::warn!(
@@ -549,7 +507,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// A listening socket with a backlog deep enough for reconnect storms (the kernel caps
 /// it at net.core.somaxconn); tokio's `bind` would leave it at 1024.
-fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<AsyncFd<std::net::TcpListener>> {
+fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -558,27 +516,9 @@ fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<AsyncFd<std::net::Tc
     }
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
+    // Non-blocking: every I/O thread accepts from it (reactor.rs).
     socket.set_nonblocking(true)?;
-    let listener: std::net::TcpListener = socket.into();
-    // SAFETY: the listener is moved into the AsyncFd, which owns it: its descriptor
-    // stays open, and the same, until the AsyncFd is dropped.
-    unsafe { AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE) }
-        .map_err(|err| err.into_parts().1)
-}
-
-/// The next connection, non-blocking, for an I/O thread (never registered with the
-/// runtime's reactor: that would cost two `epoll_ctl` and a readiness cell each).
-async fn accept(
-    listener: &AsyncFd<std::net::TcpListener>,
-) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-    loop {
-        let mut ready = listener.readable().await?;
-        if let Ok(accepted) = ready.try_io(|listener| listener.get_ref().accept()) {
-            let (stream, peer) = accepted?;
-            stream.set_nonblocking(true)?;
-            return Ok((stream, peer));
-        }
-    }
+    Ok(socket.into())
 }
 
 /// Descriptors kept apart from connections: listeners, the presence store's SQLite
@@ -640,7 +580,7 @@ fn reserve_descriptors(config: &mut ServerConfig) {
 /// Pending connections the kernel may queue before we accept them.
 const LISTEN_BACKLOG: i32 = 4096;
 
-fn is_resource_exhaustion(err: &io::Error) -> bool {
+pub(crate) fn is_resource_exhaustion(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
@@ -648,7 +588,7 @@ fn is_resource_exhaustion(err: &io::Error) -> bool {
 }
 
 /// At the connection limit: say so, then close gracefully.
-async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr, limit: usize) {
+pub(crate) async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr, limit: usize) {
     hangup::emit!(
         "connection_refused",
         peer = %peer,

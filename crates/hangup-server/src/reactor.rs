@@ -4,11 +4,15 @@
 //! its state in the slab and nothing beside it.
 //!
 //! ```text
-//!  accept loop ──Accepted──▶ inbox ─┐        epoll (edge-triggered, one per thread)
-//!  kicks, job ends, commits ──────▶ │  ┌──────────────┘
-//!                                   ▼  ▼
+//!  listener ─────────────────────────┐     epoll (edge-triggered, one per thread)
+//!  kicks, job ends, commits ─▶ inbox │  ┌──────────────┘
+//!                               ▼    ▼  ▼
 //!                      slab of connections (driver.rs) ◀── timer wheel (wheel.rs)
 //! ```
+//!
+//! Every thread accepts from the listening socket itself: a new connection is served
+//! by the thread that woke for it, without a hand-over (a second wake-up, behind
+//! whatever that thread was doing).
 //!
 //! Other threads reach a connection through its [`Mailbox`]: a message into its
 //! thread's inbox, with the connection's id, so that one meant for a connection that
@@ -17,12 +21,14 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hangup_core::{JobId, SessionId};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tokio::sync::oneshot;
@@ -35,6 +41,13 @@ use crate::Shared;
 
 /// The inbox's token; connections use their slab index.
 const WAKER: Token = Token(usize::MAX);
+/// The listening socket's token.
+const LISTENER: Token = Token(usize::MAX - 1);
+/// Connections accepted per turn before the others get theirs.
+const ACCEPTS_PER_TURN: usize = 64;
+/// How long accepting pauses when the process is out of descriptors or memory (unless
+/// one of this thread's connections ends first).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Readiness events taken per `epoll_wait`.
 const EVENTS_PER_POLL: usize = 1024;
 /// Bytes read from a socket per read call.
@@ -61,16 +74,7 @@ pub(crate) enum ConnMessage {
     Panic,
 }
 
-/// A connection the accept loop handed over.
-pub(crate) struct Accepted {
-    pub stream: std::net::TcpStream,
-    pub peer: SocketAddr,
-    pub id: u64,
-    pub slot: Slot,
-}
-
 enum Message {
-    Accepted(Accepted),
     /// Shutdown began: `GOAWAY` to every connection, then the drain stages.
     Drain,
     Conn(Key, ConnMessage),
@@ -154,7 +158,6 @@ pub(crate) struct Reactors {
     inboxes: Vec<Arc<Inbox>>,
     /// The threads' epoll instances until they start.
     polls: Mutex<Vec<Poll>>,
-    next: AtomicUsize,
     /// Each closes when its thread ends (also by a panic).
     ended: Mutex<Vec<oneshot::Receiver<()>>>,
 }
@@ -176,19 +179,33 @@ impl Reactors {
         Ok(Self {
             inboxes,
             polls: Mutex::new(polls),
-            next: AtomicUsize::new(0),
             ended: Mutex::new(Vec::new()),
         })
     }
 
-    /// Starts the threads, serving `shared`'s connections (once; from inside the
-    /// runtime, which their connections' jobs run on).
-    pub(crate) fn start(&self, shared: &Arc<Shared>) -> io::Result<()> {
+    /// Starts the threads, accepting from `listener` (non-blocking) and serving
+    /// `shared`'s connections (once; from inside the runtime, which their connections'
+    /// jobs run on).
+    pub(crate) fn start(
+        &self,
+        shared: &Arc<Shared>,
+        listener: &Arc<std::net::TcpListener>,
+    ) -> io::Result<()> {
         let runtime = tokio::runtime::Handle::current();
         let polls = std::mem::take(&mut *lock(&self.polls));
         for (n, (poll, inbox)) in polls.into_iter().zip(&self.inboxes).enumerate() {
             let (ended_tx, ended_rx) = oneshot::channel();
+            poll.registry().register(
+                &mut SourceFd(&listener.as_raw_fd()),
+                LISTENER,
+                Interest::READABLE,
+            )?;
             let reactor = Reactor {
+                listening: Some(Listening {
+                    listener: listener.clone(),
+                    ready: true,
+                    paused_until: None,
+                }),
                 poll,
                 conns: Slab::new(),
                 wheel: Wheel::new(Instant::now()),
@@ -215,12 +232,6 @@ impl Reactors {
             lock(&self.ended).push(ended_rx);
         }
         Ok(())
-    }
-
-    /// Hands an accepted connection to the next thread, round robin.
-    pub(crate) fn hand_over(&self, accepted: Accepted) {
-        let next = self.next.fetch_add(1, Ordering::Relaxed);
-        self.inboxes[next % self.inboxes.len()].send(Message::Accepted(accepted));
     }
 
     /// Starts every thread's drain; they end once their last connection has closed.
@@ -292,8 +303,19 @@ enum DrainStage {
     Over,
 }
 
+/// The listening socket, as one thread accepts from it.
+struct Listening {
+    listener: Arc<std::net::TcpListener>,
+    /// Connections may be waiting (edge-triggered: until `accept` says `EAGAIN`).
+    ready: bool,
+    /// Out of descriptors or memory: no `accept` before this.
+    paused_until: Option<Instant>,
+}
+
 struct Reactor {
     poll: Poll,
+    /// Until shutdown began.
+    listening: Option<Listening>,
     conns: Slab<Entry>,
     /// Every connection's next deadline, as (slab index, connection id).
     wheel: Wheel<(usize, u64)>,
@@ -323,6 +345,11 @@ impl Reactor {
             for event in events.iter() {
                 match event.token() {
                     WAKER => inbox = true,
+                    LISTENER => {
+                        if let Some(listening) = &mut self.listening {
+                            listening.ready = true;
+                        }
+                    }
                     Token(index) => {
                         if let Some(entry) = self.conns.get_mut(index) {
                             entry.conn.on_readiness(event);
@@ -334,6 +361,7 @@ impl Reactor {
             if inbox {
                 self.take_inbox();
             }
+            self.accept_some(Instant::now());
             self.run_queue();
             self.fire_deadlines(Instant::now());
             if self.drain.is_some() && self.conns.is_empty() {
@@ -348,15 +376,21 @@ impl Reactor {
         if !self.runnable.is_empty() {
             return Some(Duration::ZERO);
         }
+        let paused = match &self.listening {
+            Some(Listening {
+                ready: true,
+                paused_until: None,
+                ..
+            }) => return Some(Duration::ZERO),
+            Some(listening) => listening.paused_until,
+            None => None,
+        };
         let next = self.wheel.next_expiry();
         let drain = self
             .drain
             .filter(|(stage, _)| *stage != DrainStage::Over)
             .map(|(_, at)| at);
-        let earliest = match (next, drain) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let earliest = [next, drain, paused].into_iter().flatten().min();
         earliest.map(|at| at.saturating_duration_since(now))
     }
 
@@ -380,7 +414,6 @@ impl Reactor {
                             .collect(),
                     );
                 }
-                Message::Accepted(accepted) => self.accept(accepted),
                 Message::Drain => self.start_drain(),
                 Message::Conn(key, message) => {
                     if self.is_current(key) {
@@ -397,13 +430,80 @@ impl Reactor {
             .is_some_and(|entry| entry.conn.id() == key.id)
     }
 
-    fn accept(&mut self, accepted: Accepted) {
-        let Accepted {
-            stream,
-            peer,
-            id,
-            slot,
-        } = accepted;
+    /// Accepts what waits on the listener, up to a fair share.
+    fn accept_some(&mut self, now: Instant) {
+        let Some(listening) = &mut self.listening else {
+            return;
+        };
+        if listening.paused_until.is_some_and(|until| now < until) || !listening.ready {
+            return;
+        }
+        listening.paused_until = None;
+        let listener = listening.listener.clone();
+        for _ in 0..ACCEPTS_PER_TURN {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if stream.set_nonblocking(true).is_ok() {
+                        self.admit(stream, peer);
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if let Some(listening) = &mut self.listening {
+                        listening.ready = false;
+                    }
+                    return;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if crate::is_resource_exhaustion(&err) => {
+                    // Out of descriptors or memory: the pending connection stays in the
+                    // backlog. Wait for one of ours to end (or a moment), never spin.
+                    hangup::emit!(WARN, "accept_paused", error = %err);
+                    if let Some(listening) = &mut self.listening {
+                        listening.paused_until = Some(now + ACCEPT_PAUSE);
+                    }
+                    return;
+                }
+                // Shut down for shutdown: no more connections.
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                    return self.stop_listening();
+                }
+                // The connection died before we accepted it (ECONNABORTED, …): next.
+                Err(err) => tracing::debug!(error = %err, "accept failed"),
+            }
+        }
+    }
+
+    /// Stops accepting (shutdown): the listener is out of this thread's epoll.
+    fn stop_listening(&mut self) {
+        if let Some(listening) = self.listening.take() {
+            let fd = listening.listener.as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
+    }
+
+    /// A connection just accepted: served here, or refused with `ERR busy` at the
+    /// connection limit.
+    fn admit(&mut self, stream: std::net::TcpStream, peer: SocketAddr) {
+        let shared = &self.ctx.shared;
+        // The gauge counts slots: taken here, given back once the connection's socket
+        // is closed (its descriptor is free again).
+        let open = shared.metrics.connections_open.get().max(0) as usize;
+        let limit = shared.config.max_connections.get();
+        if open >= limit {
+            shared.metrics.connections_refused.inc();
+            if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                shared
+                    .refusals
+                    .spawn(crate::refuse_busy(stream, peer, limit));
+            }
+            return;
+        }
+        let slot = Slot::take(shared);
+        let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
+        self.open(stream, peer, id, slot);
+    }
+
+    fn open(&mut self, stream: std::net::TcpStream, peer: SocketAddr, id: u64, slot: Slot) {
         let mut stream = mio::net::TcpStream::from_std(stream);
         let vacant = self.conns.vacant_entry();
         let key = Key {
@@ -428,10 +528,6 @@ impl Reactor {
         // Edge-triggered: the first readiness is reported once registered, input
         // that arrived before included.
         self.refile(key.index);
-        if self.drain.is_some() {
-            // Accepted just before the listener closed: it drains with the rest.
-            self.handle(key.index, |conn, ctx| conn.goaway(ctx, Instant::now()));
-        }
     }
 
     /// Runs `f` on the connection at `index`, then drives it. A panic in either ends
@@ -490,6 +586,10 @@ impl Reactor {
     fn remove(&mut self, index: usize) {
         if let Some(mut entry) = self.conns.try_remove(index) {
             let _ = self.poll.registry().deregister(entry.conn.stream_mut());
+            // A descriptor came free: accepting may go on.
+            if let Some(listening) = &mut self.listening {
+                listening.paused_until = None;
+            }
         }
     }
 
@@ -561,6 +661,7 @@ impl Reactor {
         if self.drain.is_some() {
             return;
         }
+        self.stop_listening();
         let now = Instant::now();
         self.drain = Some((DrainStage::Jobs, now + self.ctx.shared.config.drain_timeout));
         self.for_each(|conn, ctx| conn.goaway(ctx, now));
