@@ -43,6 +43,8 @@ use crate::Shared;
 const WAKER: Token = Token(usize::MAX);
 /// The listening socket's token.
 const LISTENER: Token = Token(usize::MAX - 1);
+/// Expired deadlines handled per pass of the loop, before readiness again.
+const DUE_PER_TURN: usize = 64;
 /// Connections accepted per turn before the others get theirs.
 const ACCEPTS_PER_TURN: usize = 64;
 /// How long accepting pauses when the process is out of descriptors or memory (unless
@@ -209,7 +211,7 @@ impl Reactors {
                 poll,
                 conns: Slab::new(),
                 wheel: Wheel::new(Instant::now()),
-                due: Vec::new(),
+                due: VecDeque::new(),
                 runnable: VecDeque::new(),
                 ctx: Context {
                     shared: shared.clone(),
@@ -319,8 +321,10 @@ struct Reactor {
     conns: Slab<Entry>,
     /// Every connection's next deadline, as (slab index, connection id).
     wheel: Wheel<(usize, u64)>,
-    /// The slab indices whose deadline came up (kept for its capacity).
-    due: Vec<usize>,
+    /// Connections whose deadline came up and that have not had their turn yet: at
+    /// most [`DUE_PER_TURN`] get it per pass, so that a storm of expiries (100 000
+    /// silent deaths) does not hold up new connections and input behind it.
+    due: VecDeque<Key>,
     /// Connections with work left after their fair share (more input to read, or input
     /// held back that can go on).
     runnable: VecDeque<Key>,
@@ -373,7 +377,7 @@ impl Reactor {
     /// How long `epoll_wait` may sleep: not at all with work queued, else until the
     /// earliest deadline.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.runnable.is_empty() {
+        if !self.runnable.is_empty() || !self.due.is_empty() {
             return Some(Duration::ZERO);
         }
         let paused = match &self.listening {
@@ -623,33 +627,34 @@ impl Reactor {
     }
 
     fn fire_deadlines(&mut self, now: Instant) {
-        let mut due = std::mem::take(&mut self.due);
-        let conns = &self.conns;
+        let (conns, due) = (&self.conns, &mut self.due);
         self.wheel.expire(
             now,
             |(index, id)| {
                 let entry = conns.get(index).filter(|entry| entry.conn.id() == id)?;
                 entry.filed
             },
-            |(index, _)| due.push(index),
+            |(index, id)| due.push_back(Key { index, id }),
         );
-        // A slot may hold a connection twice (filed again in the same slot a turn on).
-        due.sort_unstable();
-        due.dedup();
-        for &index in &due {
-            let Some(entry) = self.conns.get_mut(index) else {
+        for _ in 0..DUE_PER_TURN.min(self.due.len()) {
+            let Some(key) = self.due.pop_front() else {
+                break;
+            };
+            let Some(entry) = self.conns.get_mut(key.index) else {
                 continue;
             };
+            // Gone since, or listed twice (filed again in the same slot a turn on).
+            if entry.conn.id() != key.id || entry.filed.is_none() {
+                continue;
+            }
             entry.filed = None;
             if entry.conn.deadline().is_some_and(|at| at <= now) {
-                self.handle(index, |conn, ctx| conn.on_timeout(ctx, now));
+                self.handle(key.index, |conn, ctx| conn.on_timeout(ctx, now));
             } else {
                 // The deadline moved later since it was filed: file it there.
-                self.refile(index);
+                self.refile(key.index);
             }
         }
-        due.clear();
-        self.due = due;
         if let Some((stage, at)) = self.drain {
             if stage != DrainStage::Over && at <= now {
                 self.next_drain_stage(stage, now);
