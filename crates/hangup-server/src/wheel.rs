@@ -4,9 +4,12 @@
 //! the protocol: a pop is 14 cache misses). A deadline more than one turn of the wheel
 //! ahead waits in its slot for its turn.
 //!
-//! The wheel holds keys, not deadlines: whoever files keeps the tick it filed at, and
-//! an entry only counts while its key still has that tick filed ([`Wheel::expire`]
-//! asks; an entry whose key filed elsewhere since is dropped when its slot comes up). A deadline that moves later is not refiled when it moves, only when its old
+//! Whoever files keeps the tick it filed at, and an entry only counts while its key
+//! still has that tick filed ([`Wheel::expire`] asks; an entry whose key filed
+//! elsewhere since is dropped when its slot comes up). The wheel knows its earliest
+//! entry, so that a thread sleeps until then, not until the next occupied slot (which
+//! at a 30 s heartbeat mostly holds deadlines a turn or more away: every 1 ms slot was
+//! occupied, and each woke its thread for nothing). A deadline that moves later is not refiled when it moves, only when its old
 //! tick comes up — one entry per connection, not one per heartbeat.
 
 use std::time::{Duration, Instant};
@@ -23,9 +26,14 @@ pub(crate) type Tick = u64;
 
 pub(crate) struct Wheel<K> {
     origin: Instant,
-    slots: Box<[Vec<K>]>,
-    /// One bit per slot that holds entries, to find the next one without a scan.
+    /// Each entry with the tick it was filed for.
+    slots: Box<[Vec<(K, Tick)>]>,
+    /// One bit per slot that holds entries, to skip the empty ones.
     occupied: Box<[u64]>,
+    /// The earliest tick filed in each slot ([`Tick::MAX`]: none).
+    slot_min: Box<[Tick]>,
+    /// The earliest tick filed anywhere ([`Tick::MAX`]: none).
+    earliest: Tick,
     /// Every tick before this one was expired.
     cursor: Tick,
 }
@@ -36,6 +44,8 @@ impl<K: Copy> Wheel<K> {
             origin,
             slots: (0..SLOTS).map(|_| Vec::new()).collect(),
             occupied: vec![0; SLOTS / 64].into_boxed_slice(),
+            slot_min: vec![Tick::MAX; SLOTS].into_boxed_slice(),
+            earliest: Tick::MAX,
             cursor: 0,
         }
     }
@@ -51,30 +61,19 @@ impl<K: Copy> Wheel<K> {
     /// Files `key` at `tick` (from [`Wheel::tick_of`]).
     pub(crate) fn file(&mut self, tick: Tick, key: K) {
         let slot = (tick % SLOTS as Tick) as usize;
-        self.slots[slot].push(key);
+        self.slots[slot].push((key, tick));
         self.occupied[slot / 64] |= 1 << (slot % 64);
+        self.slot_min[slot] = self.slot_min[slot].min(tick);
+        self.earliest = self.earliest.min(tick);
     }
 
-    /// When the wheel next needs to expire something: the next occupied slot's tick
-    /// (its entries may be for a later turn: then that wake-up only finds them there).
+    /// When the wheel next needs to expire something: its earliest entry's tick (the
+    /// entry may be stale by then: that wake-up only drops it).
     pub(crate) fn next_expiry(&self) -> Option<Instant> {
-        let start = (self.cursor % SLOTS as Tick) as usize;
-        let offset = (0..SLOTS / 64 + 1).find_map(|word_step| {
-            let word = (start / 64 + word_step) % (SLOTS / 64);
-            let mut bits = self.occupied[word];
-            if word_step == 0 {
-                // Only slots at or after the cursor in its own word...
-                bits &= !0u64 << (start % 64);
-            } else if word_step == SLOTS / 64 {
-                // ...and, after a whole turn, the ones before it.
-                bits = self.occupied[start / 64] & !(!0u64 << (start % 64));
-            }
-            (bits != 0).then(|| {
-                let slot = word * 64 + bits.trailing_zeros() as usize;
-                (slot + SLOTS - start) % SLOTS
-            })
-        })?;
-        Some(self.origin + Duration::from_millis((self.cursor + offset as Tick) * TICK_MS))
+        (self.earliest != Tick::MAX).then(|| {
+            let tick = self.earliest.max(self.cursor);
+            self.origin + Duration::from_millis(tick * TICK_MS)
+        })
     }
 
     /// Expires every tick up to `now`: each entry of each slot that came up whose key
@@ -101,11 +100,14 @@ impl<K: Copy> Wheel<K> {
             }
             let entries = std::mem::take(&mut self.slots[slot]);
             let mut kept = Vec::new();
-            for key in entries {
-                match filed(key) {
-                    Some(at) if at <= now_tick => fire(key),
-                    Some(at) if (at % SLOTS as Tick) as usize == slot => kept.push(key),
-                    _ => {}
+            for (key, at) in entries {
+                if filed(key) != Some(at) {
+                    continue;
+                }
+                if at <= now_tick {
+                    fire(key);
+                } else {
+                    kept.push((key, at));
                 }
             }
             // `fire` may have filed more here (a deadline due again at once lands on
@@ -114,9 +116,14 @@ impl<K: Copy> Wheel<K> {
             if kept.is_empty() {
                 self.occupied[slot / 64] &= !(1 << (slot % 64));
             }
+            self.slot_min[slot] = kept.iter().map(|&(_, at)| at).min().unwrap_or(Tick::MAX);
             self.slots[slot] = kept;
         }
         self.cursor = now_tick + 1;
+        if self.earliest <= now_tick {
+            // It came up (fired or dropped): the next one is the least of the slots'.
+            self.earliest = self.slot_min.iter().copied().min().unwrap_or(Tick::MAX);
+        }
     }
 }
 
@@ -197,7 +204,8 @@ mod tests {
         );
         // Past the end of the wheel's turn, then wrapped around.
         let mut fired = Vec::new();
-        let filed = |key: u8| Some([0, 700, 90][usize::from(key)]);
+        let filed = |key: u8| Some([0, 700, 90, 4_050, 8_000][usize::from(key)]);
+        assert_eq!(wheel.tick_of(origin + Duration::from_millis(700)), 700);
         wheel.expire(origin + Duration::from_millis(4_000), filed, |key| {
             fired.push(key)
         });
@@ -211,6 +219,16 @@ mod tests {
         assert_eq!(
             wheel.next_expiry(),
             Some(origin + Duration::from_millis(4_050))
+        );
+        wheel.expire(origin + Duration::from_millis(4_060), filed, |key| {
+            fired.push(key)
+        });
+        assert_eq!(fired, [2, 1, 3]);
+        // Only a deadline more than a turn away is left: the wheel sleeps until it,
+        // not until its slot's next turn.
+        assert_eq!(
+            wheel.next_expiry(),
+            Some(origin + Duration::from_millis(8_000))
         );
     }
 }
