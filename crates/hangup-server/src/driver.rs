@@ -191,8 +191,8 @@ impl Drop for Slot {
 }
 
 impl Conn {
-    /// A connection just accepted (and registered at `key`), holding the slot the
-    /// accept loop took; listed in the live table until it is dropped.
+    /// A connection just accepted (and registered at `key`), holding the slot its
+    /// thread took.
     pub(crate) fn open(
         stream: TcpStream,
         peer: SocketAddr,
@@ -864,9 +864,8 @@ impl Conn {
         self.closed(&ctx.shared, cause)
     }
 
-    /// The connection is over: the record of its end. Dropping it then takes it out of
-    /// the live table, closes the socket and gives the slot back, in that order (its
-    /// fields' order).
+    /// The connection is over: the record of its end. Dropping it then closes the
+    /// socket and gives the slot back, in that order (its fields' order).
     fn closed(&mut self, shared: &Shared, cause: Cause) -> Drive {
         let now = Instant::now();
         hangup::emit!(

@@ -6,13 +6,14 @@
 //! `hangup` crate, whose dependency tree stays small.
 //!
 //! ```text
-//!  accept loop ──▶ I/O threads (reactor.rs): a slab of connections each (driver.rs)
+//!  listener ──▶ I/O threads (reactor.rs): each accepts, and drives a slab of
+//!               connections (driver.rs) with one timer wheel (wheel.rs)
 //!                    ├─ socket readiness: bytes, FIN (EPOLLRDHUP), RST (EPOLLERR),
 //!                    │    a cause by hangup_core::classify_readiness
 //!                    ├─ hangup_core::Connection: replies, job starts/cancels, timers
 //!                    ├─ HELLO ──▶ session registry: takeover kicks the old connection
 //!                    └─ running job ──▶ worker pool (workers.rs), cancelled by token
-//!  admin endpoint (admin.rs) ◀── live table (live.rs), metrics (metrics.rs)
+//!  admin endpoint (admin.rs) ◀── the I/O threads' listings (live.rs), metrics (metrics.rs)
 //!  --cluster: cluster task (cluster/) ◀─▶ Redis: cross-node takeover, leases, presence
 //! ```
 
