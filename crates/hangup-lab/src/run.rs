@@ -353,6 +353,16 @@ enum Cut {
     Unreachable,
 }
 
+impl Cut {
+    /// Takes `side` off the network this way; the Unix time in ns just before.
+    fn apply(self, topology: &Topology, side: Side) -> Result<u64, LabError> {
+        match self {
+            Cut::Silent => topology.cut(side),
+            Cut::Unreachable => topology.cut_unreachable(side),
+        }
+    }
+}
+
 impl CellRun<'_> {
     fn dead_after(&self) -> Duration {
         self.lab.config.dead_after
@@ -387,18 +397,18 @@ impl CellRun<'_> {
             Scenario::ClientExit => self.client_exit(),
             Scenario::ClientExitUnread => self.client_exit_unread(),
             Scenario::ClientHalfClose => self.client_half_close(),
-            Scenario::ClientCrashIdle => self.client_crash_idle(),
+            Scenario::ClientCrashIdle => self.idle_session_dies(Side::Client, Cut::Silent),
             Scenario::ClientCrashSending => self.client_crash_sending(),
             Scenario::ClientCrashUploading => self.client_crash_uploading(),
-            Scenario::ClientUnreachable => self.client_unreachable(),
+            Scenario::ClientUnreachable => self.idle_session_dies(Side::Client, Cut::Unreachable),
             Scenario::ClientUnreachableSending => self.client_unreachable_sending(),
-            Scenario::ServerUnreachable => self.server_unreachable(),
+            Scenario::ServerUnreachable => self.idle_session_dies(Side::Server, Cut::Unreachable),
             Scenario::ClientCableFlap => self.client_cable_flap(),
             Scenario::ClientReboot => self.client_reboot(),
             Scenario::ClientReconnect => self.client_reconnect(),
             Scenario::ClientStalled => self.client_stalled(),
             Scenario::ServerExit => self.server_exit(),
-            Scenario::ServerCrash => self.server_crash(),
+            Scenario::ServerCrash => self.idle_session_dies(Side::Server, Cut::Silent),
             Scenario::ServerReboot => self.server_reboot(),
             Scenario::ServerShutdown => self.server_shutdown(),
         }
@@ -708,17 +718,34 @@ impl CellRun<'_> {
         })
     }
 
-    fn client_crash_idle(&mut self) -> Result<Outcome, LabError> {
+    /// The host on `dying`'s side of an idle session goes (its link cut as `cut`, its
+    /// process killed): when and how the other side notices.
+    fn idle_session_dies(&mut self, dying: Side, cut: Cut) -> Result<Outcome, LabError> {
         let topology = self.topology()?;
         let mut server = self.server(&topology)?;
         let mut client = self.client(&topology, &self.device())?;
-        let (peer, _) = self.accepted(&mut server, &[])?;
+        let peer = match dying {
+            Side::Client => Some(self.accepted(&mut server, &[])?.0),
+            Side::Server => None,
+        };
         self.welcomed(&mut client)?;
-        self.warm_up(&mut client, "before-crash")?;
+        let tag = match cut {
+            Cut::Silent => "before-crash",
+            Cut::Unreachable => "before-unreachable",
+        };
+        self.warm_up(&mut client, tag)?;
         self.started()?;
-        let fault = topology.cut(Side::Client)?;
-        client.kill()?;
-        self.detect(&mut server, Side::Server, Some(&peer), fault, fault)
+        let fault = cut.apply(&topology, dying)?;
+        let (dead, watcher, watching) = match dying {
+            Side::Client => (&mut client, &mut server, Side::Server),
+            Side::Server => (&mut server, &mut client, Side::Client),
+        };
+        dead.kill()?;
+        let outcome = self.detect(watcher, watching, peer.as_deref(), fault, fault)?;
+        if cut == Cut::Unreachable {
+            self.note_icmp(&topology, watching);
+        }
+        Ok(outcome)
     }
 
     fn client_crash_sending(&mut self) -> Result<Outcome, LabError> {
@@ -743,30 +770,12 @@ impl CellRun<'_> {
         let (mut peer_process, peer) = self.peer_with(&topology, mode, device)?;
         peer_process.expect_stdout("`streaming`", soon(), |l| l == "streaming")?;
         self.started()?;
-        let fault = match cut {
-            Cut::Silent => topology.cut(Side::Client)?,
-            Cut::Unreachable => topology.cut_unreachable(Side::Client)?,
-        };
+        let fault = cut.apply(&topology, Side::Client)?;
         peer_process.kill()?;
         let outcome = self.detect(&mut server, Side::Server, Some(&peer), fault, fault)?;
         if cut == Cut::Unreachable {
             self.note_icmp(&topology, Side::Server);
         }
-        Ok(outcome)
-    }
-
-    fn client_unreachable(&mut self) -> Result<Outcome, LabError> {
-        let topology = self.topology()?;
-        let mut server = self.server(&topology)?;
-        let mut client = self.client(&topology, &self.device())?;
-        let (peer, _) = self.accepted(&mut server, &[])?;
-        self.welcomed(&mut client)?;
-        self.warm_up(&mut client, "before-unreachable")?;
-        self.started()?;
-        let fault = topology.cut_unreachable(Side::Client)?;
-        client.kill()?;
-        let outcome = self.detect(&mut server, Side::Server, Some(&peer), fault, fault)?;
-        self.note_icmp(&topology, Side::Server);
         Ok(outcome)
     }
 
@@ -804,20 +813,6 @@ impl CellRun<'_> {
 
     fn client_unreachable_sending(&mut self) -> Result<Outcome, LabError> {
         self.streaming_peer_dies(PeerMode::LargeReplies, None, Cut::Unreachable)
-    }
-
-    fn server_unreachable(&mut self) -> Result<Outcome, LabError> {
-        let topology = self.topology()?;
-        let mut server = self.server(&topology)?;
-        let mut client = self.client(&topology, &self.device())?;
-        self.welcomed(&mut client)?;
-        self.warm_up(&mut client, "before-unreachable")?;
-        self.started()?;
-        let fault = topology.cut_unreachable(Side::Server)?;
-        server.kill()?;
-        let outcome = self.detect(&mut client, Side::Client, None, fault, fault)?;
-        self.note_icmp(&topology, Side::Client);
-        Ok(outcome)
     }
 
     // ------------------------------------------------------------ --target
@@ -918,12 +913,12 @@ impl CellRun<'_> {
                 self.started()?;
                 if scenario == Scenario::ClientStalled {
                     peer_process.signal(libc::SIGSTOP)?
-                } else if scenario == Scenario::ClientUnreachableSending {
-                    let at = topology.cut_unreachable(Side::Client)?;
-                    peer_process.kill()?;
-                    at
                 } else {
-                    let at = topology.cut(Side::Client)?;
+                    let cut = match scenario {
+                        Scenario::ClientUnreachableSending => Cut::Unreachable,
+                        _ => Cut::Silent,
+                    };
+                    let at = cut.apply(&topology, Side::Client)?;
                     peer_process.kill()?;
                     at
                 }
@@ -939,11 +934,16 @@ impl CellRun<'_> {
                 peer_process.kill()?;
                 at
             }
-            Scenario::ClientCrashIdle | Scenario::ClientCableFlap => {
+            Scenario::ClientCrashIdle | Scenario::ClientCableFlap | Scenario::ClientUnreachable => {
                 interrupt::sleep(Duration::from_millis(200))?;
                 self.started()?;
-                let at = topology.cut(Side::Client)?;
-                if scenario == Scenario::ClientCrashIdle {
+                let cut = match scenario {
+                    Scenario::ClientUnreachable => Cut::Unreachable,
+                    _ => Cut::Silent,
+                };
+                let at = cut.apply(&topology, Side::Client)?;
+                // A flapping cable comes back: its peer lives on.
+                if scenario != Scenario::ClientCableFlap {
                     peer_process.kill()?;
                 }
                 at
@@ -954,13 +954,6 @@ impl CellRun<'_> {
                 let at = topology.cut(Side::Client)?;
                 peer_process.kill()?;
                 topology.reboot(Side::Client)?;
-                at
-            }
-            Scenario::ClientUnreachable => {
-                interrupt::sleep(Duration::from_millis(200))?;
-                self.started()?;
-                let at = topology.cut_unreachable(Side::Client)?;
-                peer_process.kill()?;
                 at
             }
             other => {
@@ -1189,18 +1182,6 @@ impl CellRun<'_> {
         self.warm_up(&mut client, "before-exit")?;
         self.started()?;
         let fault = server.kill()?;
-        self.detect(&mut client, Side::Client, None, fault, fault)
-    }
-
-    fn server_crash(&mut self) -> Result<Outcome, LabError> {
-        let topology = self.topology()?;
-        let mut server = self.server(&topology)?;
-        let mut client = self.client(&topology, &self.device())?;
-        self.welcomed(&mut client)?;
-        self.warm_up(&mut client, "before-crash")?;
-        self.started()?;
-        let fault = topology.cut(Side::Server)?;
-        server.kill()?;
         self.detect(&mut client, Side::Client, None, fault, fault)
     }
 
