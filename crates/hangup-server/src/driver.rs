@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hangup_core::{
     authorize, classify_readiness, retransmitting, Cause, CloseMode, Connection, ErrorCode, Event,
-    Heartbeat, JobId, SessionId,
+    Heartbeat, JobId, SessionId, StatusCounts,
 };
 use mio::net::TcpStream;
 use socket2::SockRef;
@@ -282,12 +282,14 @@ impl Conn {
         })
     }
 
-    /// The jobs this connection last added to the shared counters.
-    fn jobs_counted(&self) -> (u64, u64) {
-        (
+    /// What `STATUS` counts of every other connection: the server's counts less the
+    /// jobs this one last added to them.
+    fn others<'a>(&self, shared: &'a Shared) -> impl Fn() -> StatusCounts + 'a {
+        let own = (
             u64::from(self.jobs_counted.0),
             u64::from(self.jobs_counted.1),
-        )
+        );
+        move || shared.status_excluding(own)
     }
 
     /// The server's number for this connection.
@@ -350,7 +352,7 @@ impl Conn {
     }
 
     /// The deadline came: the core's timers, or the end of the graceful close's drain.
-    pub(crate) fn on_timeout(&mut self, _ctx: &mut Context, now: Instant) {
+    pub(crate) fn on_timeout(&mut self, now: Instant) {
         if let Some(closing) = &mut self.closing {
             // The peer had its time to send the rest: close now.
             closing.until = now;
@@ -367,7 +369,7 @@ impl Conn {
     }
 
     /// Shutdown began: `GOAWAY`, then jobs in flight get the drain timeout.
-    pub(crate) fn goaway(&mut self, _ctx: &mut Context, now: Instant) {
+    pub(crate) fn goaway(&mut self, now: Instant) {
         if self.closing.is_none() {
             self.state = ConnectionState::Draining;
             self.conn.handle_goaway(now);
@@ -375,7 +377,7 @@ impl Conn {
     }
 
     /// The server closes the connection: gracefully (`flush`) or at once.
-    pub(crate) fn local_close(&mut self, _ctx: &mut Context, now: Instant, flush: bool) {
+    pub(crate) fn local_close(&mut self, now: Instant, flush: bool) {
         match &mut self.closing {
             // Draining the peer's input already; a reset ends that too.
             Some(closing) if !flush => closing.until = now,
@@ -455,18 +457,16 @@ impl Conn {
             let buf = &mut ctx.buffer;
             match self.stream.read(buf) {
                 Ok(0) => {
-                    let counted = self.jobs_counted();
-                    let status = || ctx.shared.status_excluding(counted);
-                    self.conn.handle_eof(now, &status);
+                    let others = self.others(&ctx.shared);
+                    self.conn.handle_eof(now, &others);
                     return;
                 }
                 Ok(n) => {
                     self.bytes_in += n as u64;
                     self.saw_inbound(now);
                     self.record_seen(&ctx.shared, now);
-                    let counted = self.jobs_counted();
-                    let status = || ctx.shared.status_excluding(counted);
-                    self.conn.handle_bytes(now, &buf[..n], &status);
+                    let others = self.others(&ctx.shared);
+                    self.conn.handle_bytes(now, &buf[..n], &others);
                     if n < buf.len() {
                         // TCP's recvmsg copies until the buffer is full or the queue is
                         // empty: a short read took everything, so no second read that
@@ -493,9 +493,8 @@ impl Conn {
     fn flush(&mut self, ctx: &Context) {
         self.write_pending();
         while self.conn.can_resume_input() {
-            let counted = self.jobs_counted();
-            let status = || ctx.shared.status_excluding(counted);
-            self.conn.handle_bytes(Instant::now(), &[], &status);
+            let others = self.others(&ctx.shared);
+            self.conn.handle_bytes(Instant::now(), &[], &others);
             self.write_pending();
             // The socket is full: go on when it is writable again. (When it took
             // everything, keep parsing: nothing else would wake this connection up.)

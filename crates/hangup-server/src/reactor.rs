@@ -319,8 +319,8 @@ struct Reactor {
     /// Until shutdown began.
     listening: Option<Listening>,
     conns: Slab<Entry>,
-    /// Every connection's next deadline, as (slab index, connection id).
-    wheel: Wheel<(usize, u64)>,
+    /// Every connection's next deadline.
+    wheel: Wheel<Key>,
     /// Connections whose deadline came up and that have not had their turn yet: at
     /// most [`DUE_PER_TURN`] get it per pass, so that a storm of expiries (100 000
     /// silent deaths) does not hold up new connections and input behind it.
@@ -420,18 +420,12 @@ impl Reactor {
                 }
                 Message::Drain => self.start_drain(),
                 Message::Conn(key, message) => {
-                    if self.is_current(key) {
+                    if current(&self.conns, key).is_some() {
                         self.handle(key.index, |conn, ctx| conn.on_message(ctx, message));
                     }
                 }
             }
         }
-    }
-
-    fn is_current(&self, key: Key) -> bool {
-        self.conns
-            .get(key.index)
-            .is_some_and(|entry| entry.conn.id() == key.id)
     }
 
     /// Accepts what waits on the listener, up to a fair share.
@@ -535,8 +529,8 @@ impl Reactor {
     }
 
     /// Runs `f` on the connection at `index`, then drives it. A panic in either ends
-    /// that connection alone: its entry is dropped, and with it the live-table entry,
-    /// the socket and the slot.
+    /// that connection alone: its entry is dropped, and with it the socket and the
+    /// slot.
     fn handle(&mut self, index: usize, f: impl FnOnce(&mut Conn, &mut Context)) {
         let Some(entry) = self.conns.get_mut(index) else {
             return;
@@ -606,7 +600,13 @@ impl Reactor {
             let tick = self.wheel.tick_of(at);
             if entry.filed.is_none_or(|filed| tick < filed) {
                 entry.filed = Some(tick);
-                self.wheel.file(tick, (index, entry.conn.id()));
+                self.wheel.file(
+                    tick,
+                    Key {
+                        index,
+                        id: entry.conn.id(),
+                    },
+                );
             }
         }
     }
@@ -617,11 +617,9 @@ impl Reactor {
             let Some(key) = self.runnable.pop_front() else {
                 break;
             };
-            if let Some(entry) = self.conns.get_mut(key.index) {
-                if entry.conn.id() == key.id {
-                    entry.queued = false;
-                    self.drive(key.index);
-                }
+            if let Some(entry) = current_mut(&mut self.conns, key) {
+                entry.queued = false;
+                self.drive(key.index);
             }
         }
     }
@@ -630,26 +628,21 @@ impl Reactor {
         let (conns, due) = (&self.conns, &mut self.due);
         self.wheel.expire(
             now,
-            |(index, id)| {
-                let entry = conns.get(index).filter(|entry| entry.conn.id() == id)?;
-                entry.filed
-            },
-            |(index, id)| due.push_back(Key { index, id }),
+            |key| current(conns, key)?.filed,
+            |key| due.push_back(key),
         );
         for _ in 0..DUE_PER_TURN.min(self.due.len()) {
             let Some(key) = self.due.pop_front() else {
                 break;
             };
-            let Some(entry) = self.conns.get_mut(key.index) else {
+            // Gone since, or listed twice (filed again in the same slot a turn on).
+            let Some(entry) = current_mut(&mut self.conns, key).filter(|e| e.filed.is_some())
+            else {
                 continue;
             };
-            // Gone since, or listed twice (filed again in the same slot a turn on).
-            if entry.conn.id() != key.id || entry.filed.is_none() {
-                continue;
-            }
             entry.filed = None;
             if entry.conn.deadline().is_some_and(|at| at <= now) {
-                self.handle(key.index, |conn, ctx| conn.on_timeout(ctx, now));
+                self.handle(key.index, |conn, _| conn.on_timeout(now));
             } else {
                 // The deadline moved later since it was filed: file it there.
                 self.refile(key.index);
@@ -669,7 +662,7 @@ impl Reactor {
         self.stop_listening();
         let now = Instant::now();
         self.drain = Some((DrainStage::Jobs, now + self.ctx.shared.config.drain_timeout));
-        self.for_each(|conn, ctx| conn.goaway(ctx, now));
+        self.for_each(|conn, _| conn.goaway(now));
     }
 
     fn next_drain_stage(&mut self, stage: DrainStage, now: Instant) {
@@ -677,12 +670,12 @@ impl Reactor {
             DrainStage::Jobs => {
                 // Jobs had their time: close gracefully, within the grace.
                 self.drain = Some((DrainStage::Close, now + crate::SHUTDOWN_GRACE));
-                self.for_each(|conn, ctx| conn.local_close(ctx, now, true));
+                self.for_each(|conn, _| conn.local_close(now, true));
             }
             DrainStage::Close => {
                 // The peers do not take our last bytes: reset.
                 self.drain = Some((DrainStage::Over, now));
-                self.for_each(|conn, ctx| conn.local_close(ctx, now, false));
+                self.for_each(|conn, _| conn.local_close(now, false));
             }
             DrainStage::Over => {}
         }
@@ -694,6 +687,21 @@ impl Reactor {
             self.handle(index, &f);
         }
     }
+}
+
+/// The connection at `key`, if it is still the one the key was made for (its slot may
+/// hold a newer one).
+fn current(conns: &Slab<Entry>, key: Key) -> Option<&Entry> {
+    conns
+        .get(key.index)
+        .filter(|entry| entry.conn.id() == key.id)
+}
+
+/// [`current`], to change.
+fn current_mut(conns: &mut Slab<Entry>, key: Key) -> Option<&mut Entry> {
+    conns
+        .get_mut(key.index)
+        .filter(|entry| entry.conn.id() == key.id)
 }
 
 #[cfg(test)]
