@@ -9,8 +9,10 @@
 //! elsewhere since is dropped when its slot comes up). The wheel knows its earliest
 //! entry, so that a thread sleeps until then, not until the next occupied slot (which
 //! at a 30 s heartbeat mostly holds deadlines a turn or more away: every 1 ms slot was
-//! occupied, and each woke its thread for nothing). A deadline that moves later is not refiled when it moves, only when its old
-//! tick comes up — one entry per connection, not one per heartbeat.
+//! occupied, and each woke its thread for nothing); and each slot its earliest, so that
+//! expiring skips the slots with nothing due. A deadline that moves later is not
+//! refiled when it moves, only when its old tick comes up — one entry per connection,
+//! not one per heartbeat.
 
 use std::time::{Duration, Instant};
 
@@ -28,8 +30,6 @@ pub(crate) struct Wheel<K> {
     origin: Instant,
     /// Each entry with the tick it was filed for.
     slots: Box<[Vec<(K, Tick)>]>,
-    /// One bit per slot that holds entries, to skip the empty ones.
-    occupied: Box<[u64]>,
     /// The earliest tick filed in each slot ([`Tick::MAX`]: none).
     slot_min: Box<[Tick]>,
     /// The earliest tick filed anywhere ([`Tick::MAX`]: none).
@@ -43,7 +43,6 @@ impl<K: Copy> Wheel<K> {
         Self {
             origin,
             slots: (0..SLOTS).map(|_| Vec::new()).collect(),
-            occupied: vec![0; SLOTS / 64].into_boxed_slice(),
             slot_min: vec![Tick::MAX; SLOTS].into_boxed_slice(),
             earliest: Tick::MAX,
             cursor: 0,
@@ -62,7 +61,6 @@ impl<K: Copy> Wheel<K> {
     pub(crate) fn file(&mut self, tick: Tick, key: K) {
         let slot = (tick % SLOTS as Tick) as usize;
         self.slots[slot].push((key, tick));
-        self.occupied[slot / 64] |= 1 << (slot % 64);
         self.slot_min[slot] = self.slot_min[slot].min(tick);
         self.earliest = self.earliest.min(tick);
     }
@@ -95,7 +93,8 @@ impl<K: Copy> Wheel<K> {
         let last = now_tick.min(self.cursor + SLOTS as Tick - 1);
         for tick in self.cursor..=last {
             let slot = (tick % SLOTS as Tick) as usize;
-            if self.occupied[slot / 64] & (1 << (slot % 64)) == 0 {
+            if self.slot_min[slot] > now_tick {
+                // Empty, or only deadlines a turn or more away.
                 continue;
             }
             let entries = std::mem::take(&mut self.slots[slot]);
@@ -113,9 +112,6 @@ impl<K: Copy> Wheel<K> {
             // `fire` may have filed more here (a deadline due again at once lands on
             // the cursor): keep those too.
             kept.append(&mut self.slots[slot]);
-            if kept.is_empty() {
-                self.occupied[slot / 64] &= !(1 << (slot % 64));
-            }
             self.slot_min[slot] = kept.iter().map(|&(_, at)| at).min().unwrap_or(Tick::MAX);
             self.slots[slot] = kept;
         }
