@@ -736,8 +736,8 @@ struct Writer {
     conn: Connection,
     owner: Owner,
     shared: Arc<Shared>,
-    /// An empty map with the capacity of an earlier batch, swapped in for the one
-    /// taken, so that recorders do not pay for regrowing it.
+    /// An empty map with the capacity of the last batch, swapped in for the one taken,
+    /// so that recorders do not pay for regrowing it.
     spare: HashMap<u64, PendingEntry>,
 }
 
@@ -806,8 +806,12 @@ impl Writer {
                     self.shared.batch_done.notify_all();
                     self.shared.committed.send_replace(completed);
                     // Freeing a large batch's strings takes a while: not under the lock
-                    // the recorders wait for.
+                    // the recorders wait for. The spare keeps room for a batch like
+                    // this one, not for the largest ever (the ramp-up's, one entry per
+                    // session: tens of bytes per session held for nothing after it).
+                    let written = batch.len();
                     batch.clear();
+                    batch.shrink_to(written);
                     self.spare = batch;
                     if finished {
                         return Ok(());
