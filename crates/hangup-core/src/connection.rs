@@ -255,6 +255,19 @@ impl QueuedJob {
     }
 }
 
+/// A connection's jobs, out of line: most connections never run one, and every byte in
+/// [`Connection`] is paid per connection. Kept once made (job ids count on).
+#[derive(Debug)]
+struct Jobs {
+    queued: VecDeque<QueuedJob>,
+    running: Option<RunningJob>,
+    next_id: JobId,
+}
+
+impl Jobs {
+    const FIRST_ID: JobId = 1;
+}
+
 #[derive(Debug)]
 struct RunningJob {
     id: JobId,
@@ -262,12 +275,17 @@ struct RunningJob {
     cancel_cause: Option<Cause>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 enum Session {
     None,
-    /// `HELLO` was sent; the driver has not answered yet.
-    Requested(Heartbeat),
-    Open(SessionId, Heartbeat),
+    /// `HELLO` was sent; the driver has not answered yet. Boxed: it lasts one round
+    /// trip to the driver, while every open session pays for this enum's size.
+    Requested(Box<Heartbeat>),
+    /// Dead after this much inbound silence.
+    Open {
+        id: SessionId,
+        dead_after: Duration,
+    },
 }
 
 /// A token bucket, in thousandths of a token so that refills need no floats.
@@ -304,9 +322,8 @@ pub struct Connection {
     sent: usize,
     events: VecDeque<Event>,
     timers: TimerTable,
-    queued: VecDeque<QueuedJob>,
-    running: Option<RunningJob>,
-    next_job_id: JobId,
+    /// Made by the first `JOB`.
+    jobs: Option<Box<Jobs>>,
     phase: Phase,
     /// The peer sent FIN (seen through readiness or at end of input).
     fin_seen: bool,
@@ -327,7 +344,7 @@ pub struct Connection {
 impl Drop for Connection {
     /// Whatever is still queued gives its bytes back to the shared budget.
     fn drop(&mut self) {
-        for job in &self.queued {
+        for job in self.jobs.iter().flat_map(|jobs| &jobs.queued) {
             self.release(job);
         }
     }
@@ -350,9 +367,7 @@ impl Connection {
             sent: 0,
             events: VecDeque::new(),
             timers: TimerTable::default(),
-            queued: VecDeque::new(),
-            running: None,
-            next_job_id: 1,
+            jobs: None,
             phase: Phase::Open,
             fin_seen: false,
             eof: false,
@@ -376,9 +391,8 @@ impl Connection {
             // The deadline follows every sign of life: a slot write here. The driver
             // refiles it in its timer wheel only when the old deadline comes up (one
             // entry per connection, not one per heartbeat).
-            if let Session::Open(_, heartbeat) = self.session {
-                self.timers
-                    .set(Timer::Heartbeat, now + heartbeat.dead_after);
+            if let Session::Open { dead_after, .. } = self.session {
+                self.timers.set(Timer::Heartbeat, now + dead_after);
             }
         }
         let stashed = std::mem::take(&mut self.unparsed);
@@ -426,10 +440,14 @@ impl Connection {
 
     /// The driver opened the session asked for by [`Event::SessionRequested`].
     pub fn handle_session_opened(&mut self, now: Instant, id: SessionId) {
-        let Session::Requested(heartbeat) = self.session else {
+        let Session::Requested(heartbeat) = &self.session else {
             return;
         };
-        self.session = Session::Open(id, heartbeat);
+        let heartbeat = **heartbeat;
+        self.session = Session::Open {
+            id,
+            dead_after: heartbeat.dead_after,
+        };
         self.send(now, &Reply::Welcome(id, heartbeat));
         self.last_inbound = Some(now);
         if self.accepts_input() {
@@ -478,7 +496,7 @@ impl Connection {
     /// The session open on this connection, if any.
     pub fn session(&self) -> Option<SessionId> {
         match self.session {
-            Session::Open(id, _) => Some(id),
+            Session::Open { id, .. } => Some(id),
             Session::None | Session::Requested(_) => None,
         }
     }
@@ -532,7 +550,8 @@ impl Connection {
 
     /// The running job `id` stopped: `Some(digest)` if it completed.
     pub fn handle_job_finished(&mut self, now: Instant, id: JobId, digest: Option<[u8; 32]>) {
-        let Some(job) = self.running.take_if(|job| job.id == id) else {
+        let running = self.jobs.as_mut().map(|jobs| &mut jobs.running);
+        let Some(job) = running.and_then(|running| running.take_if(|job| job.id == id)) else {
             return;
         };
         match (digest, job.cancel_cause) {
@@ -620,18 +639,17 @@ impl Connection {
                     }
                 }
                 Timer::Heartbeat => {
-                    let (Session::Open(_, heartbeat), Some(last)) =
-                        (self.session, self.last_inbound)
+                    let (&Session::Open { dead_after, .. }, Some(last)) =
+                        (&self.session, self.last_inbound)
                     else {
                         continue;
                     };
-                    let due = last + heartbeat.dead_after;
+                    let due = last + dead_after;
                     if !self.interest().read {
                         // Not reading (back-pressure, BYE, the peer's FIN): its
                         // heartbeats cannot reach us, so silence proves nothing. The
                         // write-stall timer and the socket watch guard this time.
-                        self.timers
-                            .set(Timer::Heartbeat, now.max(due) + heartbeat.dead_after);
+                        self.timers.set(Timer::Heartbeat, now.max(due) + dead_after);
                     } else if due <= now {
                         self.close(now, Cause::HeartbeatMissed, false);
                     } else {
@@ -690,7 +708,13 @@ impl Connection {
 
     /// Jobs running and waiting on this connection.
     pub fn job_counts(&self) -> (usize, usize) {
-        (usize::from(self.running.is_some()), self.queued.len())
+        self.jobs.as_ref().map_or((0, 0), |jobs| {
+            (usize::from(jobs.running.is_some()), jobs.queued.len())
+        })
+    }
+
+    fn running(&self) -> Option<&RunningJob> {
+        self.jobs.as_ref()?.running.as_ref()
     }
 
     fn accepts_input(&self) -> bool {
@@ -725,7 +749,7 @@ impl Connection {
     }
 
     fn has_work(&self) -> bool {
-        self.running.is_some() || !self.queued.is_empty()
+        self.job_counts() != (0, 0)
     }
 
     fn handle_frame(
@@ -770,13 +794,16 @@ impl Connection {
             }
             Command::Job { rounds, seed } => {
                 let limit = self.config.max_queued_jobs;
-                if self.queued.len() >= limit {
+                if self.job_counts().1 >= limit {
                     let message = format!("{limit} jobs are already queued on this connection");
                     self.send(now, &Reply::Err(ErrorCode::TooManyJobs, message));
                     return;
                 }
                 let job = QueuedJob {
-                    id: self.next_job_id,
+                    id: self
+                        .jobs
+                        .as_ref()
+                        .map_or(Jobs::FIRST_ID, |jobs| jobs.next_id),
                     rounds,
                     seed,
                 };
@@ -790,9 +817,16 @@ impl Connection {
                         return;
                     }
                 }
-                self.next_job_id += 1;
                 self.send(now, &Reply::Accepted(job.id));
-                self.queued.push_back(job);
+                let jobs = self.jobs.get_or_insert_with(|| {
+                    Box::new(Jobs {
+                        queued: VecDeque::new(),
+                        running: None,
+                        next_id: Jobs::FIRST_ID,
+                    })
+                });
+                jobs.next_id = job.id + 1;
+                jobs.queued.push_back(job);
                 self.start_next_job();
             }
             Command::Cancel(id) => self.cancel_by_client(now, id),
@@ -821,7 +855,7 @@ impl Connection {
                     return;
                 }
                 let heartbeat = Heartbeat::grant(heartbeat);
-                self.session = Session::Requested(heartbeat);
+                self.session = Session::Requested(Box::new(heartbeat));
                 self.events.push_back(Event::SessionRequested {
                     device,
                     token,
@@ -832,7 +866,8 @@ impl Connection {
     }
 
     fn cancel_by_client(&mut self, now: Instant, id: JobId) {
-        if let Some(job) = self.running.as_mut().filter(|job| job.id == id) {
+        let jobs = self.jobs.as_deref_mut();
+        if let Some(job) = jobs.and_then(|jobs| jobs.running.as_mut().filter(|job| job.id == id)) {
             if job.cancel_cause.is_none() {
                 job.cancel_cause = Some(Cause::Local);
                 self.events.push_back(Event::CancelJob {
@@ -841,10 +876,11 @@ impl Connection {
                 });
             }
             self.send(now, &Reply::Cancelled(id));
-        } else if let Some(pos) = self.queued.iter().position(|job| job.id == id) {
-            if let Some(job) = self.queued.remove(pos) {
-                self.release(&job);
-            }
+        } else if let Some(job) = self.jobs.as_deref_mut().and_then(|jobs| {
+            let pos = jobs.queued.iter().position(|job| job.id == id)?;
+            jobs.queued.remove(pos)
+        }) {
+            self.release(&job);
             self.events.push_back(Event::JobCancelled {
                 id,
                 cause: Cause::Local,
@@ -864,20 +900,27 @@ impl Connection {
     }
 
     fn start_next_job(&mut self) {
-        if self.running.is_some() || matches!(self.phase, Phase::Closing { .. } | Phase::Closed) {
+        if matches!(self.phase, Phase::Closing { .. } | Phase::Closed) {
             return;
         }
-        if let Some(job) = self.queued.pop_front() {
+        let Some(jobs) = self
+            .jobs
+            .as_deref_mut()
+            .filter(|jobs| jobs.running.is_none())
+        else {
+            return;
+        };
+        if let Some(job) = jobs.queued.pop_front() {
+            jobs.running = Some(RunningJob {
+                id: job.id,
+                rounds: job.rounds,
+                cancel_cause: None,
+            });
             self.release(&job);
             self.events.push_back(Event::StartJob {
                 id: job.id,
                 rounds: job.rounds,
                 seed: job.seed,
-            });
-            self.running = Some(RunningJob {
-                id: job.id,
-                rounds: job.rounds,
-                cancel_cause: None,
             });
         }
     }
@@ -927,7 +970,7 @@ impl Connection {
         }
         if let Phase::Closing { cause, flush } = self.phase {
             let flushed = !flush || self.sent >= self.outbox.len();
-            if self.running.is_none() && flushed {
+            if self.running().is_none() && flushed {
                 self.phase = Phase::Closed;
                 self.timers.clear_all();
                 self.events.push_back(Event::Close { cause, flush });
@@ -950,14 +993,19 @@ impl Connection {
         self.timers.clear(Timer::PartialLine);
         self.timers.clear(Timer::HalfCloseProbe);
         self.timers.clear(Timer::Heartbeat);
-        if let Some(job) = self.running.as_mut() {
+        let jobs = self.jobs.as_deref_mut();
+        if let Some(job) = jobs.and_then(|jobs| jobs.running.as_mut()) {
             if job.cancel_cause.is_none() {
                 job.cancel_cause = Some(cause);
                 self.events
                     .push_back(Event::CancelJob { id: job.id, cause });
             }
         }
-        for job in std::mem::take(&mut self.queued) {
+        let queued = self
+            .jobs
+            .as_deref_mut()
+            .map(|jobs| std::mem::take(&mut jobs.queued));
+        for job in queued.unwrap_or_default() {
             self.release(&job);
             self.events.push_back(Event::JobCancelled {
                 id: job.id,

@@ -66,6 +66,8 @@ pub use protocol::{
     ReplyParseError, StatusCounts, DEFAULT_PORT, DEFAULT_SEED, MAX_LINE, MAX_SEED_LEN,
 };
 pub use session::{
-    Heartbeat, HeartbeatAction, HeartbeatClock, Opened, SessionId, SessionRegistry,
-    DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT,
+    Heartbeat, HeartbeatAction, HeartbeatClock, SessionId, DEFAULT_HEARTBEAT, MAX_HEARTBEAT,
+    MIN_HEARTBEAT,
 };
+#[cfg(feature = "registry")]
+pub use session::{Opened, SessionRegistry, SessionSlot};

@@ -27,7 +27,8 @@ pub enum Frame<'a> {
 pub struct LineDecoder {
     partial: Vec<u8>,
     discarding: bool,
-    max_line: usize,
+    /// 32 bits: a decoder per connection, and no line is 4 GiB.
+    max_line: u32,
 }
 
 impl LineDecoder {
@@ -36,8 +37,12 @@ impl LineDecoder {
         Self {
             partial: Vec::new(),
             discarding: false,
-            max_line,
+            max_line: u32::try_from(max_line).unwrap_or(u32::MAX),
         }
+    }
+
+    fn max_line(&self) -> usize {
+        self.max_line as usize
     }
 
     /// Whether bytes of an unfinished line (or of one being discarded) are pending.
@@ -67,7 +72,7 @@ impl LineDecoder {
                 continue;
             }
             // +1 leaves room for the `\r` of a `\r\n` ending on a maximal line.
-            if self.partial.len() + chunk.len() > self.max_line + 1 {
+            if self.partial.len() + chunk.len() > self.max_line() + 1 {
                 self.partial = Vec::new();
                 if complete {
                     on_frame(Frame::TooLong);
@@ -87,7 +92,7 @@ impl LineDecoder {
                 &self.partial
             };
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.len() > self.max_line {
+            if line.len() > self.max_line() {
                 on_frame(Frame::TooLong);
             } else {
                 on_frame(Frame::Line(line));
@@ -106,7 +111,7 @@ impl LineDecoder {
             let line = line.strip_suffix(b"\r").unwrap_or(&line);
             // The buffer holds one byte more than a line for a `\r`; without one, a
             // last line of `max_line + 1` bytes is too long like any other.
-            if line.len() > self.max_line {
+            if line.len() > self.max_line() {
                 on_frame(Frame::TooLong);
             } else {
                 on_frame(Frame::Line(line));

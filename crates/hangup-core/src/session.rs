@@ -5,17 +5,23 @@
 //!   HELLO dev-7 ──▶ SessionRegistry::open("dev-7", handle)
 //!                     ├─ no live session: Opened { id }
 //!                     └─ live session:    Opened { id, evicted: Some(old) } ──▶ kick old
-//!   close        ──▶ SessionRegistry::close("dev-7", id)  (only if `id` is still current)
+//!   close        ──▶ SessionRegistry::close(slot, id)  (only if `id` is still current)
 //! ```
 //!
 //! The registry holds one entry per device and nothing per heartbeat. The handle `H`
 //! is whatever the I/O layer needs to reach the connection that owns a session (a
 //! cancellation token, a channel); the registry only stores and returns it.
 
-use std::collections::HashMap;
 use std::fmt;
+#[cfg(feature = "registry")]
+use std::hash::{BuildHasher, RandomState};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
+
+#[cfg(feature = "registry")]
+use hashbrown::HashTable;
+#[cfg(feature = "registry")]
+use slab::Slab;
 
 /// Identifies one session. Unique within a server run; the server starts its sequence at
 /// a random point so that ids also stay unique across restarts in the presence store.
@@ -134,28 +140,66 @@ impl HeartbeatClock {
 }
 
 /// What [`SessionRegistry::open`] did.
+#[cfg(feature = "registry")]
 #[derive(Debug, PartialEq, Eq)]
 pub struct Opened<H> {
     /// The new session.
     pub id: SessionId,
+    /// Where it sits in the registry, for [`SessionRegistry::close`].
+    pub slot: SessionSlot,
     /// The session this one replaced, with its handle: its connection must be kicked.
     pub evicted: Option<(SessionId, H)>,
 }
 
+/// Where a session sits in its [`SessionRegistry`]: the device's place for as long as
+/// the device has a live session (a takeover keeps it), reused after. Always paired
+/// with the session's id, which tells a session still there from a later one.
+#[cfg(feature = "registry")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSlot(u32);
+
+#[cfg(feature = "registry")]
+#[derive(Debug)]
+struct Entry<H> {
+    device: Box<str>,
+    id: SessionId,
+    handle: H,
+}
+
 /// Live sessions by device: at most one per device.
+///
+/// The entries sit in a dense slab; the hash table holds only their 4-byte indices
+/// (hashed by the entry's device). A table keeps up to twice as many buckets as
+/// entries, so a bucket of key, id and handle would cost every session twice its size.
+#[cfg(feature = "registry")]
 #[derive(Debug)]
 pub struct SessionRegistry<H> {
-    by_device: HashMap<Box<str>, (SessionId, H)>,
+    by_device: HashTable<u32>,
+    entries: Slab<Entry<H>>,
+    hasher: RandomState,
     next_id: u64,
 }
 
+#[cfg(feature = "registry")]
 impl<H> SessionRegistry<H> {
     /// An empty registry whose ids count up from `first_id`.
     pub fn new(first_id: u64) -> Self {
         Self {
-            by_device: HashMap::new(),
+            by_device: HashTable::new(),
+            entries: Slab::new(),
+            hasher: RandomState::new(),
             next_id: first_id,
         }
+    }
+
+    /// The index of `device`'s entry in the table, if it has one.
+    fn find(&self, device: &str) -> Option<u32> {
+        let entries = &self.entries;
+        self.by_device
+            .find(self.hasher.hash_one(device), |&i| {
+                *entries[i as usize].device == *device
+            })
+            .copied()
     }
 
     /// Opens a session for `device`, owned by the connection behind `handle`. A live
@@ -164,56 +208,88 @@ impl<H> SessionRegistry<H> {
     pub fn open(&mut self, device: &str, handle: H) -> Opened<H> {
         let id = SessionId(self.next_id);
         self.next_id = self.next_id.wrapping_add(1);
-        let evicted = match self.by_device.get_mut(device) {
-            Some(entry) => Some(std::mem::replace(entry, (id, handle))),
-            None => {
-                self.by_device.insert(device.into(), (id, handle));
-                None
-            }
-        };
-        Opened { id, evicted }
+        if let Some(index) = self.find(device) {
+            let entry = &mut self.entries[index as usize];
+            let old_id = std::mem::replace(&mut entry.id, id);
+            let old_handle = std::mem::replace(&mut entry.handle, handle);
+            return Opened {
+                id,
+                slot: SessionSlot(index),
+                evicted: Some((old_id, old_handle)),
+            };
+        }
+        let entry = self.entries.vacant_entry();
+        // Each entry holds a device id on the heap besides itself: memory runs out long
+        // before 2^32 of them.
+        let index = u32::try_from(entry.key()).expect("fewer than 2^32 live sessions");
+        entry.insert(Entry {
+            device: device.into(),
+            id,
+            handle,
+        });
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.by_device
+            .insert_unique(hasher.hash_one(device), index, |&i| {
+                hasher.hash_one(&*entries[i as usize].device)
+            });
+        Opened {
+            id,
+            slot: SessionSlot(index),
+            evicted: None,
+        }
     }
 
-    /// Ends session `id` of `device`, if it is still the device's current one. Returns
-    /// whether it was: `false` means it was already taken over (or closed), and whoever
+    /// Ends session `id`, if it is still its device's current one, and gives the
+    /// device back. `None` means it was already taken over (or closed), and whoever
     /// replaced it has recorded its end.
-    pub fn close(&mut self, device: &str, id: SessionId) -> bool {
-        match self.by_device.get(device) {
-            Some((current, _)) if *current == id => {
-                self.by_device.remove(device);
-                true
-            }
-            _ => false,
+    pub fn close(&mut self, slot: SessionSlot, id: SessionId) -> Option<Box<str>> {
+        let SessionSlot(index) = slot;
+        if self.entries.get(index as usize)?.id != id {
+            return None;
         }
+        let entry = self.entries.remove(index as usize);
+        let hash = self.hasher.hash_one(&*entry.device);
+        if let Ok(found) = self.by_device.find_entry(hash, |&i| i == index) {
+            found.remove();
+        }
+        Some(entry.device)
+    }
+
+    /// Session `id`'s device, while it is the device's current session.
+    pub fn device(&self, slot: SessionSlot, id: SessionId) -> Option<&str> {
+        self.entries
+            .get(slot.0 as usize)
+            .filter(|entry| entry.id == id)
+            .map(|entry| &*entry.device)
     }
 
     /// The device's current session, if any.
     pub fn current(&self, device: &str) -> Option<SessionId> {
-        self.by_device.get(device).map(|(id, _)| *id)
+        self.find(device).map(|i| self.entries[i as usize].id)
     }
 
     /// The device's current session and its handle, to update in place.
     pub fn get_mut(&mut self, device: &str) -> Option<(SessionId, &mut H)> {
-        self.by_device
-            .get_mut(device)
-            .map(|(id, handle)| (*id, handle))
+        let index = self.find(device)?;
+        let entry = &mut self.entries[index as usize];
+        Some((entry.id, &mut entry.handle))
     }
 
     /// Live sessions.
     pub fn len(&self) -> usize {
-        self.by_device.len()
+        self.entries.len()
     }
 
     /// Whether no session is live.
     pub fn is_empty(&self) -> bool {
-        self.by_device.is_empty()
+        self.entries.is_empty()
     }
 
     /// Every live session: device, id and handle.
     pub fn iter(&self) -> impl Iterator<Item = (&str, SessionId, &H)> {
-        self.by_device
+        self.entries
             .iter()
-            .map(|(device, (id, handle))| (&**device, *id, handle))
+            .map(|(_, entry)| (&*entry.device, entry.id, &entry.handle))
     }
 }
 
@@ -270,36 +346,113 @@ mod tests {
         assert_eq!(clock.silent_for(at(2700)), Duration::from_millis(1500));
     }
 
+    #[cfg(feature = "registry")]
     #[test]
     fn newest_connection_wins_and_stale_close_is_ignored() {
         let mut registry = SessionRegistry::new(7);
         let first = registry.open("dev", "conn-a");
-        assert_eq!(
-            first,
-            Opened {
-                id: SessionId(7),
-                evicted: None
-            }
-        );
+        assert_eq!((first.id, &first.evicted), (SessionId(7), &None));
         let second = registry.open("dev", "conn-b");
         assert_eq!(second.evicted, Some((SessionId(7), "conn-a")));
+        assert_eq!(
+            second.slot, first.slot,
+            "a takeover keeps the device's place"
+        );
         // The evicted connection's own close comes late: it must not end the new session.
-        assert!(!registry.close("dev", first.id));
+        assert_eq!(registry.close(first.slot, first.id), None);
+        assert_eq!(registry.device(first.slot, first.id), None);
         assert_eq!(registry.current("dev"), Some(second.id));
-        assert!(registry.close("dev", second.id));
+        assert_eq!(registry.device(second.slot, second.id), Some("dev"));
+        assert_eq!(
+            registry.close(second.slot, second.id).as_deref(),
+            Some("dev")
+        );
         assert!(registry.is_empty());
-        assert!(!registry.close("dev", second.id));
+        assert_eq!(registry.close(second.slot, second.id), None);
     }
 
+    #[cfg(feature = "registry")]
     #[test]
-    fn devices_are_independent() {
+    fn devices_are_independent_and_a_reused_place_is_not_the_old_session() {
         let mut registry = SessionRegistry::new(0);
         let a = registry.open("a", ());
         let b = registry.open("b", ());
         assert_ne!(a.id, b.id);
         assert_eq!(registry.len(), 2);
-        assert!(registry.close("a", a.id));
+        assert_eq!(registry.close(a.slot, a.id).as_deref(), Some("a"));
         assert_eq!(registry.current("b"), Some(b.id));
+        let c = registry.open("c", ());
+        assert_eq!(c.slot, a.slot, "the slab reuses the freed place");
+        assert_eq!(registry.device(a.slot, a.id), None);
+        assert_eq!(registry.close(a.slot, a.id), None);
+        assert_eq!(registry.current("c"), Some(c.id));
+        assert_eq!(registry.current("a"), None);
+    }
+
+    #[cfg(feature = "registry")]
+    mod registry_model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashMap;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Open(u8),
+            /// Closes the n-th session ever opened (stale or current).
+            Close(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0u8..6).prop_map(Op::Open),
+                any::<usize>().prop_map(Op::Close)
+            ]
+        }
+
+        proptest! {
+            /// Whatever the order of opens, takeovers and (stale) closes, the registry
+            /// answers as a plain map from device to its newest session does.
+            #[test]
+            fn answers_as_a_map_of_devices_to_their_newest_session(
+                ops in proptest::collection::vec(op(), 1..200)
+            ) {
+                let mut registry = SessionRegistry::new(0);
+                let mut model: HashMap<String, SessionId> = HashMap::new();
+                let mut opened: Vec<(String, SessionSlot, SessionId)> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Open(n) => {
+                            let device = format!("dev-{n}");
+                            let result = registry.open(&device, n);
+                            let before = model.insert(device.clone(), result.id);
+                            prop_assert_eq!(result.evicted.map(|(id, _)| id), before);
+                            opened.push((device, result.slot, result.id));
+                        }
+                        Op::Close(n) if !opened.is_empty() => {
+                            let (device, slot, id) = opened[n % opened.len()].clone();
+                            let current = model.get(&device) == Some(&id);
+                            let closed = registry.close(slot, id);
+                            prop_assert_eq!(closed.as_deref(), current.then_some(device.as_str()));
+                            if current {
+                                model.remove(&device);
+                            }
+                        }
+                        Op::Close(_) => {}
+                    }
+                    prop_assert_eq!(registry.len(), model.len());
+                    for (device, id) in &model {
+                        prop_assert_eq!(registry.current(device), Some(*id));
+                    }
+                    for (device, slot, id) in &opened {
+                        let current = model.get(device) == Some(id);
+                        prop_assert_eq!(
+                            registry.device(*slot, *id),
+                            current.then_some(device.as_str())
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hangup_core::{
     authorize, classify_readiness, retransmitting, Cause, CloseMode, Connection, ErrorCode, Event,
-    Heartbeat, JobId, SessionId, StatusCounts,
+    Heartbeat, JobId, SessionId, SessionSlot, StatusCounts,
 };
 use mio::net::TcpStream;
 use socket2::SockRef;
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::live::{lock, ConnectionSnapshot, ConnectionState, SessionSnapshot, TcpFigures};
 use crate::reactor::{ConnMessage, Context, Key};
-use crate::{Claim, PresenceDurability, SessionHandle, Shared, DURABLE_WELCOME_LIMIT};
+use crate::{Claim, PresenceDurability, SessionHandle, Sessions, Shared, DURABLE_WELCOME_LIMIT};
 use hangup::apply_policy;
 
 /// Reads per turn before the other connections of the thread get theirs.
@@ -109,6 +109,17 @@ enum Events {
     Close(Cause, bool),
 }
 
+/// This connection's side of its jobs.
+#[derive(Default)]
+struct Jobs {
+    /// The job on the worker pool, if one runs.
+    running: Option<WorkerJob>,
+    /// What this connection last added to the shared (running, queued) job counters.
+    counted: (u32, u32),
+    /// When the last job's worker stopped (Unix ns), for its `job_cancelled` event.
+    stopped_ns: u64,
+}
+
 /// The job this connection has on the worker pool: how to cancel it. (The core keeps
 /// its own record of the job it started; its end arrives as a message.)
 struct WorkerJob {
@@ -120,13 +131,22 @@ struct WorkerJob {
 
 /// The session this connection carries.
 struct OpenSession {
-    device: Box<str>,
+    /// Its place in the registry, which keeps the device id (one copy per session).
+    slot: SessionSlot,
     id: SessionId,
-    heartbeat: Duration,
-    /// When the presence store was last told the peer is alive.
-    seen_recorded: Instant,
-    /// When the `HELLO` came.
-    started_at: SystemTime,
+    /// The heartbeat interval, ms (at most an hour).
+    heartbeat_ms: u32,
+    /// Milliseconds after the connection was accepted: when the presence store was
+    /// last told the peer is alive, and when the `HELLO` came. (Offsets, not Instants
+    /// and SystemTimes: 8 bytes each instead of 16, for every session.)
+    seen_recorded_ms: u64,
+    started_ms: u64,
+}
+
+impl OpenSession {
+    fn heartbeat(&self) -> Duration {
+        Duration::from_millis(u64::from(self.heartbeat_ms))
+    }
 }
 
 /// After our FIN: what the graceful close still waits for.
@@ -144,18 +164,13 @@ pub(crate) struct Conn {
     key: Key,
     ready: Ready,
     conn: Connection,
-    /// Boxed: most connections never run a job, and every byte here is per connection.
-    job: Option<Box<WorkerJob>>,
-    /// What this connection last added to the shared (running, queued) job counters.
-    jobs_counted: (u32, u32),
-    /// When the last job's worker stopped (Unix ns), for its `job_cancelled` event.
-    job_stopped_ns: u64,
+    /// Made by the first job: most connections never run one, and every byte here is
+    /// per connection.
+    jobs: Option<Box<Jobs>>,
     bytes_in: u64,
     bytes_out: u64,
     peer: SocketAddr,
     opened: Instant,
-    /// Milliseconds after `opened` of the last inbound bytes.
-    last_inbound_ms: u32,
     state: ConnectionState,
     session: Option<OpenSession>,
     /// With durable presence: the session whose `WELCOME` waits for its commit.
@@ -212,14 +227,11 @@ impl Conn {
             key,
             ready: Ready::default(),
             conn: Connection::with_shared_config(shared.connection_config.clone()),
-            job: None,
-            jobs_counted: (0, 0),
-            job_stopped_ns: 0,
+            jobs: None,
             bytes_in: 0,
             bytes_out: 0,
             peer,
             opened: Instant::now(),
-            last_inbound_ms: 0,
             state: ConnectionState::Open,
             session: None,
             welcome_pending: false,
@@ -228,14 +240,14 @@ impl Conn {
         }
     }
 
-    fn saw_inbound(&mut self, now: Instant) {
-        let ms = now.saturating_duration_since(self.opened).as_millis();
-        self.last_inbound_ms = u32::try_from(ms).unwrap_or(u32::MAX);
+    /// Milliseconds since the connection was accepted.
+    fn ms_since_opened(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.opened).as_millis() as u64
     }
 
-    /// How long the peer has been silent (to the millisecond).
+    /// How long the peer has been silent (since it was accepted, if it never spoke).
     fn silent_for(&self, now: Instant) -> Duration {
-        let last = self.opened + Duration::from_millis(u64::from(self.last_inbound_ms));
+        let last = self.conn.last_inbound().unwrap_or(self.opened);
         now.saturating_duration_since(last)
     }
 
@@ -254,7 +266,8 @@ impl Conn {
         ConnectionSnapshot {
             id: self.key.id,
             peer: self.peer.to_string(),
-            device: self.session.as_ref().map(|s| s.device.to_string()),
+            // Filled in by [`Conn::device`], under the registry's lock.
+            device: None,
             session: self.session.as_ref().map(|s| s.id.to_string()),
             state: self.state,
             opened_at: humantime::format_rfc3339_millis(wall.checked_sub(age).unwrap_or(wall))
@@ -267,16 +280,31 @@ impl Conn {
         }
     }
 
-    /// Its session's row in `/sessions`, if it carries one.
-    pub(crate) fn session_snapshot(&self, now: Instant) -> Option<SessionSnapshot> {
+    /// Its session's device, while the session is the device's current one.
+    pub(crate) fn device(&self, sessions: &Sessions) -> Option<String> {
         let session = self.session.as_ref()?;
+        sessions.device(session.slot, session.id).map(str::to_owned)
+    }
+
+    /// Its session's row in `/sessions`, if it carries one (and was not just taken
+    /// over).
+    pub(crate) fn session_snapshot(
+        &self,
+        now: Instant,
+        wall: SystemTime,
+        sessions: &Sessions,
+    ) -> Option<SessionSnapshot> {
+        let session = self.session.as_ref()?;
+        let started = self.opened + Duration::from_millis(session.started_ms);
+        let ago = now.saturating_duration_since(started);
+        let started_at = wall.checked_sub(ago).unwrap_or(wall);
         Some(SessionSnapshot {
-            device: session.device.to_string(),
+            device: self.device(sessions)?,
             session: session.id.to_string(),
             connection: self.key.id,
             peer: self.peer.to_string(),
-            started_at: humantime::format_rfc3339_millis(session.started_at).to_string(),
-            heartbeat_s: session.heartbeat.as_secs_f64(),
+            started_at: humantime::format_rfc3339_millis(started_at).to_string(),
+            heartbeat_s: session.heartbeat().as_secs_f64(),
             last_inbound_ms_ago: self.silent_for(now).as_millis() as u64,
             node: None,
         })
@@ -286,8 +314,8 @@ impl Conn {
     /// jobs this one last added to them.
     fn others<'a>(&self, shared: &'a Shared) -> impl Fn() -> StatusCounts + 'a {
         let own = (
-            u64::from(self.jobs_counted.0),
-            u64::from(self.jobs_counted.1),
+            u64::from(self.jobs_counted().0),
+            u64::from(self.jobs_counted().1),
         );
         move || shared.status_excluding(own)
     }
@@ -329,14 +357,15 @@ impl Conn {
                 }
             }
             ConnMessage::JobFinished(id, finished) => {
-                if let Some(job) = self.job.take_if(|job| job.id == id) {
+                let running = self.jobs.as_mut().map(|jobs| &mut jobs.running);
+                if let Some(job) = running.and_then(|job| job.take_if(|job| job.id == id)) {
                     if let Some(asked) = job.cancelled_at {
                         ctx.shared
                             .metrics
                             .job_stop
                             .observe(asked.elapsed().as_secs_f64());
                     }
-                    self.job_stopped_ns = finished.stopped_ns;
+                    self.jobs().stopped_ns = finished.stopped_ns;
                     self.conn.handle_job_finished(now, id, finished.outcome);
                 }
             }
@@ -463,7 +492,6 @@ impl Conn {
                 }
                 Ok(n) => {
                     self.bytes_in += n as u64;
-                    self.saw_inbound(now);
                     self.record_seen(&ctx.shared, now);
                     let others = self.others(&ctx.shared);
                     self.conn.handle_bytes(now, &buf[..n], &others);
@@ -539,13 +567,16 @@ impl Conn {
             match event {
                 Event::StartJob { id, rounds, seed } => self.start_job(ctx, id, rounds, seed),
                 Event::CancelJob { id, .. } => {
-                    if let Some(job) = self.job.as_mut().filter(|job| job.id == id) {
+                    let running = self.jobs.as_mut().and_then(|jobs| jobs.running.as_mut());
+                    if let Some(job) = running.filter(|job| job.id == id) {
                         job.cancel.cancel();
                         job.cancelled_at = Some(Instant::now());
                     }
                 }
                 Event::JobDone { id, rounds } => {
-                    self.job_stopped_ns = 0;
+                    if let Some(jobs) = &mut self.jobs {
+                        jobs.stopped_ns = 0;
+                    }
                     ctx.shared.metrics.jobs_done.inc();
                     hangup::emit!(
                         "job_done",
@@ -566,7 +597,8 @@ impl Conn {
                         .get_or_create(&cause.into())
                         .inc();
                     // When its worker stopped (0: it never ran).
-                    let stopped_ns = std::mem::take(&mut self.job_stopped_ns);
+                    let jobs = self.jobs.as_mut();
+                    let stopped_ns = jobs.map_or(0, |jobs| std::mem::take(&mut jobs.stopped_ns));
                     hangup::emit!(
                         "job_cancelled",
                         conn = self.key.id,
@@ -604,11 +636,11 @@ impl Conn {
             .spawn(seed, rounds, cancel.clone(), move |finished| {
                 mailbox.send(ConnMessage::JobFinished(id, finished));
             });
-        self.job = Some(Box::new(WorkerJob {
+        self.jobs().running = Some(WorkerJob {
             id,
             cancel,
             cancelled_at: None,
-        }));
+        });
         ctx.shared.metrics.jobs_started.inc();
         hangup::emit!(
             "job_started",
@@ -645,7 +677,7 @@ impl Conn {
             }
         }
         let wall = SystemTime::now();
-        let handle = Box::new(SessionHandle {
+        let handle = SessionHandle {
             conn: self.key.id,
             kick: Some(ctx.mailbox(self.key)),
             claim: shared.cluster.as_ref().map(|_| {
@@ -659,7 +691,7 @@ impl Conn {
                         .as_millis() as u64,
                 })
             }),
-        });
+        };
         let (opened, live_sessions) = {
             let mut registry = lock(&shared.sessions);
             let opened = registry.open(&device, handle);
@@ -715,11 +747,11 @@ impl Conn {
             heartbeat_ms = heartbeat.interval.as_millis() as u64,
         );
         self.session = Some(OpenSession {
-            device: device.into(),
+            slot: opened.slot,
             id: opened.id,
-            heartbeat: heartbeat.interval,
-            seen_recorded: now,
-            started_at: wall,
+            heartbeat_ms: u32::try_from(heartbeat.interval.as_millis()).unwrap_or(u32::MAX),
+            seen_recorded_ms: self.ms_since_opened(now),
+            started_ms: self.ms_since_opened(now),
         });
     }
 
@@ -739,35 +771,37 @@ impl Conn {
     }
 
     /// Takes the session out of the registry and, unless another connection took it
-    /// over (and recorded its end), records the end. Returns whether it was current.
+    /// over (and recorded its end), records the end. Returns its device if it was
+    /// current.
     fn close_session(
         &self,
         shared: &Shared,
         session: &OpenSession,
         at: SystemTime,
         cause: Cause,
-    ) -> bool {
-        let (current, live_sessions) = {
+    ) -> Option<Box<str>> {
+        let (device, live_sessions) = {
             let mut registry = lock(&shared.sessions);
-            let current = registry.close(&session.device, session.id);
-            (current, registry.len())
+            let device = registry.close(session.slot, session.id);
+            (device, registry.len())
         };
-        if current {
+        if device.is_some() {
             shared.metrics.sessions_open.set(live_sessions as i64);
             end_session_record(shared, session.id, at, cause);
         }
-        current
+        device
     }
 
     /// Tells the presence store the peer is alive, at most once per heartbeat and per
     /// [`SEEN_RESOLUTION`] (the session's end records the exact last time).
     fn record_seen(&mut self, shared: &Shared, now: Instant) {
+        let now_ms = self.ms_since_opened(now);
         let (Some(session), Some(presence)) = (&mut self.session, &shared.config.presence) else {
             return;
         };
-        let every = session.heartbeat.max(SEEN_RESOLUTION);
-        if now.saturating_duration_since(session.seen_recorded) >= every {
-            session.seen_recorded = now;
+        let every = session.heartbeat().max(SEEN_RESOLUTION).as_millis() as u64;
+        if now_ms.saturating_sub(session.seen_recorded_ms) >= every {
+            session.seen_recorded_ms = now_ms;
             presence.seen(session.id.0, SystemTime::now());
         }
     }
@@ -776,13 +810,14 @@ impl Conn {
     fn count_jobs(&mut self, shared: &Shared) {
         let (running, queued) = self.conn.job_counts();
         let now = (running as u32, queued as u32);
-        if now == self.jobs_counted {
+        let counted = self.jobs_counted();
+        if now == counted {
             return;
         }
         let counters = &shared.counters;
         for (counter, before, after) in [
-            (&counters.jobs_running, self.jobs_counted.0, now.0),
-            (&counters.jobs_queued, self.jobs_counted.1, now.1),
+            (&counters.jobs_running, counted.0, now.0),
+            (&counters.jobs_queued, counted.1, now.1),
         ] {
             if after > before {
                 counter.fetch_add(u64::from(after - before), Ordering::Relaxed);
@@ -790,7 +825,16 @@ impl Conn {
                 counter.fetch_sub(u64::from(before - after), Ordering::Relaxed);
             }
         }
-        self.jobs_counted = now;
+        self.jobs().counted = now;
+    }
+
+    /// What this connection last added to the shared (running, queued) job counters.
+    fn jobs_counted(&self) -> (u32, u32) {
+        self.jobs.as_ref().map_or((0, 0), |jobs| jobs.counted)
+    }
+
+    fn jobs(&mut self) -> &mut Jobs {
+        self.jobs.get_or_insert_with(Box::default)
     }
 
     /// The core closed the connection: the session ends, then the socket closes as the
@@ -802,7 +846,7 @@ impl Conn {
             let at = SystemTime::now();
             let shared = &ctx.shared;
             // Taken over: the connection that evicted us has recorded the end.
-            if self.close_session(shared, &session, at, cause) {
+            if let Some(device) = self.close_session(shared, &session, at, cause) {
                 // The last time the peer was heard from, exact whatever the throttle
                 // left unwritten.
                 if let Some(presence) = &shared.config.presence {
@@ -810,7 +854,7 @@ impl Conn {
                     presence.seen(session.id.0, last);
                 }
                 if let Some(cluster) = &shared.cluster {
-                    cluster.release(&session.device, session.id, cause, at);
+                    cluster.release(&device, session.id, cause, at);
                 }
             }
         }

@@ -197,9 +197,10 @@ pub(crate) struct Counters {
     jobs_queued: AtomicU64,
 }
 
+/// Live sessions by device, shared by every I/O thread.
+pub(crate) type Sessions = SessionRegistry<SessionHandle>;
+
 /// What the registry keeps per session: how to reach the connection that owns it.
-/// Boxed in the registry, whose table keeps about twice as many buckets as sessions:
-/// a bucket is then a key, an id and a pointer.
 #[derive(Debug)]
 pub(crate) struct SessionHandle {
     conn: u64,
@@ -261,7 +262,7 @@ pub(crate) struct Shared {
     next_connection_id: AtomicU64,
     /// The `ERR busy` refusals in flight (tokio tasks).
     refusals: TaskTracker,
-    sessions: Mutex<SessionRegistry<Box<SessionHandle>>>,
+    sessions: Mutex<Sessions>,
     /// The I/O threads, with the connections.
     reactors: reactor::Reactors,
     metrics: Metrics,

@@ -407,16 +407,29 @@ impl Reactor {
             match message {
                 Message::Connections(reply) => {
                     let (now, wall) = (Instant::now(), SystemTime::now());
-                    let rows = self.conns.iter().map(|(_, e)| e.conn.snapshot(now, wall));
-                    let _ = reply.send(rows.collect());
+                    let mut rows: Vec<_> = self
+                        .conns
+                        .iter()
+                        .map(|(_, e)| e.conn.snapshot(now, wall))
+                        .collect();
+                    // The devices live in the registry: one lock for all of them, taken
+                    // after the TCP_INFO reads so that HELLOs elsewhere do not wait.
+                    let sessions = lock(&self.ctx.shared.sessions);
+                    for (row, (_, e)) in rows.iter_mut().zip(self.conns.iter()) {
+                        row.device = e.conn.device(&sessions);
+                    }
+                    drop(sessions);
+                    let _ = reply.send(rows);
                 }
                 Message::Sessions(reply) => {
-                    let now = Instant::now();
+                    let (now, wall) = (Instant::now(), SystemTime::now());
+                    let sessions = lock(&self.ctx.shared.sessions);
                     let rows = self.conns.iter();
-                    let _ = reply.send(
-                        rows.filter_map(|(_, e)| e.conn.session_snapshot(now))
-                            .collect(),
-                    );
+                    let rows =
+                        rows.filter_map(|(_, e)| e.conn.session_snapshot(now, wall, &sessions));
+                    let rows = rows.collect();
+                    drop(sessions);
+                    let _ = reply.send(rows);
                 }
                 Message::Drain => self.start_drain(),
                 Message::Conn(key, message) => {
