@@ -136,11 +136,16 @@ const FD_MARGIN: u64 = 300;
 #[derive(Debug, Serialize)]
 struct ServerFigures {
     processes: usize,
-    /// VmRSS summed over the instances, before the ramp-up and after it.
+    /// VmRSS summed over the instances, before the ramp-up, a second after it, and at
+    /// the end of the hold.
     rss_before_bytes: u64,
     rss_after_bytes: u64,
+    rss_after_hold_bytes: u64,
     /// (VmRSS after − before) / sessions.
     rss_per_connection_bytes: f64,
+    /// (VmRSS at the end of the hold − before) / sessions: every session has
+    /// heartbeated for the whole hold, and what the ramp-up left in flight is gone.
+    rss_per_connection_after_hold_bytes: f64,
     /// (RssAnon after − before) / sessions: the heap and stacks only.
     anon_per_connection_bytes: f64,
     /// CPU time over the hold.
@@ -424,8 +429,12 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
             processes: server_pids.len(),
             rss_before_bytes: sum(&server_before, |s| s.rss as f64) as u64,
             rss_after_bytes: sum(&server_after_ramp, |s| s.rss as f64) as u64,
+            rss_after_hold_bytes: sum(&server_after_hold, |s| s.rss as f64) as u64,
             rss_per_connection_bytes: per_session(
                 sum(&server_after_ramp, |s| s.rss as f64) - sum(&server_before, |s| s.rss as f64),
+            ),
+            rss_per_connection_after_hold_bytes: per_session(
+                sum(&server_after_hold, |s| s.rss as f64) - sum(&server_before, |s| s.rss as f64),
             ),
             anon_per_connection_bytes: per_session(
                 sum(&server_after_ramp, |s| s.rss_anon as f64)
@@ -663,6 +672,10 @@ fn print_table(r: &Report) {
             format!("{:.0} B", s.rss_per_connection_bytes),
         );
         row(
+            "  at the end of the hold",
+            format!("{:.0} B", s.rss_per_connection_after_hold_bytes),
+        );
+        row(
             "server heap per connection (RssAnon delta)",
             format!("{:.0} B", s.anon_per_connection_bytes),
         );
@@ -768,6 +781,11 @@ const FIGURES: &[Figure] = &[
         r.server
             .as_ref()
             .map_or(f64::NAN, |s| s.rss_per_connection_bytes)
+    }),
+    ("  at the end of the hold", "B", |r| {
+        r.server
+            .as_ref()
+            .map_or(f64::NAN, |s| s.rss_per_connection_after_hold_bytes)
     }),
     ("server heap per session (RssAnon delta)", "B", |r| {
         r.server

@@ -24,7 +24,7 @@ use crate::protocol::{
     parse_line, Command, ErrorCode, Frame, JobId, LineDecoder, Reply, StatusCounts, MAX_LINE,
 };
 use crate::session::{Heartbeat, SessionId};
-use crate::timer::{Timer, TimerTable};
+use crate::timer::{Epoch, Stamp, Timer, TimerTable};
 
 /// The largest `JOB <rounds>` accepted unless configured otherwise (SPEC §5
 /// `--max-rounds`).
@@ -291,8 +291,10 @@ enum Session {
 /// A token bucket, in thousandths of a token so that refills need no floats.
 #[derive(Debug, Clone, Copy)]
 struct PingBucket {
-    milli_tokens: u64,
-    refilled: Instant,
+    /// At most 2 000 × the rate (saturating: a rate above two million a second is no
+    /// limit anyway).
+    milli_tokens: u32,
+    refilled: Stamp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,10 +319,12 @@ pub struct Connection {
     decoder: LineDecoder,
     /// Input read but held back while replies are over the high-water mark (at most
     /// one read's worth: no more is read until it is parsed).
-    unparsed: Vec<u8>,
+    unparsed: Box<[u8]>,
     outbox: Vec<u8>,
     sent: usize,
     events: VecDeque<Event>,
+    /// When the connection started: what its [`Stamp`]s count from.
+    epoch: Epoch,
     timers: TimerTable,
     /// Made by the first `JOB`.
     jobs: Option<Box<Jobs>>,
@@ -332,7 +336,7 @@ pub struct Connection {
     probe: Probe,
     session: Session,
     /// When the peer last sent bytes (the session's proof of life).
-    last_inbound: Option<Instant>,
+    last_inbound: Option<Stamp>,
     pings: Option<PingBucket>,
     /// `GOAWAY` was sent: no new work; close once the jobs in flight are done.
     draining: bool,
@@ -351,21 +355,22 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// A fresh connection.
-    pub fn new(config: ConnectionConfig) -> Self {
-        Self::with_shared_config(Arc::new(config))
+    /// A fresh connection, started at `now`.
+    pub fn new(config: ConnectionConfig, now: Instant) -> Self {
+        Self::with_shared_config(Arc::new(config), now)
     }
 
     /// A fresh connection with settings shared with others (a server's many
     /// connections need one copy between them).
-    pub fn with_shared_config(config: Arc<ConnectionConfig>) -> Self {
+    pub fn with_shared_config(config: Arc<ConnectionConfig>, now: Instant) -> Self {
         Self {
             config,
             decoder: LineDecoder::new(MAX_LINE),
-            unparsed: Vec::new(),
+            unparsed: Box::default(),
             outbox: Vec::new(),
             sent: 0,
             events: VecDeque::new(),
+            epoch: Epoch::new(now),
             timers: TimerTable::default(),
             jobs: None,
             phase: Phase::Open,
@@ -387,19 +392,19 @@ impl Connection {
             return;
         }
         if !bytes.is_empty() {
-            self.last_inbound = Some(now);
+            self.last_inbound = Some(self.epoch.stamp(now));
             // The deadline follows every sign of life: a slot write here. The driver
             // refiles it in its timer wheel only when the old deadline comes up (one
             // entry per connection, not one per heartbeat).
             if let Session::Open { dead_after, .. } = self.session {
-                self.timers.set(Timer::Heartbeat, now + dead_after);
+                self.set_timer(Timer::Heartbeat, now + dead_after);
             }
         }
         let stashed = std::mem::take(&mut self.unparsed);
         let input: std::borrow::Cow<'_, [u8]> = if stashed.is_empty() {
             bytes.into()
         } else {
-            [stashed.as_slice(), bytes].concat().into()
+            [&*stashed, bytes].concat().into()
         };
         let had_partial = self.decoder.has_partial();
         let mut completed_a_line = false;
@@ -408,7 +413,7 @@ impl Connection {
         // mark: a read of tiny bad lines must not turn into a flood of `ERR` replies.
         while !rest.is_empty() && self.accepts_input() {
             if !self.under_high_water() || self.session_pending() {
-                self.unparsed = rest.to_vec();
+                self.unparsed = rest.into();
                 break;
             }
             let end = rest
@@ -449,15 +454,14 @@ impl Connection {
             dead_after: heartbeat.dead_after,
         };
         self.send(now, &Reply::Welcome(id, heartbeat));
-        self.last_inbound = Some(now);
+        self.last_inbound = Some(self.epoch.stamp(now));
         if self.accepts_input() {
-            self.timers
-                .set(Timer::Heartbeat, now + heartbeat.dead_after);
+            self.set_timer(Timer::Heartbeat, now + heartbeat.dead_after);
         }
         if let Some(rate) = self.config.session_pings_per_sec {
             self.pings = Some(PingBucket {
-                milli_tokens: 2000 * u64::from(rate),
-                refilled: now,
+                milli_tokens: rate.saturating_mul(2000),
+                refilled: self.epoch.stamp(now),
             });
         }
     }
@@ -503,7 +507,12 @@ impl Connection {
 
     /// When the peer last sent bytes, if it ever did.
     pub fn last_inbound(&self) -> Option<Instant> {
-        self.last_inbound
+        self.last_inbound.map(|at| self.epoch.at(at))
+    }
+
+    /// When the connection started (the `now` it was made with).
+    pub fn opened(&self) -> Instant {
+        self.epoch.instant()
     }
 
     /// The peer's FIN was seen through readiness; input may still be queued unread.
@@ -593,7 +602,7 @@ impl Connection {
                 self.sent = 0;
             }
             if let Some(timeout) = self.config.write_timeout {
-                self.timers.set(Timer::WriteStall, now + timeout);
+                self.set_timer(Timer::WriteStall, now + timeout);
             }
         }
         // Replies drained below the high-water mark: a pending partial line's clock runs
@@ -613,7 +622,7 @@ impl Connection {
     pub fn handle_timeout(&mut self, now: Instant) {
         // One at a time: after a late wake-up several may be due, and a close by the
         // first disarms the rest (no `ERR timeout` or `PeerHalfClosed` after it).
-        while let Some(timer) = self.timers.pop_expired(now) {
+        while let Some(timer) = self.timers.pop_expired(self.epoch.stamp(now)) {
             match timer {
                 Timer::PartialLine => {
                     let message = "partial line older than the dead-after budget; closing";
@@ -644,16 +653,16 @@ impl Connection {
                     else {
                         continue;
                     };
-                    let due = last + dead_after;
+                    let due = self.epoch.at(last) + dead_after;
                     if !self.interest().read {
                         // Not reading (back-pressure, BYE, the peer's FIN): its
                         // heartbeats cannot reach us, so silence proves nothing. The
                         // write-stall timer and the socket watch guard this time.
-                        self.timers.set(Timer::Heartbeat, now.max(due) + dead_after);
+                        self.set_timer(Timer::Heartbeat, now.max(due) + dead_after);
                     } else if due <= now {
                         self.close(now, Cause::HeartbeatMissed, false);
                     } else {
-                        self.timers.set(Timer::Heartbeat, due);
+                        self.set_timer(Timer::Heartbeat, due);
                     }
                 }
             }
@@ -678,7 +687,11 @@ impl Connection {
 
     /// The earliest deadline, for the driver's one sleep.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next_timeout()
+        self.timers.next_timeout().map(|at| self.epoch.at(at))
+    }
+
+    fn set_timer(&mut self, timer: Timer, deadline: Instant) {
+        self.timers.set(timer, self.epoch.stamp(deadline));
     }
 
     /// What to wait for on the socket now.
@@ -732,9 +745,13 @@ impl Connection {
             return true;
         };
         let rate = u64::from(rate);
-        let elapsed_ms = now.duration_since(bucket.refilled).as_millis() as u64;
-        bucket.milli_tokens = (bucket.milli_tokens + elapsed_ms * rate).min(2000 * rate);
-        bucket.refilled = now;
+        let elapsed_ms = now
+            .duration_since(self.epoch.at(bucket.refilled))
+            .as_millis() as u64;
+        let refilled =
+            u64::from(bucket.milli_tokens).saturating_add(elapsed_ms.saturating_mul(rate));
+        bucket.milli_tokens = u32::try_from(refilled.min(2000 * rate)).unwrap_or(u32::MAX);
+        bucket.refilled = self.epoch.stamp(now);
         match bucket.milli_tokens.checked_sub(1000) {
             Some(left) => {
                 bucket.milli_tokens = left;
@@ -940,8 +957,7 @@ impl Connection {
                 // arrives through `handle_error`; one that half-closed just reads them.
                 self.probe = Probe::Sent;
                 self.send(now, &Reply::Probe);
-                self.timers
-                    .set(Timer::HalfCloseProbe, now + self.config.probe_window);
+                self.set_timer(Timer::HalfCloseProbe, now + self.config.probe_window);
             }
             HalfClosePolicy::Probe | HalfClosePolicy::Finish => {}
         }
@@ -1027,7 +1043,7 @@ impl Connection {
         }
         if self.sent >= self.outbox.len() {
             if let Some(timeout) = self.config.write_timeout {
-                self.timers.set(Timer::WriteStall, now + timeout);
+                self.set_timer(Timer::WriteStall, now + timeout);
             }
         }
         reply.encode(&mut self.outbox);
@@ -1055,7 +1071,7 @@ impl Connection {
         if !self.decoder.has_partial() || held_back {
             self.timers.clear(Timer::PartialLine);
         } else if !same_partial || self.timers.get(Timer::PartialLine).is_none() {
-            self.timers.set(Timer::PartialLine, now + timeout);
+            self.set_timer(Timer::PartialLine, now + timeout);
         }
     }
 }
@@ -1079,8 +1095,8 @@ mod tests {
     fn outbox_memory_is_bounded_when_never_fully_drained() {
         let policy = LivenessPolicy::from_dead_after(Duration::from_secs(2));
         let config = ConnectionConfig::new(&policy);
-        let mut conn = Connection::new(config.clone());
         let now = Instant::now();
+        let mut conn = Connection::new(config.clone(), now);
         let chunk = "PING 0123456789\n".repeat(1024);
         for _ in 0..1000 {
             if conn.interest().read {

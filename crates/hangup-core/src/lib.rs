@@ -23,8 +23,8 @@
 //! use hangup_core::{Connection, ConnectionConfig, Event, LivenessPolicy, StatusCounts};
 //!
 //! let policy = LivenessPolicy::from_dead_after(Duration::from_secs(2));
-//! let mut conn = Connection::new(ConnectionConfig::new(&policy));
 //! let now = Instant::now();
+//! let mut conn = Connection::new(ConnectionConfig::new(&policy), now);
 //! conn.handle_bytes(now, b"JOB 3\n", &StatusCounts::default);
 //! assert_eq!(conn.poll_transmit(), b"ACCEPTED 1\n");
 //! assert!(matches!(conn.poll_event(), Some(Event::StartJob { id: 1, rounds: 3, .. })));

@@ -170,7 +170,6 @@ pub(crate) struct Conn {
     bytes_in: u64,
     bytes_out: u64,
     peer: SocketAddr,
-    opened: Instant,
     state: ConnectionState,
     session: Option<OpenSession>,
     /// With durable presence: the session whose `WELCOME` waits for its commit.
@@ -226,12 +225,11 @@ impl Conn {
             stream,
             key,
             ready: Ready::default(),
-            conn: Connection::with_shared_config(shared.connection_config.clone()),
+            conn: Connection::with_shared_config(shared.connection_config.clone(), Instant::now()),
             jobs: None,
             bytes_in: 0,
             bytes_out: 0,
             peer,
-            opened: Instant::now(),
             state: ConnectionState::Open,
             session: None,
             welcome_pending: false,
@@ -242,12 +240,13 @@ impl Conn {
 
     /// Milliseconds since the connection was accepted.
     fn ms_since_opened(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.opened).as_millis() as u64
+        now.saturating_duration_since(self.conn.opened())
+            .as_millis() as u64
     }
 
     /// How long the peer has been silent (since it was accepted, if it never spoke).
     fn silent_for(&self, now: Instant) -> Duration {
-        let last = self.conn.last_inbound().unwrap_or(self.opened);
+        let last = self.conn.last_inbound().unwrap_or(self.conn.opened());
         now.saturating_duration_since(last)
     }
 
@@ -262,7 +261,7 @@ impl Conn {
             last_data_recv_ms: info.last_data_recv.as_millis() as u64,
         });
         let (running, queued) = self.conn.job_counts();
-        let age = now.saturating_duration_since(self.opened);
+        let age = now.saturating_duration_since(self.conn.opened());
         ConnectionSnapshot {
             id: self.key.id,
             peer: self.peer.to_string(),
@@ -295,7 +294,7 @@ impl Conn {
         sessions: &Sessions,
     ) -> Option<SessionSnapshot> {
         let session = self.session.as_ref()?;
-        let started = self.opened + Duration::from_millis(session.started_ms);
+        let started = self.conn.opened() + Duration::from_millis(session.started_ms);
         let ago = now.saturating_duration_since(started);
         let started_at = wall.checked_sub(ago).unwrap_or(wall);
         Some(SessionSnapshot {
@@ -916,7 +915,7 @@ impl Conn {
             conn = self.key.id,
             peer = %self.peer,
             cause = %cause,
-            age_ms = now.saturating_duration_since(self.opened).as_millis() as u64,
+            age_ms = now.saturating_duration_since(self.conn.opened()).as_millis() as u64,
             silent_ms = self.silent_for(now).as_millis() as u64,
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,

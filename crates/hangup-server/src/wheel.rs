@@ -13,6 +13,10 @@
 //! expiring skips the slots with nothing due. A deadline that moves later is not
 //! refiled when it moves, only when its old tick comes up — one entry per connection,
 //! not one per heartbeat.
+//!
+//! An entry is 8 bytes with a `u32` key: the key and the turn of the wheel it is due in
+//! (the slot says the rest of its tick), so that the wheel costs a session 8 bytes plus
+//! its slot's spare capacity, not 24.
 
 use std::time::{Duration, Instant};
 
@@ -26,10 +30,13 @@ const SLOTS: usize = 4096;
 /// A tick number: [`TICK`]s since the wheel's origin.
 pub(crate) type Tick = u64;
 
+/// A turn of the wheel: a tick divided by [`SLOTS`]. 32 bits last 557 years.
+type Turn = u32;
+
 pub(crate) struct Wheel<K> {
     origin: Instant,
-    /// Each entry with the tick it was filed for.
-    slots: Box<[Vec<(K, Tick)>]>,
+    /// Each entry with the turn its tick is in (the tick is `turn × SLOTS + slot`).
+    slots: Box<[Vec<(K, Turn)>]>,
     /// The earliest tick filed in each slot ([`Tick::MAX`]: none).
     slot_min: Box<[Tick]>,
     /// The earliest tick filed anywhere ([`Tick::MAX`]: none).
@@ -60,7 +67,7 @@ impl<K: Copy> Wheel<K> {
     /// Files `key` at `tick` (from [`Wheel::tick_of`]).
     pub(crate) fn file(&mut self, tick: Tick, key: K) {
         let slot = (tick % SLOTS as Tick) as usize;
-        self.slots[slot].push((key, tick));
+        self.slots[slot].push((key, (tick / SLOTS as Tick) as Turn));
         self.slot_min[slot] = self.slot_min[slot].min(tick);
         self.earliest = self.earliest.min(tick);
     }
@@ -97,22 +104,25 @@ impl<K: Copy> Wheel<K> {
                 // Empty, or only deadlines a turn or more away.
                 continue;
             }
+            let tick_of = |turn: Turn| Tick::from(turn) * SLOTS as Tick + slot as Tick;
             let entries = std::mem::take(&mut self.slots[slot]);
             let mut kept = Vec::new();
-            for (key, at) in entries {
+            for (key, turn) in entries {
+                let at = tick_of(turn);
                 if filed(key) != Some(at) {
                     continue;
                 }
                 if at <= now_tick {
                     fire(key);
                 } else {
-                    kept.push((key, at));
+                    kept.push((key, turn));
                 }
             }
             // `fire` may have filed more here (a deadline due again at once lands on
             // the cursor): keep those too.
             kept.append(&mut self.slots[slot]);
-            self.slot_min[slot] = kept.iter().map(|&(_, at)| at).min().unwrap_or(Tick::MAX);
+            let earliest = kept.iter().map(|&(_, turn)| tick_of(turn)).min();
+            self.slot_min[slot] = earliest.unwrap_or(Tick::MAX);
             self.slots[slot] = kept;
         }
         self.cursor = now_tick + 1;

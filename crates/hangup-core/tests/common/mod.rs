@@ -122,9 +122,10 @@ pub struct Driver {
 
 impl Driver {
     pub fn new(config: ConnectionConfig, jobs: Jobs) -> Self {
+        let base = Instant::now();
         Self {
-            conn: Connection::new(config),
-            base: Instant::now(),
+            conn: Connection::new(config, base),
+            base,
             elapsed: Duration::ZERO,
             peer: Peer::Reads,
             jobs,
