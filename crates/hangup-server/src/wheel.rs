@@ -66,10 +66,27 @@ impl<K: Copy> Wheel<K> {
 
     /// Files `key` at `tick` (from [`Wheel::tick_of`]).
     pub(crate) fn file(&mut self, tick: Tick, key: K) {
+        debug_assert!(tick >= self.cursor, "filed before the cursor: {tick}");
         let slot = (tick % SLOTS as Tick) as usize;
         self.slots[slot].push((key, (tick / SLOTS as Tick) as Turn));
         self.slot_min[slot] = self.slot_min[slot].min(tick);
         self.earliest = self.earliest.min(tick);
+    }
+
+    /// The earliest tick filed, found by walking the slots from the cursor's: the slot
+    /// `k` places on holds no tick before `cursor + k` (every tick filed is at or after
+    /// the cursor), so the walk stops at the first slot that leaves nothing earlier to
+    /// find — at once when deadlines are dense, as with thousands of sessions.
+    fn earliest_from_cursor(&self) -> Tick {
+        let mut earliest = Tick::MAX;
+        for k in 0..SLOTS as Tick {
+            let tick = self.cursor + k;
+            earliest = earliest.min(self.slot_min[(tick % SLOTS as Tick) as usize]);
+            if earliest <= tick {
+                break;
+            }
+        }
+        earliest
     }
 
     /// When the wheel next needs to expire something: its earliest entry's tick (the
@@ -82,9 +99,10 @@ impl<K: Copy> Wheel<K> {
     }
 
     /// Expires every tick up to `now`: each entry of each slot that came up whose key
-    /// still has a tick filed (`filed(key)`) that is due goes to `fire` (which must
-    /// forget that tick, or file another); one filed for a later turn of the wheel in
-    /// the same slot stays; any other is stale and dropped.
+    /// still has a tick filed (`filed(key)`) that is due goes to `fire` (its owner then
+    /// forgets that tick or files another, after this call: every tick filed is at or
+    /// after the cursor); one filed for a later turn of the wheel in the same slot
+    /// stays; any other is stale and dropped.
     pub(crate) fn expire(
         &mut self,
         now: Instant,
@@ -118,9 +136,6 @@ impl<K: Copy> Wheel<K> {
                     kept.push((key, turn));
                 }
             }
-            // `fire` may have filed more here (a deadline due again at once lands on
-            // the cursor): keep those too.
-            kept.append(&mut self.slots[slot]);
             let earliest = kept.iter().map(|&(_, turn)| tick_of(turn)).min();
             self.slot_min[slot] = earliest.unwrap_or(Tick::MAX);
             self.slots[slot] = kept;
@@ -128,7 +143,7 @@ impl<K: Copy> Wheel<K> {
         self.cursor = now_tick + 1;
         if self.earliest <= now_tick {
             // It came up (fired or dropped): the next one is the least of the slots'.
-            self.earliest = self.slot_min.iter().copied().min().unwrap_or(Tick::MAX);
+            self.earliest = self.earliest_from_cursor();
         }
     }
 }
