@@ -786,6 +786,15 @@ impl Conn {
         };
         if device.is_some() {
             shared.metrics.sessions_open.set(live_sessions as i64);
+            // The last time the peer was heard from, exact whatever the throttle left
+            // unwritten; recorded before the end, so that the end takes it in whether
+            // the writer puts the two in one batch or in two.
+            if let Some(presence) = &shared.config.presence {
+                let last = at
+                    .checked_sub(self.silent_for(Instant::now()))
+                    .unwrap_or(at);
+                presence.seen(session.id.0, last);
+            }
             end_session_record(shared, session.id, at, cause);
         }
         device
@@ -846,12 +855,6 @@ impl Conn {
             let shared = &ctx.shared;
             // Taken over: the connection that evicted us has recorded the end.
             if let Some(device) = self.close_session(shared, &session, at, cause) {
-                // The last time the peer was heard from, exact whatever the throttle
-                // left unwritten.
-                if let Some(presence) = &shared.config.presence {
-                    let last = at.checked_sub(self.silent_for(now)).unwrap_or(at);
-                    presence.seen(session.id.0, last);
-                }
                 if let Some(cluster) = &shared.cluster {
                     cluster.release(&device, session.id, cause, at);
                 }

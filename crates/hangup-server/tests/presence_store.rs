@@ -141,6 +141,94 @@ fn start_seen_end_round_trip() {
     assert_eq!(json["online"], false);
 }
 
+/// Rows in the narrow heartbeats table.
+fn heartbeat_rows(dir: &Path) -> i64 {
+    rusqlite::Connection::open(dir.join("presence.sqlite3"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM heartbeats", [], |row| row.get(0))
+        .unwrap()
+}
+
+#[test]
+fn heartbeats_land_apart_and_the_end_folds_them_into_the_session() {
+    let dir = TempDir::new("heartbeats");
+    let (store, _) = PresenceStore::open(dir.path()).unwrap();
+    let recorder = store.recorder();
+    recorder.session_started(7, "meter-1", peer(4100), at_millis(5_000_000));
+    store.flush().unwrap();
+    // A later batch: the heartbeat goes to its own table, the session's row is as
+    // written, and readers see the heartbeat.
+    recorder.seen(7, at_millis(5_030_000));
+    store.flush().unwrap();
+    assert_eq!(heartbeat_rows(dir.path()), 1);
+    let stored: i64 = rusqlite::Connection::open(dir.path().join("presence.sqlite3"))
+        .unwrap()
+        .query_row("SELECT last_seen FROM sessions", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(
+        stored, 5_000_000,
+        "the wide row is not rewritten per heartbeat"
+    );
+    assert_eq!(find(&all(dir.path()), 7).last_seen, at_millis(5_030_000));
+    // An older heartbeat arriving late does not move it back.
+    recorder.seen(7, at_millis(5_020_000));
+    store.flush().unwrap();
+    assert_eq!(find(&all(dir.path()), 7).last_seen, at_millis(5_030_000));
+
+    // The end, in a batch of its own: the heartbeat is folded in and its row dropped.
+    recorder.session_ended(7, at_millis(5_040_000), Cause::PeerClosed);
+    store.flush().unwrap();
+    assert_eq!(heartbeat_rows(dir.path()), 0);
+    let ended = find(&all(dir.path()), 7).clone();
+    assert_eq!(ended.last_seen, at_millis(5_030_000));
+    assert_eq!(ended.ended_at, Some(at_millis(5_040_000)));
+
+    // A heartbeat after the end (a takeover's race) never shows on the ended session,
+    // and its row is dropped by the next sweep (here: reopening the store).
+    recorder.seen(7, at_millis(5_090_000));
+    store.close().unwrap();
+    assert_eq!(find(&all(dir.path()), 7).last_seen, at_millis(5_030_000));
+    let (store, _) = PresenceStore::open(dir.path()).unwrap();
+    assert_eq!(heartbeat_rows(dir.path()), 0);
+    store.close().unwrap();
+}
+
+#[test]
+fn a_version_one_database_is_migrated_with_its_sessions() {
+    let dir = TempDir::new("migrate-v1");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("presence.sqlite3")).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE sessions (
+            session TEXT PRIMARY KEY NOT NULL, device TEXT NOT NULL, peer TEXT NOT NULL,
+            connected_at INTEGER NOT NULL, last_seen INTEGER NOT NULL, ended_at INTEGER,
+            cause TEXT, owner_boot TEXT NOT NULL, owner_pid INTEGER NOT NULL,
+            owner_start INTEGER NOT NULL, CHECK ((ended_at IS NULL) = (cause IS NULL))
+        ) WITHOUT ROWID;
+        CREATE INDEX sessions_by_device ON sessions (device, connected_at);
+        CREATE INDEX sessions_by_connected ON sessions (connected_at);
+        CREATE INDEX sessions_open ON sessions (owner_boot, owner_pid, owner_start)
+            WHERE ended_at IS NULL;
+        INSERT INTO sessions VALUES ('0000000000000001', 'old-device', '127.0.0.1:1',
+            1000, 2000, 3000, 'peer_closed', 'boot', 1, 1);
+        PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    drop(conn);
+    let (store, _) = PresenceStore::open(dir.path()).unwrap();
+    store.close().unwrap();
+    let version: i64 = rusqlite::Connection::open(dir.path().join("presence.sqlite3"))
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    let old = find(&all(dir.path()), 1).clone();
+    assert_eq!(old.device, "old-device");
+    assert_eq!(old.last_seen, at_millis(2000));
+    assert_eq!(old.cause, Some(Cause::PeerClosed));
+    assert_eq!(heartbeat_rows(dir.path()), 0);
+}
+
 #[test]
 fn filters_by_device_online_and_limit() {
     let dir = TempDir::new("filters");
