@@ -141,12 +141,17 @@ fn start_seen_end_round_trip() {
     assert_eq!(json["online"], false);
 }
 
-/// Rows in the narrow heartbeats table.
-fn heartbeat_rows(dir: &Path) -> i64 {
+/// One integer the database answers `sql` with, read straight from the file.
+fn scalar(dir: &Path, sql: &str) -> i64 {
     rusqlite::Connection::open(dir.join("presence.sqlite3"))
         .unwrap()
-        .query_row("SELECT count(*) FROM heartbeats", [], |row| row.get(0))
+        .query_row(sql, [], |row| row.get(0))
         .unwrap()
+}
+
+/// Rows in the narrow heartbeats table.
+fn heartbeat_rows(dir: &Path) -> i64 {
+    scalar(dir, "SELECT count(*) FROM heartbeats")
 }
 
 #[test]
@@ -161,10 +166,7 @@ fn heartbeats_land_apart_and_the_end_folds_them_into_the_session() {
     recorder.seen(7, at_millis(5_030_000));
     store.flush().unwrap();
     assert_eq!(heartbeat_rows(dir.path()), 1);
-    let stored: i64 = rusqlite::Connection::open(dir.path().join("presence.sqlite3"))
-        .unwrap()
-        .query_row("SELECT last_seen FROM sessions", [], |row| row.get(0))
-        .unwrap();
+    let stored = scalar(dir.path(), "SELECT last_seen FROM sessions");
     assert_eq!(
         stored, 5_000_000,
         "the wide row is not rewritten per heartbeat"
@@ -217,11 +219,7 @@ fn a_version_one_database_is_migrated_with_its_sessions() {
     drop(conn);
     let (store, _) = PresenceStore::open(dir.path()).unwrap();
     store.close().unwrap();
-    let version: i64 = rusqlite::Connection::open(dir.path().join("presence.sqlite3"))
-        .unwrap()
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(scalar(dir.path(), "PRAGMA user_version"), 2);
     let old = find(&all(dir.path()), 1).clone();
     assert_eq!(old.device, "old-device");
     assert_eq!(old.last_seen, at_millis(2000));
