@@ -22,7 +22,7 @@ mod query;
 
 pub use query::{query, ClusterSessionRow};
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -774,10 +774,21 @@ impl ClusterTask {
                 since_ms: handle.claim().since_ms,
             })
             .collect();
+        // A session whose claim still waits in the queue has no epoch yet, like one
+        // opened while Redis was away, but its own claim decides it: send the queue
+        // first and leave those out of the reclaim (not of the stale check below: they
+        // are held). Reclaiming them by HELLO time as well would take the device from a
+        // HELLO that raced ours on another node and won (then both were evicted: every
+        // racer lost).
+        let queued = self.send_queued(shared, conn).await;
+        let reclaim: Vec<&Held> = held
+            .iter()
+            .filter(|h| !queued.contains(&(h.device.clone(), h.session)))
+            .collect();
         let started = Instant::now();
         let (mut kept, mut claimed, mut lost) = (0u64, 0u64, 0u64);
         let now_ms = unix_ms(SystemTime::now());
-        for chunk in held.chunks(MAX_BATCH) {
+        for chunk in reclaim.chunks(MAX_BATCH) {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for held in chunk {
@@ -903,17 +914,36 @@ impl ClusterTask {
         dropped
     }
 
-    /// Shutdown: the last session ends, then the lease and the node's entry go.
-    async fn leave(&mut self, shared: &Shared, conn: &mut ConnectionManager) {
+    /// Sends every op queued so far, in batches; returns the sessions it claimed.
+    async fn send_queued(
+        &mut self,
+        shared: &Shared,
+        conn: &mut ConnectionManager,
+    ) -> HashSet<(Box<str>, SessionId)> {
         let mut pending = Vec::new();
         while let Ok(op) = self.ops_rx.try_recv() {
             pending.push(op);
         }
+        let claimed = pending
+            .iter()
+            .filter_map(|op| match op {
+                Op::Claim {
+                    device, session, ..
+                } => Some((device.clone(), *session)),
+                Op::Release { .. } => None,
+            })
+            .collect();
         while !pending.is_empty() {
             let rest = pending.split_off(pending.len().min(MAX_BATCH));
             self.send(shared, conn, pending).await;
             pending = rest;
         }
+        claimed
+    }
+
+    /// Shutdown: the last session ends, then the lease and the node's entry go.
+    async fn leave(&mut self, shared: &Shared, conn: &mut ConnectionManager) {
+        self.send_queued(shared, conn).await;
         if self.degraded() {
             return;
         }
