@@ -314,10 +314,11 @@ fuzz_target!(|input: Input| {
     config.outbox_high_water = usize::from(s.outbox_high_water.max(1));
     config.session_pings_per_sec = s.session_pings_per_sec.map(u32::from);
 
+    let now = base();
     let mut driver = Driver {
-        conn: Connection::new(config.clone()),
+        conn: Connection::new(config.clone(), now),
         config,
-        now: base(),
+        now,
         running: None,
         session_requested: false,
         closed: false,
