@@ -413,6 +413,10 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
         samples.iter().map(f).sum()
     };
     let server = (!server_pids.is_empty()).then(|| {
+        // (VmRSS in `after` − before the ramp-up) / sessions.
+        let rss_per_session = |after: &[ProcessSample]| {
+            per_session(sum(after, |s| s.rss as f64) - sum(&server_before, |s| s.rss as f64))
+        };
         let user = sum(&server_after_hold, |s| s.utime_s) - sum(&server_after_ramp, |s| s.utime_s);
         let system =
             sum(&server_after_hold, |s| s.stime_s) - sum(&server_after_ramp, |s| s.stime_s);
@@ -430,12 +434,8 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
             rss_before_bytes: sum(&server_before, |s| s.rss as f64) as u64,
             rss_after_bytes: sum(&server_after_ramp, |s| s.rss as f64) as u64,
             rss_after_hold_bytes: sum(&server_after_hold, |s| s.rss as f64) as u64,
-            rss_per_connection_bytes: per_session(
-                sum(&server_after_ramp, |s| s.rss as f64) - sum(&server_before, |s| s.rss as f64),
-            ),
-            rss_per_connection_after_hold_bytes: per_session(
-                sum(&server_after_hold, |s| s.rss as f64) - sum(&server_before, |s| s.rss as f64),
-            ),
+            rss_per_connection_bytes: rss_per_session(&server_after_ramp),
+            rss_per_connection_after_hold_bytes: rss_per_session(&server_after_hold),
             anon_per_connection_bytes: per_session(
                 sum(&server_after_ramp, |s| s.rss_anon as f64)
                     - sum(&server_before, |s| s.rss_anon as f64),

@@ -268,6 +268,16 @@ impl Jobs {
     const FIRST_ID: JobId = 1;
 }
 
+impl Default for Jobs {
+    fn default() -> Self {
+        Self {
+            queued: VecDeque::new(),
+            running: None,
+            next_id: Self::FIRST_ID,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct RunningJob {
     id: JobId,
@@ -835,13 +845,7 @@ impl Connection {
                     }
                 }
                 self.send(now, &Reply::Accepted(job.id));
-                let jobs = self.jobs.get_or_insert_with(|| {
-                    Box::new(Jobs {
-                        queued: VecDeque::new(),
-                        running: None,
-                        next_id: Jobs::FIRST_ID,
-                    })
-                });
+                let jobs = self.jobs.get_or_insert_with(Box::default);
                 jobs.next_id = job.id + 1;
                 jobs.queued.push_back(job);
                 self.start_next_job();

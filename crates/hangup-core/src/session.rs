@@ -243,10 +243,8 @@ impl<H> SessionRegistry<H> {
     /// device back. `None` means it was already taken over (or closed), and whoever
     /// replaced it has recorded its end.
     pub fn close(&mut self, slot: SessionSlot, id: SessionId) -> Option<Box<str>> {
+        self.device(slot, id)?;
         let SessionSlot(index) = slot;
-        if self.entries.get(index as usize)?.id != id {
-            return None;
-        }
         let entry = self.entries.remove(index as usize);
         let hash = self.hasher.hash_one(&*entry.device);
         if let Ok(found) = self.by_device.find_entry(hash, |&i| i == index) {

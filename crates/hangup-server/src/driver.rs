@@ -312,10 +312,8 @@ impl Conn {
     /// What `STATUS` counts of every other connection: the server's counts less the
     /// jobs this one last added to them.
     fn others<'a>(&self, shared: &'a Shared) -> impl Fn() -> StatusCounts + 'a {
-        let own = (
-            u64::from(self.jobs_counted().0),
-            u64::from(self.jobs_counted().1),
-        );
+        let (running, queued) = self.jobs_counted();
+        let own = (u64::from(running), u64::from(queued));
         move || shared.status_excluding(own)
     }
 
@@ -745,12 +743,13 @@ impl Conn {
             session = %opened.id,
             heartbeat_ms = heartbeat.interval.as_millis() as u64,
         );
+        let started_ms = self.ms_since_opened(now);
         self.session = Some(OpenSession {
             slot: opened.slot,
             id: opened.id,
             heartbeat_ms: u32::try_from(heartbeat.interval.as_millis()).unwrap_or(u32::MAX),
-            seen_recorded_ms: self.ms_since_opened(now),
-            started_ms: self.ms_since_opened(now),
+            seen_recorded_ms: started_ms,
+            started_ms,
         });
     }
 
@@ -803,10 +802,12 @@ impl Conn {
     /// Tells the presence store the peer is alive, at most once per heartbeat and per
     /// [`SEEN_RESOLUTION`] (the session's end records the exact last time).
     fn record_seen(&mut self, shared: &Shared, now: Instant) {
-        let now_ms = self.ms_since_opened(now);
         let (Some(session), Some(presence)) = (&mut self.session, &shared.config.presence) else {
             return;
         };
+        let now_ms = now
+            .saturating_duration_since(self.conn.opened())
+            .as_millis() as u64;
         let every = session.heartbeat().max(SEEN_RESOLUTION).as_millis() as u64;
         if now_ms.saturating_sub(session.seen_recorded_ms) >= every {
             session.seen_recorded_ms = now_ms;

@@ -284,10 +284,10 @@ impl Reactors {
     }
 }
 
-/// A connection in its thread's slab.
 /// [`Entry::filed`] when nothing is: later than any tick.
 const NOT_FILED: Tick = Tick::MAX;
 
+/// A connection in its thread's slab.
 struct Entry {
     conn: Conn,
     /// The earliest tick its deadline is filed at in the wheel (a later one it moved to

@@ -783,7 +783,7 @@ impl ClusterTask {
         let queued = self.send_queued(shared, conn).await;
         let reclaim: Vec<&Held> = held
             .iter()
-            .filter(|h| !queued.contains(&(h.device.clone(), h.session)))
+            .filter(|h| !queued.contains(&h.session))
             .collect();
         let started = Instant::now();
         let (mut kept, mut claimed, mut lost) = (0u64, 0u64, 0u64);
@@ -914,12 +914,13 @@ impl ClusterTask {
         dropped
     }
 
-    /// Sends every op queued so far, in batches; returns the sessions it claimed.
+    /// Sends every op queued so far, in batches; returns the sessions it claimed (ids
+    /// are unique on a node).
     async fn send_queued(
         &mut self,
         shared: &Shared,
         conn: &mut ConnectionManager,
-    ) -> HashSet<(Box<str>, SessionId)> {
+    ) -> HashSet<SessionId> {
         let mut pending = Vec::new();
         while let Ok(op) = self.ops_rx.try_recv() {
             pending.push(op);
@@ -927,9 +928,7 @@ impl ClusterTask {
         let claimed = pending
             .iter()
             .filter_map(|op| match op {
-                Op::Claim {
-                    device, session, ..
-                } => Some((device.clone(), *session)),
+                Op::Claim { session, .. } => Some(*session),
                 Op::Release { .. } => None,
             })
             .collect();
