@@ -53,6 +53,7 @@ mod mass_death;
 mod mosquitto;
 mod mqtt;
 mod netstat;
+mod own_netns;
 mod procfs;
 mod scale;
 mod soak;

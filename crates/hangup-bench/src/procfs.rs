@@ -46,6 +46,11 @@ impl ProcessSample {
             threads,
         })
     }
+
+    /// User + system CPU time, seconds.
+    pub fn cpu_s(&self) -> f64 {
+        self.utime_s + self.stime_s
+    }
 }
 
 /// (name, user seconds, system seconds) from a /proc stat file.

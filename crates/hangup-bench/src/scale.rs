@@ -33,6 +33,7 @@ use super::load::{
 };
 use super::mosquitto::{self, Mosquitto};
 use super::netstat::{CounterGrowth, Counters};
+use super::own_netns;
 use super::procfs::{Limits, MachineSample, ProcessSample};
 use super::{
     check_interrupt, load_average, machine_description, sleep_checked, write_json, ServerProcess,
@@ -69,6 +70,9 @@ pub struct ScaleSettings {
     pub peer: Option<ScalePeer>,
     /// Rounds per server (with `peer`), interleaved: hangup, peer, peer, hangup, …
     pub repeat: usize,
+    /// Run the whole bench in a network namespace of its own, with a TCP table sized
+    /// for `connections` (`own_netns.rs`).
+    pub netns: bool,
     /// Write the results as JSON to this file.
     pub json: Option<PathBuf>,
 }
@@ -173,6 +177,9 @@ struct KernelFigures {
     machine_used_per_session_bytes: f64,
     /// The load workers' VmRSS / sessions.
     load_worker_rss_per_session_bytes: f64,
+    /// The load workers' CPU (user + sys) over the hold / `PONG`s: the client side's
+    /// share of the machine, which a run on few cores shares with the servers.
+    load_worker_cpu_per_heartbeat_us: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -209,6 +216,8 @@ struct Report {
     lost_reasons: BTreeMap<String, u64>,
     /// Connections the servers closed before the bench's stop (must be 0).
     server_closes_during_run: u64,
+    /// Those closes by the cause the server gave (`connection_closed`'s `cause`).
+    server_close_causes: BTreeMap<String, u64>,
     /// The kernel's TCP abort, reset and overflow counters that grew during the round
     /// (the whole machine's network namespace: servers and load workers).
     tcp_counters: CounterGrowth,
@@ -224,6 +233,12 @@ struct Report {
 pub fn scale(args: &ScaleSettings) -> anyhow::Result<ExitCode> {
     if args.connections == 0 || args.per_worker == 0 || args.heartbeat == 0 {
         bail!("--connections, --per-worker and --heartbeat must be at least 1");
+    }
+    if args.netns && own_netns::inside().is_none() {
+        if args.target.is_some() {
+            bail!("--netns starts the servers inside the namespace: it does not take --target");
+        }
+        return own_netns::rerun_inside(args.connections);
     }
     if let Some(peer) = args.peer {
         return compare(args, peer);
@@ -289,17 +304,17 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
 
     // The servers.
     let mut broker = None;
-    let mut limits_changed = vec!["none: the bench sets no sysctl and no rlimit".to_string()];
+    let mut limits_changed = Vec::new();
     let (target, servers, server_pids) = match (under, args.target) {
         (Under::External, Some(target)) => (target, Vec::new(), args.server_pid.clone()),
         (Under::Mosquitto(binary), _) => {
             let mosquitto = Mosquitto::start(binary, args.connections)?;
             let (target, pid) = (mosquitto.addr, mosquitto.pid());
             broker = Some(mosquitto);
-            limits_changed = vec![format!(
+            limits_changed.push(format!(
                 "mosquitto's soft RLIMIT_NOFILE raised to its hard limit ({}): one process holds every session",
                 limits.nofile.1
-            )];
+            ));
             (target, Vec::new(), vec![pid])
         }
         _ => {
@@ -325,6 +340,7 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
             (target, servers, pids)
         }
     };
+    limits_changed.extend(own_netns::inside());
     let instances = servers.len().max(server_pids.len());
     let server_before: Vec<ProcessSample> = sample_all(&server_pids);
 
@@ -366,12 +382,8 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
     sleep_checked(Duration::from_secs(1), |_| {})?;
     let server_after_ramp = sample_all(&server_pids);
     let machine_after_ramp = MachineSample::read();
-    let worker_rss: u64 = fleet
-        .pids()
-        .iter()
-        .filter_map(|&pid| ProcessSample::read(pid))
-        .map(|s| s.rss)
-        .sum();
+    let workers_after_ramp = sample_all(&fleet.pids());
+    let worker_rss: u64 = workers_after_ramp.iter().map(|s| s.rss).sum();
     fleet.broadcast("measure");
     let hold_bar = ProgressBar::new(hold.as_secs()).with_style(
         ProgressStyle::with_template("hold {elapsed_precise} [{bar:40}] {pos}/{len} s")?
@@ -380,11 +392,17 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
     sleep_checked(hold, |elapsed| hold_bar.set_position(elapsed.as_secs()))?;
     hold_bar.finish_and_clear();
     let server_after_hold = sample_all(&server_pids);
+    let workers_after_hold = sample_all(&fleet.pids());
     let machine_at_end = MachineSample::read();
     let mut server_closes = 0;
+    let mut server_close_causes = BTreeMap::<String, u64>::new();
     for server in &servers {
         server.drain_events(|event| {
-            server_closes += u64::from(event["event"] == "connection_closed");
+            if event["event"] == "connection_closed" {
+                server_closes += 1;
+                let cause = event["cause"].as_str().unwrap_or("unknown");
+                *server_close_causes.entry(cause.to_owned()).or_default() += 1;
+            }
         });
     }
     check_interrupt()?;
@@ -459,6 +477,10 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
             machine_after_ramp.used as f64 - machine_before.used as f64,
         ),
         load_worker_rss_per_session_bytes: per_session(worker_rss as f64),
+        load_worker_cpu_per_heartbeat_us: (sum(&workers_after_hold, ProcessSample::cpu_s)
+            - sum(&workers_after_ramp, ProcessSample::cpu_s))
+            * 1e6
+            / rtt.count().max(1) as f64,
     };
     limits_hit.extend(limits_from_errors(&open_errors));
     limits_hit.extend(memory.describe());
@@ -494,6 +516,7 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
         sessions_lost: lost,
         lost_reasons: sum_reasons(&done, "lost_reasons"),
         server_closes_during_run: server_closes,
+        server_close_causes,
         tcp_counters,
         server,
         kernel,
@@ -506,7 +529,11 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
         },
         limits,
         limits_hit,
-        limits_changed,
+        limits_changed: if limits_changed.is_empty() {
+            vec!["none: the bench sets no sysctl and no rlimit".to_string()]
+        } else {
+            limits_changed
+        },
     };
     Ok(report)
 }
@@ -704,6 +731,10 @@ fn print_table(r: &Report) {
         format!("{:.0} B", k.load_worker_rss_per_session_bytes),
     );
     row(
+        "load worker CPU per heartbeat (user+sys)",
+        format!("{:.2} µs", k.load_worker_cpu_per_heartbeat_us),
+    );
+    row(
         "machine memory per session (everything)",
         format!("{:.0} B", k.machine_used_per_session_bytes),
     );
@@ -723,6 +754,12 @@ fn print_table(r: &Report) {
     }
     if !r.lost_reasons.is_empty() {
         row("lost", format!("{:?}", r.lost_reasons));
+    }
+    if !r.server_close_causes.is_empty() {
+        row(
+            "closed by the servers, by cause",
+            format!("{:?}", r.server_close_causes),
+        );
     }
     row(
         "kernel TCP resets, aborts, overflows",

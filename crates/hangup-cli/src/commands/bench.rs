@@ -43,6 +43,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             ramp_limit: args.ramp_limit,
             peer: args.peer,
             repeat: args.repeat,
+            netns: args.netns,
             json: args.json,
         }),
         BenchCommand::MassDeath(args) => hangup_bench::mass_death(&MassDeathSettings {
