@@ -54,3 +54,61 @@ fn bench_scale_holds_every_session_and_reports_json() {
     assert!(report["limits"]["nofile"].is_array(), "{text}");
     assert!(run.stdout.contains("sessions reached"), "{}", run.stdout);
 }
+
+/// `--netns`: the same small run inside a namespace of the bench's own, with a TCP
+/// table of its own; the namespace is gone afterwards and the host's setting is back.
+#[test]
+fn bench_scale_in_its_own_namespace_leaves_nothing_behind() {
+    if !common::privileged("bench_scale_in_its_own_namespace_leaves_nothing_behind") {
+        return;
+    }
+    const CHILD_EHASH: &str = "/proc/sys/net/ipv4/tcp_child_ehash_entries";
+    let setting_before = std::fs::read_to_string(CHILD_EHASH).expect("Linux 6.1 or later");
+    let scale_namespaces = || {
+        hangup_lab::namespaces_with_prefix(hangup_lab::NETNS_PREFIX)
+            .into_iter()
+            .filter(|name| name.ends_with("-scale"))
+            .collect::<Vec<_>>()
+    };
+    let before = scale_namespaces();
+    let run = run_bench(
+        &[
+            "scale",
+            "--netns",
+            "--connections",
+            "300",
+            "--instances",
+            "1",
+            "--heartbeat",
+            "1",
+            "--hold",
+            "2s",
+        ],
+        Duration::from_secs(120),
+    );
+    let report = &run.report;
+    let text = report.to_string();
+    assert_eq!(report["sessions_reached"], 300, "{text}");
+    assert_eq!(report["sessions_lost"], 0, "{text}");
+    assert_eq!(report["server_closes_during_run"], 0, "{text}");
+    assert!(
+        report["kernel"]["load_worker_cpu_per_heartbeat_us"].is_number(),
+        "{text}"
+    );
+    let changed = report["limits_changed"].to_string();
+    assert!(
+        changed.contains("network namespace") && changed.contains("65536 buckets"),
+        "{changed}"
+    );
+    assert!(
+        run.stderr.contains("running in network namespace"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(scale_namespaces(), before, "the bench's namespace is left");
+    assert_eq!(
+        std::fs::read_to_string(CHILD_EHASH).unwrap(),
+        setting_before,
+        "tcp_child_ehash_entries was not put back"
+    );
+}
