@@ -932,12 +932,11 @@ fn write_batch(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (session) DO NOTHING",
         )?;
-        let mut end = tx.prepare_cached(
-            "UPDATE sessions SET ended_at = ?2, cause = ?3,
-                 last_seen = max(last_seen, ?4, coalesce(
-                     (SELECT h.last_seen FROM heartbeats h WHERE h.session = ?1), last_seen))
-             WHERE session = ?1 AND ended_at IS NULL",
-        )?;
+        let mut end = tx.prepare_cached(concat!(
+            "UPDATE sessions SET ended_at = ?2, cause = ?3, last_seen = max(?4, ",
+            folded_last_seen!(),
+            ") WHERE session = ?1 AND ended_at IS NULL"
+        ))?;
         let mut forget = tx.prepare_cached("DELETE FROM heartbeats WHERE session = ?1")?;
         // Only the narrow table: a heartbeat of a session that ended meanwhile (which
         // only a takeover's race makes) leaves a row the next sweep drops, and the
@@ -1057,12 +1056,12 @@ fn recover(conn: &mut Connection, me: &Owner, at: SystemTime) -> Result<u64, rus
     let mut closed = 0;
     for owner in owners.iter().filter(|owner| !owner.is_alive_other(me)) {
         closed += tx.execute(
-            "UPDATE sessions SET ended_at = ?1, cause = ?2,
-                 last_seen = max(last_seen, coalesce(
-                     (SELECT h.last_seen FROM heartbeats h WHERE h.session = sessions.session),
-                     last_seen))
-             WHERE ended_at IS NULL AND owner_boot = ?3 AND owner_pid = ?4
-               AND owner_start = ?5",
+            concat!(
+                "UPDATE sessions SET ended_at = ?1, cause = ?2, last_seen = ",
+                folded_last_seen!(),
+                " WHERE ended_at IS NULL AND owner_boot = ?3 AND owner_pid = ?4
+                   AND owner_start = ?5"
+            ),
             params![
                 unix_millis(at),
                 Cause::Shutdown.as_str(),
@@ -1076,6 +1075,17 @@ fn recover(conn: &mut Connection, me: &Owner, at: SystemTime) -> Result<u64, rus
     tx.commit()?;
     Ok(closed)
 }
+
+/// The SQL of a session row's `last_seen` with its heartbeat row folded in (the later of
+/// the two), for the statements that end a session: its row then keeps the time for good.
+macro_rules! folded_last_seen {
+    () => {
+        "max(last_seen, coalesce(
+             (SELECT h.last_seen FROM heartbeats h WHERE h.session = sessions.session),
+             last_seen))"
+    };
+}
+use folded_last_seen;
 
 /// Drops the heartbeat rows whose session is not open (any more).
 fn sweep_heartbeats(tx: &rusqlite::Transaction<'_>) -> Result<usize, rusqlite::Error> {
