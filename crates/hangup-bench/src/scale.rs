@@ -484,7 +484,12 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
     };
     limits_hit.extend(limits_from_errors(&open_errors));
     limits_hit.extend(memory.describe());
-    let tcp_pressure = limits.tcp_mem_pages.get(1).copied().unwrap_or(u64::MAX) * 4096;
+    // tcp_mem is the host's only: a namespace of the bench's own (`--netns`) has none,
+    // and then there is no mark to compare with.
+    let tcp_pressure = limits
+        .tcp_mem_pages
+        .get(1)
+        .map_or(u64::MAX, |pages| pages.saturating_mul(4096));
     if machine_at_end.tcp_buffers >= tcp_pressure {
         limits_hit.push(format!(
             "net.ipv4.tcp_mem pressure: {} bytes of TCP buffers",
