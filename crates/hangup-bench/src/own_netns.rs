@@ -20,7 +20,7 @@ use anyhow::Context;
 use hangup_lab::Netns;
 
 /// Set in the bench run inside the namespace: `<name> <buckets>`.
-pub(crate) const NETNS_ENV: &str = "HANGUP_BENCH_NETNS";
+const NETNS_ENV: &str = "HANGUP_BENCH_NETNS";
 
 const CHILD_EHASH: &str = "/proc/sys/net/ipv4/tcp_child_ehash_entries";
 
@@ -29,7 +29,7 @@ const MAX_BUCKETS: usize = 1 << 24;
 
 /// Buckets for `sessions` loopback sessions: one per socket (two per session), a
 /// power of two, at least 64 Ki.
-pub(crate) fn buckets_for(sessions: usize) -> usize {
+fn buckets_for(sessions: usize) -> usize {
     sessions
         .saturating_mul(2)
         .max(1 << 16)

@@ -430,6 +430,8 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
     let sum = |samples: &[ProcessSample], f: fn(&ProcessSample) -> f64| -> f64 {
         samples.iter().map(f).sum()
     };
+    // CPU figures are per heartbeat answered in the hold.
+    let pongs = rtt.count().max(1) as f64;
     let server = (!server_pids.is_empty()).then(|| {
         // (VmRSS in `after` − before the ramp-up) / sessions.
         let rss_per_session = |after: &[ProcessSample]| {
@@ -438,7 +440,6 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
         let user = sum(&server_after_hold, |s| s.utime_s) - sum(&server_after_ramp, |s| s.utime_s);
         let system =
             sum(&server_after_hold, |s| s.stime_s) - sum(&server_after_ramp, |s| s.stime_s);
-        let pongs = rtt.count().max(1) as f64;
         let mut by_thread: BTreeMap<String, f64> = BTreeMap::new();
         for (samples, sign) in [(&server_after_hold, 1.0), (&server_after_ramp, -1.0)] {
             for sample in samples {
@@ -480,7 +481,7 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
         load_worker_cpu_per_heartbeat_us: (sum(&workers_after_hold, ProcessSample::cpu_s)
             - sum(&workers_after_ramp, ProcessSample::cpu_s))
             * 1e6
-            / rtt.count().max(1) as f64,
+            / pongs,
     };
     limits_hit.extend(limits_from_errors(&open_errors));
     limits_hit.extend(memory.describe());
