@@ -218,6 +218,9 @@ struct Report {
     server_closes_during_run: u64,
     /// Those closes by the cause the server gave (`connection_closed`'s `cause`).
     server_close_causes: BTreeMap<String, u64>,
+    /// Heartbeats a server found waiting in its socket only when the session's budget
+    /// was up (its own lag, read before ending the session; `heartbeat_read_late`).
+    server_heartbeats_read_late: u64,
     /// The kernel's TCP abort, reset and overflow counters that grew during the round
     /// (the whole machine's network namespace: servers and load workers).
     tcp_counters: CounterGrowth,
@@ -396,12 +399,15 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
     let machine_at_end = MachineSample::read();
     let mut server_closes = 0;
     let mut server_close_causes = BTreeMap::<String, u64>::new();
+    let mut server_heartbeats_read_late = 0;
     for server in &servers {
         server.drain_events(|event| {
             if event["event"] == "connection_closed" {
                 server_closes += 1;
                 let cause = event["cause"].as_str().unwrap_or("unknown");
                 *server_close_causes.entry(cause.to_owned()).or_default() += 1;
+            } else if event["event"] == "heartbeat_read_late" {
+                server_heartbeats_read_late += 1;
             }
         });
     }
@@ -523,6 +529,7 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
         lost_reasons: sum_reasons(&done, "lost_reasons"),
         server_closes_during_run: server_closes,
         server_close_causes,
+        server_heartbeats_read_late,
         tcp_counters,
         server,
         kernel,
@@ -582,7 +589,7 @@ pub(crate) fn start_servers_at(
     ];
     flags.extend_from_slice(extra);
     let wanted: &'static [&'static str] = if wanted.is_empty() {
-        &["connection_closed"]
+        &["connection_closed", "heartbeat_read_late"]
     } else {
         wanted
     };
@@ -765,6 +772,12 @@ fn print_table(r: &Report) {
         row(
             "closed by the servers, by cause",
             format!("{:?}", r.server_close_causes),
+        );
+    }
+    if r.server_heartbeats_read_late > 0 {
+        row(
+            "heartbeats read late (the servers' lag, not the peers')",
+            r.server_heartbeats_read_late.to_string(),
         );
     }
     row(

@@ -520,6 +520,19 @@ impl Connection {
         self.last_inbound.map(|at| self.epoch.at(at))
     }
 
+    /// The peer's heartbeat is overdue at `now` while we read: the heartbeat timer's turn
+    /// would end the connection `heartbeat_missed`. The core only knows the bytes it was
+    /// given; a driver that fell behind (a stalled thread, a backlog of readiness) reads
+    /// what the kernel holds before that turn, so that its own lag never passes for the
+    /// peer's silence.
+    pub fn heartbeat_overdue(&self, now: Instant) -> bool {
+        let (&Session::Open { dead_after, .. }, Some(last)) = (&self.session, self.last_inbound)
+        else {
+            return false;
+        };
+        self.interest().read && self.epoch.at(last) + dead_after <= now
+    }
+
     /// When the connection started (the `now` it was made with).
     pub fn opened(&self) -> Instant {
         self.epoch.instant()

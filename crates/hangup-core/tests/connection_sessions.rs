@@ -91,6 +91,41 @@ fn silent_session_is_closed_after_one_and_a_half_heartbeats() {
 }
 
 #[test]
+fn a_driver_that_fell_behind_is_told_to_read_before_the_heartbeat_ends_the_session() {
+    let mut d = driver(Jobs::Manual);
+    d.bytes("HELLO dev-1 heartbeat=1\n");
+    d.take_lines();
+    let start = d.now();
+    assert!(!d.conn.heartbeat_overdue(start + ms(1499)));
+    assert!(d.conn.heartbeat_overdue(start + ms(1500)));
+    // The driver's thread stalls for 2 s; the PING the peer sent at 1 s waited in the
+    // kernel. Read before the timer's turn (as the driver does when told), it counts:
+    // nothing ends, and the deadline moves 1.5 H past the read.
+    d.stall(ms(2000));
+    assert!(d.conn.heartbeat_overdue(d.now()));
+    d.bytes("PING late\n");
+    assert!(!d.conn.heartbeat_overdue(d.now()));
+    d.oversleep(Duration::ZERO);
+    assert_eq!(d.closed(), None);
+    assert_eq!(d.take_lines(), ["PONG late"]);
+    assert_eq!(d.next_timeout(), Some(ms(3500)));
+    // Not reading (a job runs after BYE): silence proves nothing, so nothing is overdue.
+    d.bytes("JOB 1000\nBYE\n");
+    d.stall(ms(10_000));
+    assert!(!d.conn.heartbeat_overdue(d.now()));
+    // Reading, silent past the budget: overdue, and the timer ends it.
+    let mut d = driver(Jobs::Manual);
+    d.bytes("HELLO dev-2 heartbeat=1\n");
+    d.stall(ms(1600));
+    assert!(d.conn.heartbeat_overdue(d.now()));
+    d.oversleep(Duration::ZERO);
+    assert_eq!(
+        d.closed(),
+        Some(&close_event(Cause::HeartbeatMissed, false))
+    );
+}
+
+#[test]
 fn each_heartbeat_moves_the_deadline_to_one_and_a_half_h_after_it() {
     let mut d = driver(Jobs::RunAtOnce);
     d.bytes("HELLO dev-1 heartbeat=10\n");

@@ -374,15 +374,32 @@ impl Conn {
             }
             #[cfg(test)]
             ConnMessage::Panic => panic!("a bug in one connection"),
+            #[cfg(test)]
+            ConnMessage::Stall(duration) => std::thread::sleep(duration),
         }
     }
 
     /// The deadline came: the core's timers, or the end of the graceful close's drain.
-    pub(crate) fn on_timeout(&mut self, now: Instant) {
+    pub(crate) fn on_timeout(&mut self, ctx: &mut Context, now: Instant) {
         if let Some(closing) = &mut self.closing {
             // The peer had its time to send the rest: close now.
             closing.until = now;
             return;
+        }
+        if self.conn.heartbeat_overdue(now) {
+            // About to end `heartbeat_missed`. A thread that fell behind may not have
+            // been told of input yet (a stall, more readiness than one epoll_wait
+            // returns): what the kernel holds counts first. One read, only here.
+            let silent = self.silent_for(now);
+            self.ready.0 |= Ready::READABLE;
+            self.read_some(ctx, now);
+            if !self.conn.heartbeat_overdue(now) {
+                hangup::emit!(
+                    "heartbeat_read_late",
+                    conn = self.id(),
+                    silent_ms = silent.as_millis() as u64
+                );
+            }
         }
         if self.conn.interest().write {
             // Replies wait: tell the write-stall timer whether the peer still

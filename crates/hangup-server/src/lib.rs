@@ -683,4 +683,56 @@ mod tests {
         stop.cancel();
         served.await.unwrap().unwrap();
     }
+
+    /// An I/O thread that falls behind its deadlines (stalled here for longer than the
+    /// dead-after budget, as on a saturated machine) reads what the kernel holds before
+    /// it ends a connection `heartbeat_missed`: the PING that arrived during the stall
+    /// is answered, and the session lives on.
+    #[tokio::test]
+    async fn a_stalled_thread_does_not_take_its_own_lag_for_the_peers_silence() {
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Duration::from_secs(1));
+        config.io_threads = NonZeroUsize::MIN;
+        let server = Server::bind(config).await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let shared = server.shared.clone();
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(server.run(stop.clone()));
+
+        let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
+        client
+            .get_mut()
+            .write_all(b"HELLO laggard heartbeat=1\n")
+            .await
+            .unwrap();
+        let mut line = String::new();
+        client.read_line(&mut line).await.unwrap();
+        let dead_after: f64 = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("dead-after="))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no dead-after in {line:?}"));
+        let budget = Duration::from_secs_f64(dead_after);
+        let mailbox = live::lock(&shared.sessions)
+            .get_mut("laggard")
+            .and_then(|(_, handle)| handle.kick.clone())
+            .unwrap();
+        mailbox.send(reactor::ConnMessage::Stall(budget * 2));
+        tokio::time::sleep(budget / 4).await;
+        // Sent well within the budget; the thread only sees it after its deadline.
+        client.get_mut().write_all(b"PING late\n").await.unwrap();
+        line.clear();
+        let answer = tokio::time::timeout(budget * 10, client.read_line(&mut line)).await;
+        assert!(
+            matches!(answer, Ok(Ok(n)) if n > 0),
+            "no answer: {answer:?}"
+        );
+        assert_eq!(line, "PONG late\n");
+        // The session lives on: the next heartbeat is answered too.
+        client.get_mut().write_all(b"PING on\n").await.unwrap();
+        line.clear();
+        client.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "PONG on\n");
+        stop.cancel();
+        served.await.unwrap().unwrap();
+    }
 }

@@ -74,6 +74,10 @@ pub(crate) enum ConnMessage {
     /// Panics in the connection's handler (tests prove a panic leaks nothing).
     #[cfg(test)]
     Panic,
+    /// Holds the connection's whole thread for this long, as an overloaded machine
+    /// would (tests prove its lag is not taken for the peer's silence).
+    #[cfg(test)]
+    Stall(Duration),
 }
 
 enum Message {
@@ -664,7 +668,7 @@ impl Reactor {
             };
             entry.filed = NOT_FILED;
             if entry.conn.deadline().is_some_and(|at| at <= now) {
-                self.handle(key.index, |conn, _| conn.on_timeout(now));
+                self.handle(key.index, |conn, ctx| conn.on_timeout(ctx, now));
             } else {
                 // The deadline moved later since it was filed: file it there.
                 self.refile(key.index);

@@ -296,6 +296,12 @@ impl Driver {
         self.elapsed
     }
 
+    /// A stalled driver: `duration` passes and no deadline is handled (until the next
+    /// call that handles them).
+    pub fn stall(&mut self, duration: Duration) {
+        self.elapsed += duration;
+    }
+
     /// A late driver: sleeps `duration` without waking at the deadlines on the way,
     /// then handles every expired timer in one call.
     pub fn oversleep(&mut self, duration: Duration) {
