@@ -397,6 +397,9 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
     let server_after_hold = sample_all(&server_pids);
     let workers_after_hold = sample_all(&fleet.pids());
     let machine_at_end = MachineSample::read();
+    // Before the stop: the teardown's own resets (a million sockets closing) are not the
+    // run's.
+    let tcp_after = Counters::read();
     let mut server_closes = 0;
     let mut server_close_causes = BTreeMap::<String, u64>::new();
     let mut server_heartbeats_read_late = 0;
@@ -419,7 +422,7 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
     drop(broker);
 
     let lost: u64 = done.iter().map(|l| l["lost"].as_u64().unwrap_or(0)).sum();
-    let tcp_counters = match (tcp_before, Counters::read()) {
+    let tcp_counters = match (tcp_before, tcp_after) {
         (Some(before), Ok(after)) => CounterGrowth {
             grown: after.grown_since(&before),
         },
