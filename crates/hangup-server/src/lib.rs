@@ -612,41 +612,68 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
+    /// A server with one I/O thread, running on loopback.
+    struct Running {
+        addr: SocketAddr,
+        shared: Arc<Shared>,
+        stop: CancellationToken,
+        served: tokio::task::JoinHandle<io::Result<()>>,
+    }
+
+    impl Running {
+        async fn start(dead_after: Duration) -> Self {
+            let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dead_after);
+            config.io_threads = NonZeroUsize::MIN;
+            let server = Server::bind(config).await.unwrap();
+            let addr = server.local_addr().unwrap();
+            let shared = server.shared.clone();
+            let stop = CancellationToken::new();
+            let served = tokio::spawn(server.run(stop.clone()));
+            Self {
+                addr,
+                shared,
+                stop,
+                served,
+            }
+        }
+
+        /// A client that sent `hello` (a whole line) and got its `WELCOME` line.
+        async fn client(&self, hello: &str) -> (BufReader<TcpStream>, String) {
+            let mut client = BufReader::new(TcpStream::connect(self.addr).await.unwrap());
+            client.get_mut().write_all(hello.as_bytes()).await.unwrap();
+            let mut line = String::new();
+            client.read_line(&mut line).await.unwrap();
+            assert!(line.starts_with("WELCOME "), "{line:?}");
+            (client, line)
+        }
+
+        /// The mailbox of the connection holding `device`'s session.
+        fn mailbox(&self, device: &str) -> reactor::Mailbox {
+            live::lock(&self.shared.sessions)
+                .get_mut(device)
+                .and_then(|(_, handle)| handle.kick.clone())
+                .unwrap()
+        }
+
+        async fn stop(self) {
+            self.stop.cancel();
+            self.served.await.unwrap().unwrap();
+        }
+    }
+
     /// A connection whose handler panics gives back its live-table entry and its slot
     /// (the slab entry's guards run while the panic unwinds), and its I/O thread goes
     /// on serving the others.
     #[tokio::test]
     async fn a_panicking_connection_leaks_neither_its_slot_nor_its_entry() {
-        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Duration::from_secs(30));
-        config.io_threads = NonZeroUsize::MIN;
-        let server = Server::bind(config).await.unwrap();
-        let addr = server.local_addr().unwrap();
-        let shared = server.shared.clone();
-        let stop = CancellationToken::new();
-        let served = tokio::spawn(server.run(stop.clone()));
-
-        let mut doomed = BufReader::new(TcpStream::connect(addr).await.unwrap());
-        doomed.get_mut().write_all(b"HELLO doomed\n").await.unwrap();
-        let mut line = String::new();
-        doomed.read_line(&mut line).await.unwrap();
-        assert!(line.starts_with("WELCOME "), "{line:?}");
-        let mut bystander = BufReader::new(TcpStream::connect(addr).await.unwrap());
-        bystander
-            .get_mut()
-            .write_all(b"HELLO bystander\n")
-            .await
-            .unwrap();
-        line.clear();
-        bystander.read_line(&mut line).await.unwrap();
-        assert!(line.starts_with("WELCOME "), "{line:?}");
+        let running = Running::start(Duration::from_secs(30)).await;
+        let shared = running.shared.clone();
+        let (mut doomed, _) = running.client("HELLO doomed\n").await;
+        let (mut bystander, mut line) = running.client("HELLO bystander\n").await;
         assert_eq!(shared.metrics.connections_open.get(), 2);
         assert_eq!(shared.reactors.connections().await.len(), 2);
 
-        let mailbox = live::lock(&shared.sessions)
-            .get_mut("doomed")
-            .and_then(|(_, handle)| handle.kick.clone())
-            .unwrap();
-        mailbox.send(reactor::ConnMessage::Panic);
+        running.mailbox("doomed").send(reactor::ConnMessage::Panic);
         // Its socket closes: end of stream or a reset, never a hang.
         let mut rest = Vec::new();
         let ended = tokio::time::timeout(Duration::from_secs(5), doomed.read_to_end(&mut rest));
@@ -680,8 +707,7 @@ mod tests {
         line.clear();
         bystander.read_line(&mut line).await.unwrap();
         assert_eq!(line, "PONG after\n", "the thread serves the others on");
-        stop.cancel();
-        served.await.unwrap().unwrap();
+        running.stop().await;
     }
 
     /// An I/O thread that falls behind its deadlines (stalled here for longer than the
@@ -690,33 +716,17 @@ mod tests {
     /// is answered, and the session lives on.
     #[tokio::test]
     async fn a_stalled_thread_does_not_take_its_own_lag_for_the_peers_silence() {
-        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Duration::from_secs(1));
-        config.io_threads = NonZeroUsize::MIN;
-        let server = Server::bind(config).await.unwrap();
-        let addr = server.local_addr().unwrap();
-        let shared = server.shared.clone();
-        let stop = CancellationToken::new();
-        let served = tokio::spawn(server.run(stop.clone()));
-
-        let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
-        client
-            .get_mut()
-            .write_all(b"HELLO laggard heartbeat=1\n")
-            .await
-            .unwrap();
-        let mut line = String::new();
-        client.read_line(&mut line).await.unwrap();
+        let running = Running::start(Duration::from_secs(1)).await;
+        let (mut client, mut line) = running.client("HELLO laggard heartbeat=1\n").await;
         let dead_after: f64 = line
             .split_whitespace()
             .find_map(|word| word.strip_prefix("dead-after="))
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no dead-after in {line:?}"));
         let budget = Duration::from_secs_f64(dead_after);
-        let mailbox = live::lock(&shared.sessions)
-            .get_mut("laggard")
-            .and_then(|(_, handle)| handle.kick.clone())
-            .unwrap();
-        mailbox.send(reactor::ConnMessage::Stall(budget * 2));
+        running
+            .mailbox("laggard")
+            .send(reactor::ConnMessage::Stall(budget * 2));
         tokio::time::sleep(budget / 4).await;
         // Sent well within the budget; the thread only sees it after its deadline.
         client.get_mut().write_all(b"PING late\n").await.unwrap();
@@ -732,7 +742,6 @@ mod tests {
         line.clear();
         client.read_line(&mut line).await.unwrap();
         assert_eq!(line, "PONG on\n");
-        stop.cancel();
-        served.await.unwrap().unwrap();
+        running.stop().await;
     }
 }
