@@ -390,10 +390,12 @@ impl Conn {
             // About to end `heartbeat_missed`. A thread that fell behind may not have
             // been told of input yet (a stall, more readiness than one epoll_wait
             // returns): what the kernel holds counts first. One read, only here.
-            let silent = self.silent_for(now);
+            let (silent, heard) = (self.silent_for(now), self.conn.last_inbound());
             self.ready.0 |= Ready::READABLE;
             self.read_some(ctx, now);
-            if !self.conn.heartbeat_overdue(now) {
+            // Bytes, not the end of the stream or an error (those end it with their
+            // own cause).
+            if self.conn.last_inbound() != heard {
                 hangup::emit!(
                     "heartbeat_read_late",
                     conn = self.id(),
