@@ -526,11 +526,17 @@ impl Connection {
     /// what the kernel holds before that turn, so that its own lag never passes for the
     /// peer's silence.
     pub fn heartbeat_overdue(&self, now: Instant) -> bool {
+        self.interest().read && self.heartbeat_due().is_some_and(|due| due <= now)
+    }
+
+    /// When the open session's silence reaches its budget: the last bytes heard plus
+    /// dead-after.
+    fn heartbeat_due(&self) -> Option<Instant> {
         let (&Session::Open { dead_after, .. }, Some(last)) = (&self.session, self.last_inbound)
         else {
-            return false;
+            return None;
         };
-        self.interest().read && self.epoch.at(last) + dead_after <= now
+        Some(self.epoch.at(last) + dead_after)
     }
 
     /// When the connection started (the `now` it was made with).
@@ -671,12 +677,11 @@ impl Connection {
                     }
                 }
                 Timer::Heartbeat => {
-                    let (&Session::Open { dead_after, .. }, Some(last)) =
-                        (&self.session, self.last_inbound)
+                    let (&Session::Open { dead_after, .. }, Some(due)) =
+                        (&self.session, self.heartbeat_due())
                     else {
                         continue;
                     };
-                    let due = self.epoch.at(last) + dead_after;
                     if !self.interest().read {
                         // Not reading (back-pressure, BYE, the peer's FIN): its
                         // heartbeats cannot reach us, so silence proves nothing. The
