@@ -83,6 +83,10 @@ pub struct ConnectionConfig {
     pub half_close: HalfClosePolicy,
     /// Close a peer that accepts none of our pending bytes for this long.
     pub write_timeout: Option<Duration>,
+    /// Close a connection (`timeout`) whose peer acknowledged nothing of what we wrote
+    /// for this long, counted from our last write: bytes already in the kernel, which
+    /// the write timeout does not see. A session's heartbeat stands in for it.
+    pub ack_timeout: Option<Duration>,
     /// Close a connection whose unfinished line is older than this.
     pub partial_line_timeout: Option<Duration>,
     /// After a half-close probe, how long without RST before the peer is taken to be
@@ -107,6 +111,9 @@ impl ConnectionConfig {
             max_queued_jobs: 64,
             half_close: HalfClosePolicy::default(),
             write_timeout: policy.write_timeout,
+            // The user timeout's budget, from the write rather than from the kernel's
+            // first retransmission (one RTO later, and later still on a loaded host).
+            ack_timeout: policy.user_timeout,
             partial_line_timeout: policy.partial_line_timeout,
             probe_window: Duration::from_millis(200),
             outbox_high_water: 64 * 1024,
@@ -215,12 +222,49 @@ impl CloseMode {
     }
 }
 
-/// What TCP_INFO's retransmission figures mean for the write-stall timer
-/// ([`Connection::handle_retransmitting`]): the kernel is retransmitting
-/// (`tcpi_retransmits` > 0) bytes the peer never acknowledged (`tcpi_unacked` > 0), so
-/// the peer is unreachable rather than alive with a full window.
-pub const fn retransmitting(retransmits: u8, unacked: u32) -> bool {
-    retransmits > 0 && unacked > 0
+/// What TCP_INFO says of the bytes a connection handed to its kernel. The driver reads
+/// it when [`Connection::wants_acknowledgements`] says so and gives it to
+/// [`Connection::handle_acknowledgements`] before [`Connection::handle_timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Acknowledgements {
+    /// Segments sent and not acknowledged (`tcpi_unacked`).
+    pub unacked: u32,
+    /// Retransmissions of the oldest of them without an answer (`tcpi_retransmits`).
+    pub retransmits: u8,
+    /// How long ago the peer last acknowledged anything (`tcpi_last_ack_recv`).
+    pub since_last_ack: Duration,
+}
+
+impl Acknowledgements {
+    /// The kernel is retransmitting bytes the peer never acknowledged: the peer is
+    /// unreachable rather than alive with a full window.
+    ///
+    /// ```
+    /// use hangup_core::Acknowledgements;
+    ///
+    /// let lost = Acknowledgements { unacked: 3, retransmits: 2, ..Default::default() };
+    /// assert!(lost.retransmitting());
+    /// assert!(!Acknowledgements { unacked: 0, ..lost }.retransmitting());
+    /// assert!(!Acknowledgements { retransmits: 0, ..lost }.retransmitting());
+    /// ```
+    pub const fn retransmitting(&self) -> bool {
+        self.retransmits > 0 && self.unacked > 0
+    }
+}
+
+/// How soon the acknowledgement watch looks again when the peer's last acknowledgement
+/// is nearly `ack_timeout` old: TCP_INFO counts it in jiffies (4 ms at HZ = 250), so
+/// the age it gives can be short by one.
+const ACK_RECHECK: Duration = Duration::from_millis(5);
+
+/// The driver's last reading of [`Acknowledgements`], for the timers of one wake-up.
+#[derive(Debug, Clone, Copy)]
+struct KernelReading {
+    /// When the peer last acknowledged anything.
+    heard: Stamp,
+    /// Bytes were sent and not acknowledged.
+    outstanding: bool,
+    retransmitting: bool,
 }
 
 /// What the driver should wait for on the socket.
@@ -350,9 +394,9 @@ pub struct Connection {
     pings: Option<PingBucket>,
     /// `GOAWAY` was sent: no new work; close once the jobs in flight are done.
     draining: bool,
-    /// The kernel is retransmitting bytes the peer never acknowledged (the driver's
-    /// last reading of TCP_INFO).
-    retransmitting: bool,
+    /// TCP_INFO as the driver read it for the timers now due; taken by
+    /// [`Connection::handle_timeout`].
+    kernel: Option<KernelReading>,
 }
 
 impl Drop for Connection {
@@ -391,7 +435,7 @@ impl Connection {
             last_inbound: None,
             pings: None,
             draining: false,
-            retransmitting: false,
+            kernel: None,
         }
     }
 
@@ -463,6 +507,8 @@ impl Connection {
             id,
             dead_after: heartbeat.dead_after,
         };
+        // The heartbeat is the session's proof of life from now on.
+        self.timers.clear(Timer::Unacknowledged);
         self.send(now, &Reply::Welcome(id, heartbeat));
         self.last_inbound = Some(self.epoch.stamp(now));
         if self.accepts_input() {
@@ -617,6 +663,14 @@ impl Connection {
         }
         self.sent += n;
         debug_assert!(self.sent <= self.outbox.len());
+        if let (Some(timeout), false) = (
+            self.config.ack_timeout,
+            matches!(self.session, Session::Open { .. }),
+        ) {
+            // Counts from the last write: one slot write, the driver's wheel is only
+            // touched when the old deadline comes up.
+            self.set_timer(Timer::Unacknowledged, now + timeout);
+        }
         if self.sent >= self.outbox.len() {
             // Release the buffer: idle connections hold no reply memory.
             self.outbox = Vec::new();
@@ -640,18 +694,34 @@ impl Connection {
         self.maybe_finish(now);
     }
 
-    /// What the kernel says of our unacknowledged bytes: `true` while it retransmits
-    /// them without any acknowledgement from the peer. Read by the write-stall timer,
-    /// which then ends the connection as `timeout` rather than `stalled`.
-    pub fn handle_retransmitting(&mut self, retransmitting: bool) {
-        self.retransmitting = retransmitting;
+    /// Whether the timers due at `now` need TCP_INFO: read it then, and give it to
+    /// [`Connection::handle_acknowledgements`] before [`Connection::handle_timeout`]
+    /// (one getsockopt, only on those wake-ups).
+    pub fn wants_acknowledgements(&self, now: Instant) -> bool {
+        let now = self.epoch.stamp(now);
+        self.timers.is_due(Timer::WriteStall, now) || self.timers.is_due(Timer::Unacknowledged, now)
+    }
+
+    /// What TCP_INFO says at `now` of the bytes we wrote, for the timers about to be
+    /// handled: the write-stall timer names a peer that acknowledges nothing `timeout`
+    /// rather than `stalled`, and the acknowledgement watch ends a connection whose peer
+    /// acknowledged none of them for `ack_timeout`.
+    pub fn handle_acknowledgements(&mut self, now: Instant, acks: Acknowledgements) {
+        let heard = now.checked_sub(acks.since_last_ack).unwrap_or(now);
+        self.kernel = Some(KernelReading {
+            heard: self.epoch.stamp(heard),
+            outstanding: acks.unacked > 0,
+            retransmitting: acks.retransmitting(),
+        });
     }
 
     /// Time reached [`Connection::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) {
+        // A reading is for this wake-up's timers only.
+        let kernel = self.kernel.take();
         // One at a time: after a late wake-up several may be due, and a close by the
         // first disarms the rest (no `ERR timeout` or `PeerHalfClosed` after it).
-        while let Some(timer) = self.timers.pop_expired(self.epoch.stamp(now)) {
+        while let Some((timer, deadline)) = self.timers.pop_expired(self.epoch.stamp(now)) {
             match timer {
                 Timer::PartialLine => {
                     let message = "partial line older than the dead-after budget; closing";
@@ -663,12 +733,34 @@ impl Connection {
                     // bytes but keeps its window shut is alive and not reading:
                     // `stalled`. One that acknowledges nothing is gone, and the kernel
                     // would say so with ETIMEDOUT a retransmission later: `timeout`.
-                    let cause = if self.retransmitting {
+                    let cause = if kernel.is_some_and(|k| k.retransmitting) {
                         Cause::Timeout
                     } else {
                         Cause::Stalled
                     };
                     self.close(now, cause, false);
+                }
+                Timer::Unacknowledged => {
+                    // Everything acknowledged (or no reading): nothing to watch until
+                    // the next write arms this again.
+                    let (Some(timeout), Some(kernel)) = (self.config.ack_timeout, kernel) else {
+                        continue;
+                    };
+                    if !kernel.outstanding || matches!(self.session, Session::Open { .. }) {
+                        continue;
+                    }
+                    // Our last write was `timeout` before this deadline (each write
+                    // moves it); nothing came back since then, or since the peer's last
+                    // acknowledgement if that is later.
+                    let wrote = self.epoch.at(deadline).checked_sub(timeout);
+                    let quiet_since =
+                        wrote.map_or(now, |wrote| wrote.max(self.epoch.at(kernel.heard)));
+                    let end = quiet_since + timeout;
+                    if end <= now {
+                        self.close(now, Cause::Timeout, false);
+                    } else {
+                        self.set_timer(Timer::Unacknowledged, end.max(now + ACK_RECHECK));
+                    }
                 }
                 Timer::HalfCloseProbe => {
                     if self.probe == Probe::Sent {

@@ -50,7 +50,7 @@ pub use cause::{
     TCP_STATE_CLOSE_WAIT,
 };
 pub use connection::{
-    retransmitting, CloseMode, Connection, ConnectionConfig, Event, Interest, QueueBudget,
+    Acknowledgements, CloseMode, Connection, ConnectionConfig, Event, Interest, QueueBudget,
     DEFAULT_MAX_ROUNDS,
 };
 pub use duration::{format_duration, parse_duration, DurationError};

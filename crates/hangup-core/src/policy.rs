@@ -5,6 +5,7 @@
 //! | hangup watch (EPOLLRDHUP/EPOLLERR) | always on | FIN and RST as they arrive |
 //! | TCP keepalive | idle D/2, interval D/10, 5 probes | an idle peer that died silently |
 //! | TCP_USER_TIMEOUT | D − min(D/8, 250 ms) | a peer that died while our data is unacknowledged |
+//! | acknowledgement watch | the user timeout, from our last write | the same, where the kernel counts late (from its first retransmission) |
 //! | write timeout | D − 2·min(D/8, 250 ms) | a live peer that stopped reading (`stalled`) |
 //! | partial-line timeout | D | a peer that never finishes its line |
 //!

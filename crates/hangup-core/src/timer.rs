@@ -11,6 +11,9 @@ pub(crate) enum Timer {
     PartialLine,
     /// Pending replies made no write progress for `write_timeout`: the peer stalled.
     WriteStall,
+    /// Bytes handed to the kernel `ack_timeout` ago: has the peer acknowledged any of
+    /// them since? Moved by every write (one slot write), asked of TCP_INFO only when due.
+    Unacknowledged,
     /// No RST came back within the probe window: the peer only half-closed.
     HalfCloseProbe,
     /// The session's peer has been silent for its heartbeat's dead-after (1.5 × H).
@@ -19,9 +22,10 @@ pub(crate) enum Timer {
 }
 
 impl Timer {
-    const ALL: [Timer; 4] = [
+    const ALL: [Timer; 5] = [
         Timer::PartialLine,
         Timer::WriteStall,
+        Timer::Unacknowledged,
         Timer::HalfCloseProbe,
         Timer::Heartbeat,
     ];
@@ -65,7 +69,7 @@ impl Epoch {
 }
 
 /// One optional deadline per [`Timer`]; setting one is O(1), finding the next is a scan
-/// of a fixed four slots.
+/// of a fixed five slots.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TimerTable {
     deadlines: [Option<Stamp>; Timer::ALL.len()],
@@ -97,17 +101,22 @@ impl TimerTable {
         self.deadlines.iter().flatten().min().copied()
     }
 
-    /// Disarms and returns the earliest timer due at `now`, if any.
+    /// Whether `timer` is armed and due at `now`.
+    pub fn is_due(&self, timer: Timer, now: Stamp) -> bool {
+        self.get(timer).is_some_and(|deadline| deadline <= now)
+    }
+
+    /// Disarms and returns the earliest timer due at `now`, with its deadline, if any.
     ///
     /// Taking them one at a time lets the handling of one disarm the others: after a
     /// late wake-up a close must not be followed by a timer it made moot.
-    pub fn pop_expired(&mut self, now: Stamp) -> Option<Timer> {
-        let (_, timer) = Timer::ALL
+    pub fn pop_expired(&mut self, now: Stamp) -> Option<(Timer, Stamp)> {
+        let (deadline, timer) = Timer::ALL
             .into_iter()
             .filter_map(|t| self.get(t).filter(|&d| d <= now).map(|d| (d, t)))
             .min_by_key(|&(deadline, _)| deadline)?;
         self.clear(timer);
-        Some(timer)
+        Some((timer, deadline))
     }
 }
 
@@ -127,8 +136,10 @@ mod tests {
         assert_eq!(table.next_timeout(), Some(at(2)));
         assert_eq!(table.pop_expired(at(1)), None);
         let late = at(6);
-        assert_eq!(table.pop_expired(late), Some(Timer::PartialLine));
-        assert_eq!(table.pop_expired(late), Some(Timer::WriteStall));
+        assert!(table.is_due(Timer::WriteStall, late));
+        assert_eq!(table.pop_expired(late), Some((Timer::PartialLine, at(2))));
+        assert_eq!(table.pop_expired(late), Some((Timer::WriteStall, at(5))));
+        assert!(!table.is_due(Timer::WriteStall, late));
         assert_eq!(table.next_timeout(), None);
     }
 
@@ -142,7 +153,7 @@ mod tests {
         table.set(Timer::WriteStall, at(1));
         table.set(Timer::PartialLine, at(9));
         let now = at(5);
-        assert_eq!(table.pop_expired(now), Some(Timer::WriteStall));
+        assert_eq!(table.pop_expired(now), Some((Timer::WriteStall, at(1))));
         table.clear(Timer::HalfCloseProbe);
         assert_eq!(table.pop_expired(now), None);
         assert_eq!(table.next_timeout(), Some(at(9)));

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{expected_digest, Driver, Jobs, Peer};
-use hangup_core::{Cause, Event, HalfClosePolicy, Reply};
+use common::{expected_digest, Driver, Jobs, Peer, D};
+use hangup_core::{derive_user_timeout, Cause, Event, HalfClosePolicy, Reply};
 
 const PROBE_WINDOW: Duration = Duration::from_millis(200);
 
@@ -159,7 +159,8 @@ fn fin_under_finish_sends_no_probe_and_delivers_done() {
     d.eof();
     assert_eq!(d.take_lines(), Vec::<String>::new());
     assert_eq!(d.take_events(), vec![]);
-    assert_eq!(d.next_timeout(), None);
+    // No probe: the one timer is the acknowledgement watch of `ACCEPTED 1`.
+    assert_eq!(d.next_timeout(), Some(derive_user_timeout(D)));
     d.complete_job();
     assert_eq!(d.take_lines(), [done_line()]);
     assert_eq!(

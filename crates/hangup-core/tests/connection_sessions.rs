@@ -5,8 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{err_code, reply, Driver, Jobs, Peer, Sessions};
-use hangup_core::{Cause, ErrorCode, Event, HalfClosePolicy, Reply, SessionId};
+use common::{err_code, reply, Driver, Jobs, Peer, Sessions, D};
+use hangup_core::{
+    derive_user_timeout, Cause, ErrorCode, Event, HalfClosePolicy, Reply, SessionId,
+};
 
 fn driver(jobs: Jobs) -> Driver {
     Driver::with(HalfClosePolicy::Probe, jobs)
@@ -149,8 +151,10 @@ fn each_heartbeat_moves_the_deadline_to_one_and_a_half_h_after_it() {
 fn anonymous_connections_have_no_heartbeat_deadline() {
     let mut d = driver(Jobs::RunAtOnce);
     d.bytes("PING\n");
-    assert_eq!(d.next_timeout(), None);
+    // Only the acknowledgement watch of `PONG`, which finds it acknowledged.
+    assert_eq!(d.next_timeout(), Some(derive_user_timeout(D)));
     d.oversleep(Duration::from_secs(100_000));
+    assert_eq!(d.next_timeout(), None);
     assert_eq!(d.closed(), None);
 }
 
@@ -342,7 +346,11 @@ fn refused_hello_leaves_a_usable_connection() {
     );
     assert_eq!(lines[1], "PONG");
     assert_eq!(d.conn.session(), None);
-    assert_eq!(d.next_timeout(), None, "no heartbeat without a session");
+    assert_eq!(
+        d.next_timeout(),
+        Some(derive_user_timeout(D)),
+        "no heartbeat without a session: only the acknowledgement watch"
+    );
     // It may try again.
     d.sessions = Sessions::Open;
     d.bytes("HELLO dev-1\n");

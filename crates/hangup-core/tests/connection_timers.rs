@@ -5,15 +5,19 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, err_code, Driver, Jobs, Peer, D};
+use common::{config, err_code, Acks, Driver, Jobs, Peer, D};
 use hangup_core::{Cause, ErrorCode, Event, HalfClosePolicy};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// A driver whose deadlines are the partial-line and write-stall timers alone: the
+/// acknowledgement watch, which every write moves, has its own section below.
 fn driver() -> Driver {
-    Driver::with(HalfClosePolicy::Probe, Jobs::Manual)
+    let mut config = config(HalfClosePolicy::Probe);
+    config.ack_timeout = None;
+    Driver::new(config, Jobs::Manual)
 }
 
 // ---- partial line -----------------------------------------------------------------------
@@ -138,6 +142,7 @@ fn a_partial_line_timeout_during_a_job_cancels_it() {
 fn half_line_then_stalled() -> Driver {
     let mut config = config(HalfClosePolicy::Probe);
     config.outbox_high_water = 60;
+    config.ack_timeout = None;
     let mut d = Driver::new(config, Jobs::Manual);
     d.bytes("JOB 1\nPIN");
     assert_eq!(d.take_lines(), ["ACCEPTED 1"]);
@@ -237,7 +242,7 @@ fn a_peer_that_acknowledges_nothing_is_a_timeout_not_a_stall() {
     d.peer = Peer::Stalled;
     d.bytes("JOB 1000\nPING\n");
     d.advance(ms(1000));
-    d.conn.handle_retransmitting(true);
+    d.acks = Acks::StoppedAt(ms(1000));
     d.advance(D);
     assert_eq!(
         d.running().and_then(|job| job.cancelled),
@@ -260,7 +265,7 @@ fn a_peer_that_acknowledges_but_does_not_read_is_stalled() {
     let mut d = driver();
     d.peer = Peer::Stalled;
     d.bytes("PING\n");
-    d.conn.handle_retransmitting(false);
+    d.acks = Acks::LastAt(ms(0));
     d.advance(D);
     assert_eq!(
         d.closed(),
@@ -413,4 +418,137 @@ fn equal_deadlines_close_once() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert!(matches!(events[0], Event::Close { .. }));
     d.assert_dead();
+}
+
+// ---- acknowledgement watch --------------------------------------------------------------
+
+/// The watch's budget: the derived user timeout (D − 250 ms for D = 2 s), counted from
+/// our last write instead of from the kernel's first retransmission.
+const U: Duration = Duration::from_millis(1750);
+
+/// Found by the fault lab (client-unreachable-sending, once in a loaded CI run): every
+/// reply was already in the kernel, so the write-stall timer had nothing to watch, and
+/// the kernel's user timeout, which counts from its first retransmission and is checked
+/// only when a retransmission is due, ended the connection 2.50 s after the cut against
+/// 1.1·D = 2.2 s. The connection now asks TCP_INFO itself, U after its last write.
+#[test]
+fn a_peer_that_acknowledges_none_of_what_the_kernel_holds_is_a_timeout_after_u() {
+    let mut d = Driver::with(HalfClosePolicy::Probe, Jobs::Manual);
+    d.bytes("PING\n");
+    assert_eq!(d.take_lines(), ["PONG"]);
+    assert!(!d.conn.interest().write, "nothing waits in our outbox");
+    d.acks = Acks::StoppedAt(Duration::ZERO);
+    assert_eq!(d.next_timeout(), Some(U));
+    assert_eq!(d.jump(), U);
+    assert_eq!(d.acks_read, 1);
+    assert_eq!(
+        d.closed(),
+        Some(&Event::Close {
+            cause: Cause::Timeout,
+            flush: false
+        })
+    );
+    d.assert_dead();
+}
+
+#[test]
+fn every_write_moves_the_watch_and_the_budget_counts_from_the_last() {
+    let mut d = Driver::with(HalfClosePolicy::Probe, Jobs::Manual);
+    d.bytes("PING\n");
+    d.advance(ms(1000));
+    d.bytes("PING\n");
+    assert_eq!(d.take_lines(), ["PONG", "PONG"]);
+    assert_eq!(d.next_timeout(), Some(ms(1000) + U));
+    // The peer acknowledged the first PONG and died before the second.
+    d.acks = Acks::StoppedAt(ms(10));
+    d.advance(U - ms(1));
+    assert_eq!(d.closed(), None, "the second PONG is not U old yet");
+    assert_eq!(d.acks_read, 0, "no TCP_INFO before the watch is due");
+    d.advance(ms(1));
+    assert_eq!(d.acks_read, 1);
+    assert_eq!(
+        d.closed(),
+        Some(&Event::Close {
+            cause: Cause::Timeout,
+            flush: false
+        })
+    );
+}
+
+/// A peer that acknowledges, late (a long path, a slow host), is alive: the watch
+/// looks again U after its last acknowledgement, and stops once nothing is outstanding.
+#[test]
+fn late_acknowledgements_keep_the_connection_and_the_watch_ends_when_all_are_in() {
+    let mut d = Driver::with(HalfClosePolicy::Probe, Jobs::Manual);
+    d.bytes("PING\n");
+    d.acks = Acks::LastAt(ms(900));
+    assert_eq!(d.jump(), U);
+    assert_eq!(d.closed(), None);
+    assert_eq!(d.next_timeout(), Some(ms(900) + U));
+    // An acknowledgement 1 ms short of U old: TCP_INFO counts in jiffies, so look again
+    // a few ms later rather than at once.
+    d.acks = Acks::LastAt(ms(901));
+    assert_eq!(d.jump(), ms(900) + U);
+    assert_eq!(d.next_timeout(), Some(ms(900) + U + ms(5)));
+    d.acks = Acks::Prompt;
+    d.jump();
+    assert_eq!(d.next_timeout(), None, "everything acknowledged: no watch");
+    assert_eq!(d.acks_read, 3);
+    d.advance(Duration::from_secs(60));
+    assert_eq!(d.closed(), None);
+}
+
+/// Bytes written after a long quiet spell count from the write, not from the peer's
+/// last acknowledgement (which was long before: nothing was outstanding).
+#[test]
+fn bytes_written_after_a_quiet_spell_count_from_the_write() {
+    let mut d = Driver::with(HalfClosePolicy::Probe, Jobs::Manual);
+    d.bytes("PING\n");
+    d.advance(Duration::from_secs(100));
+    assert_eq!(d.acks_read, 1, "the first PONG was found acknowledged");
+    d.bytes("PING\n");
+    // The second PONG is in flight; the last acknowledgement is 100 s old.
+    d.acks = Acks::LastAt(Duration::ZERO);
+    d.advance(U - ms(1));
+    assert_eq!(d.closed(), None);
+    d.advance(ms(1));
+    assert_eq!(
+        d.closed(),
+        Some(&Event::Close {
+            cause: Cause::Timeout,
+            flush: false
+        })
+    );
+}
+
+/// A session proves it is alive by its heartbeat: no TCP_INFO reads for it, and a
+/// dead peer is the heartbeat's to report.
+#[test]
+fn a_session_is_watched_by_its_heartbeat_not_by_acknowledgements() {
+    let mut d = Driver::with(HalfClosePolicy::Probe, Jobs::Manual);
+    d.bytes("PING\n");
+    d.bytes("HELLO dev-1 heartbeat=1\nPING\n");
+    d.take_lines();
+    d.acks = Acks::StoppedAt(Duration::ZERO);
+    d.advance(Duration::from_secs(10));
+    assert_eq!(d.acks_read, 0);
+    assert_eq!(
+        d.closed(),
+        Some(&Event::Close {
+            cause: Cause::HeartbeatMissed,
+            flush: false
+        })
+    );
+}
+
+#[test]
+fn no_acknowledgement_watch_when_the_user_timeout_is_off() {
+    let mut config = config(HalfClosePolicy::Probe);
+    config.ack_timeout = None;
+    let mut d = Driver::new(config, Jobs::Manual);
+    d.bytes("PING\n");
+    d.acks = Acks::StoppedAt(Duration::ZERO);
+    assert_eq!(d.next_timeout(), None);
+    d.advance(Duration::from_secs(60));
+    assert_eq!((d.closed(), d.acks_read), (None, 0));
 }

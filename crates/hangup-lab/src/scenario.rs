@@ -259,10 +259,12 @@ impl Scenario {
                     Bound::Budget,
                     "server detects ≤ 1.1·D",
                 ),
-                // No session (a raw peer): the kernel decides, with data in flight.
-                // `timeout` when the peer's window was shut at the cut: Linux drops the
-                // ICMP for a zero-window probe as out of window, and the write-stall
-                // timer sees retransmissions that nobody acknowledges (LAB.md, "ICMP").
+                // No session (a raw peer), data in flight: `timeout` from the server's
+                // acknowledgement watch (nothing acknowledged for the user timeout
+                // since its last write) or its write-stall timer (the peer's window was
+                // shut at the cut: Linux drops the ICMP for a zero-window probe as out
+                // of window); `unreachable` if the kernel's own user timeout, which
+                // counts from its first retransmission, comes first (LAB.md, "ICMP").
                 Scenario::ClientUnreachableSending => (
                     false,
                     &["unreachable", "timeout"],

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use hangup_core::{
-    authorize, classify_readiness, retransmitting, Cause, CloseMode, Connection, ErrorCode, Event,
-    Heartbeat, JobId, SessionId, SessionSlot, StatusCounts,
+    authorize, classify_readiness, Acknowledgements, Cause, CloseMode, Connection, ErrorCode,
+    Event, Heartbeat, JobId, SessionId, SessionSlot, StatusCounts,
 };
 use mio::net::TcpStream;
 use socket2::SockRef;
@@ -403,12 +403,19 @@ impl Conn {
                 );
             }
         }
-        if self.conn.interest().write {
-            // Replies wait: tell the write-stall timer whether the peer still
-            // acknowledges anything (one getsockopt per timer wake).
-            let retransmitting = hangup::tcp_info(&self.stream)
-                .is_ok_and(|info| retransmitting(info.retransmits, info.unacked));
-            self.conn.handle_retransmitting(retransmitting);
+        if self.conn.wants_acknowledgements(now) {
+            // The write-stall timer or the acknowledgement watch is due: what has the
+            // peer acknowledged? One getsockopt, only on these wake-ups.
+            if let Ok(info) = hangup::tcp_info(&self.stream) {
+                self.conn.handle_acknowledgements(
+                    now,
+                    Acknowledgements {
+                        unacked: info.unacked,
+                        retransmits: info.retransmits,
+                        since_last_ack: info.last_ack_recv,
+                    },
+                );
+            }
         }
         self.conn.handle_timeout(now);
     }

@@ -2,7 +2,8 @@
 //! layer. It owns the connection, a clock that only moves when told (jumping from one
 //! `poll_timeout()` to the next), a worker that runs `StartJob`s with
 //! [`hangup_core::run_chain`] (at once, or only when told), and a peer that reads the
-//! replies (all of them, none, or `k` bytes per step).
+//! replies (all of them, none, or `k` bytes per step) and whose kernel acknowledges
+//! what it was sent (at once, or not since some instant), as TCP_INFO would tell.
 //!
 //! After every step it checks what must always hold: one job at a time, no event after
 //! `Close`, and a closed connection wants nothing, holds nothing and sets no timer.
@@ -14,8 +15,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use hangup_core::{
-    run_chain, Cause, Connection, ConnectionConfig, ErrorCode, Event, HalfClosePolicy, Interest,
-    JobId, LivenessPolicy, Reply, SessionId, StatusCounts,
+    run_chain, Acknowledgements, Cause, Connection, ConnectionConfig, ErrorCode, Event,
+    HalfClosePolicy, Interest, JobId, LivenessPolicy, Reply, SessionId, StatusCounts,
 };
 use sha2::{Digest, Sha256};
 
@@ -66,6 +67,20 @@ pub enum Peer {
     Trickle(usize),
 }
 
+/// What the peer's kernel acknowledges of the bytes handed to ours: the TCP_INFO the
+/// driver reads when the connection asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// Everything, at once: nothing is ever outstanding.
+    Prompt,
+    /// Nothing since this instant (the peer died then); bytes are outstanding and the
+    /// kernel retransmits them.
+    StoppedAt(Duration),
+    /// Bytes are outstanding without retransmissions (in flight, or behind a shut
+    /// window), and the last acknowledgement came at this instant.
+    LastAt(Duration),
+}
+
 /// What the worker does with a `StartJob`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Jobs {
@@ -105,6 +120,9 @@ pub struct Driver {
     base: Instant,
     elapsed: Duration,
     pub peer: Peer,
+    pub acks: Acks,
+    /// How many times the connection asked for TCP_INFO.
+    pub acks_read: usize,
     pub jobs: Jobs,
     /// What `STATUS` is told.
     pub status: StatusCounts,
@@ -128,6 +146,8 @@ impl Driver {
             base,
             elapsed: Duration::ZERO,
             peer: Peer::Reads,
+            acks: Acks::Prompt,
+            acks_read: 0,
             jobs,
             status: StatusCounts::default(),
             received: Vec::new(),
@@ -279,9 +299,7 @@ impl Driver {
                 break;
             }
             self.elapsed = self.elapsed.max(deadline);
-            let now = self.now();
-            self.conn.handle_timeout(now);
-            self.settle();
+            self.timeout();
         }
         self.elapsed = target;
     }
@@ -290,9 +308,7 @@ impl Driver {
     pub fn jump(&mut self) -> Duration {
         let deadline = self.next_timeout().expect("no timer is armed");
         self.elapsed = self.elapsed.max(deadline);
-        let now = self.now();
-        self.conn.handle_timeout(now);
-        self.settle();
+        self.timeout();
         self.elapsed
     }
 
@@ -306,7 +322,30 @@ impl Driver {
     /// then handles every expired timer in one call.
     pub fn oversleep(&mut self, duration: Duration) {
         self.elapsed += duration;
+        self.timeout();
+    }
+
+    /// Handles the timers due now as the driver does: TCP_INFO first when asked for.
+    fn timeout(&mut self) {
         let now = self.now();
+        if self.conn.wants_acknowledgements(now) {
+            self.acks_read += 1;
+            let since = |at: Duration| self.elapsed.saturating_sub(at);
+            let acks = match self.acks {
+                Acks::Prompt => Acknowledgements::default(),
+                Acks::StoppedAt(at) => Acknowledgements {
+                    unacked: 2,
+                    retransmits: 1,
+                    since_last_ack: since(at),
+                },
+                Acks::LastAt(at) => Acknowledgements {
+                    unacked: 2,
+                    retransmits: 0,
+                    since_last_ack: since(at),
+                },
+            };
+            self.conn.handle_acknowledgements(now, acks);
+        }
         self.conn.handle_timeout(now);
         self.settle();
     }
