@@ -353,14 +353,15 @@ impl Server {
             }
             None => (None, None),
         };
+        let io_threads = Arc::new(sched::IoThreads::new(config.io_threads.get()));
         let shared = Arc::new(Shared {
             sessions: Mutex::new(SessionRegistry::new(first_session)),
-            reactors: reactor::Reactors::new(config.io_threads.get())?,
+            reactors: reactor::Reactors::new(io_threads.clone())?,
             metrics: Metrics::new(cluster.as_ref().map(|c| &*c.node)),
             cluster,
             draining: CancellationToken::new(),
             connection_config: Arc::new(config.connection_config()),
-            workers: WorkerPool::new(config.workers),
+            workers: WorkerPool::new(config.workers, io_threads),
             counters: Counters::default(),
             next_connection_id: AtomicU64::new(1),
             refusals: TaskTracker::new(),

@@ -35,6 +35,7 @@ use tokio::sync::oneshot;
 
 use crate::driver::{Conn, Drive, Slot};
 use crate::live::{lock, ConnectionSnapshot, SessionSnapshot};
+use crate::sched::IoThreads;
 use crate::wheel::{Tick, Wheel};
 use crate::workers::Finished;
 use crate::Shared;
@@ -162,6 +163,8 @@ impl Context {
 /// The I/O threads: made with the server, started when it runs.
 pub(crate) struct Reactors {
     inboxes: Vec<Arc<Inbox>>,
+    /// Where each thread is, for the job threads to give way to it.
+    awake: Arc<IoThreads>,
     /// The threads' epoll instances until they start.
     polls: Mutex<Vec<Poll>>,
     /// Each closes when its thread ends (also by a panic).
@@ -169,11 +172,12 @@ pub(crate) struct Reactors {
 }
 
 impl Reactors {
-    /// `threads` epoll instances with their inboxes; no thread yet.
-    pub(crate) fn new(threads: usize) -> io::Result<Self> {
+    /// One epoll instance with its inbox per thread of `awake`; no thread yet.
+    pub(crate) fn new(awake: Arc<IoThreads>) -> io::Result<Self> {
+        let threads = awake.len();
         let mut inboxes = Vec::with_capacity(threads);
         let mut polls = Vec::with_capacity(threads);
-        for _ in 0..threads.max(1) {
+        for _ in 0..threads {
             let poll = Poll::new()?;
             let waker = Waker::new(poll.registry(), WAKER)?;
             inboxes.push(Arc::new(Inbox {
@@ -184,6 +188,7 @@ impl Reactors {
         }
         Ok(Self {
             inboxes,
+            awake,
             polls: Mutex::new(polls),
             ended: Mutex::new(Vec::new()),
         })
@@ -224,6 +229,7 @@ impl Reactors {
                     buffer: vec![0; READ_CHUNK].into_boxed_slice(),
                 },
                 drain: None,
+                awake: (self.awake.clone(), n),
             };
             std::thread::Builder::new()
                 .name(format!("hangup-io-{n}"))
@@ -342,14 +348,22 @@ struct Reactor {
     ctx: Context,
     /// Set once shutdown began: the stage and when it ends.
     drain: Option<(DrainStage, Instant)>,
+    /// The server's I/O threads and this one's number among them.
+    awake: (Arc<IoThreads>, usize),
 }
 
 impl Reactor {
     fn run(mut self) {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        let (awake, n) = self.awake.clone();
+        let mut wakes = 0u32;
         loop {
             let timeout = self.poll_timeout(Instant::now());
-            if let Err(err) = self.poll.poll(&mut events, timeout) {
+            awake.idle(n);
+            let polled = self.poll.poll(&mut events, timeout);
+            wakes = wakes.wrapping_add(1);
+            awake.awake(n, wakes);
+            if let Err(err) = polled {
                 if err.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(error = %err, "epoll_wait failed");
                     std::thread::sleep(Duration::from_millis(10));

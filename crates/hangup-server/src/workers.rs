@@ -8,6 +8,8 @@ use hangup_core::run_chain;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::sched::IoThreads;
+
 /// How a job ended: its digest, or `None` if it was cancelled.
 pub(crate) type JobOutcome = Option<[u8; 32]>;
 
@@ -33,6 +35,8 @@ impl Finished {
 #[derive(Debug)]
 pub(crate) struct WorkerPool {
     permits: Arc<Semaphore>,
+    /// The server's I/O threads, which its jobs give way to.
+    io: Arc<IoThreads>,
 }
 
 /// Calls `on_finished` exactly once: with the job's end, or as cancelled if the job's
@@ -59,9 +63,10 @@ impl<F: FnOnce(Finished)> Drop for Report<F> {
 
 impl WorkerPool {
     /// At least one worker: a pool of none would queue every job for ever.
-    pub(crate) fn new(workers: NonZeroUsize) -> Self {
+    pub(crate) fn new(workers: NonZeroUsize, io: Arc<IoThreads>) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(workers.get())),
+            io,
         }
     }
 
@@ -79,6 +84,7 @@ impl WorkerPool {
             on_finished: Some(on_finished),
         };
         let permits = self.permits.clone();
+        let io = self.io.clone();
         tokio::spawn(async move {
             let permit = tokio::select! {
                 permit = permits.acquire_owned() => permit,
@@ -87,7 +93,11 @@ impl WorkerPool {
             let Ok(permit) = permit else { return };
             let _ = tokio::task::spawn_blocking(move || {
                 crate::sched::yield_to_io();
-                let outcome = run_chain(seed.as_bytes(), rounds, || cancel.is_cancelled());
+                let given = std::cell::Cell::new(0);
+                let outcome = run_chain(seed.as_bytes(), rounds, || {
+                    io.give_way(&given);
+                    cancel.is_cancelled()
+                });
                 let stopped_ns = hangup::events::ts_ns();
                 drop(permit);
                 // Straight from the worker's thread: the connection hears of the end
