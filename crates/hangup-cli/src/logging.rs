@@ -12,7 +12,8 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        // I/O threads write their lines once per pass (hangup_server::log).
+        .with_writer(|| hangup_server::log::StderrLines);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder

@@ -23,6 +23,7 @@ mod admin;
 pub mod cluster;
 mod driver;
 mod live;
+pub mod log;
 mod metrics;
 pub mod presence;
 mod reactor;

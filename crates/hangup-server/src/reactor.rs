@@ -238,6 +238,7 @@ impl Reactors {
                     let runtime = reactor.ctx.runtime.clone();
                     let _entered = runtime.enter();
                     let inbox = reactor.ctx.inbox.clone();
+                    let _batched = crate::log::batch_this_thread();
                     reactor.run();
                     *lock(&inbox.queue) = None;
                 })?;
@@ -359,6 +360,8 @@ impl Reactor {
         let mut wakes = 0u32;
         loop {
             let timeout = self.poll_timeout(Instant::now());
+            // This pass's log lines, in one write, before the thread sleeps.
+            crate::log::flush_this_thread();
             awake.idle(n);
             let polled = self.poll.poll(&mut events, timeout);
             wakes = wakes.wrapping_add(1);
