@@ -426,6 +426,12 @@ fn equal_deadlines_close_once() {
 /// our last write instead of from the kernel's first retransmission.
 const U: Duration = Duration::from_millis(1750);
 
+/// How the watch ends a connection: `timeout`, reset (nobody will read what we hold).
+const TIMED_OUT: Event = Event::Close {
+    cause: Cause::Timeout,
+    flush: false,
+};
+
 /// Found by the fault lab (client-unreachable-sending, once in a loaded CI run): every
 /// reply was already in the kernel, so the write-stall timer had nothing to watch, and
 /// the kernel's user timeout, which counts from its first retransmission and is checked
@@ -441,13 +447,7 @@ fn a_peer_that_acknowledges_none_of_what_the_kernel_holds_is_a_timeout_after_u()
     assert_eq!(d.next_timeout(), Some(U));
     assert_eq!(d.jump(), U);
     assert_eq!(d.acks_read, 1);
-    assert_eq!(
-        d.closed(),
-        Some(&Event::Close {
-            cause: Cause::Timeout,
-            flush: false
-        })
-    );
+    assert_eq!(d.closed(), Some(&TIMED_OUT));
     d.assert_dead();
 }
 
@@ -466,13 +466,7 @@ fn every_write_moves_the_watch_and_the_budget_counts_from_the_last() {
     assert_eq!(d.acks_read, 0, "no TCP_INFO before the watch is due");
     d.advance(ms(1));
     assert_eq!(d.acks_read, 1);
-    assert_eq!(
-        d.closed(),
-        Some(&Event::Close {
-            cause: Cause::Timeout,
-            flush: false
-        })
-    );
+    assert_eq!(d.closed(), Some(&TIMED_OUT));
 }
 
 /// A peer that acknowledges, late (a long path, a slow host), is alive: the watch
@@ -512,13 +506,7 @@ fn bytes_written_after_a_quiet_spell_count_from_the_write() {
     d.advance(U - ms(1));
     assert_eq!(d.closed(), None);
     d.advance(ms(1));
-    assert_eq!(
-        d.closed(),
-        Some(&Event::Close {
-            cause: Cause::Timeout,
-            flush: false
-        })
-    );
+    assert_eq!(d.closed(), Some(&TIMED_OUT));
 }
 
 /// A session proves it is alive by its heartbeat: no TCP_INFO reads for it, and a
