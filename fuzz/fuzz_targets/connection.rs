@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use hangup_core::{
-    Cause, Connection, ConnectionConfig, ErrorCode, Event, HalfClosePolicy, Interest, JobId,
-    LivenessPolicy, SessionId, StatusCounts, MAX_LINE,
+    Acknowledgements, Cause, Connection, ConnectionConfig, ErrorCode, Event, HalfClosePolicy,
+    Interest, JobId, LivenessPolicy, SessionId, StatusCounts, MAX_LINE,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -67,7 +67,12 @@ enum Op {
     ReadClosed,
     Eof,
     Error(PeerGone),
-    Retransmitting(bool),
+    /// What TCP_INFO said, for the timers about to fire.
+    Acknowledgements {
+        unacked: u32,
+        retransmits: u8,
+        since_last_ack_ms: u16,
+    },
     SessionOpened(u64),
     SessionRefused,
     Kicked,
@@ -255,7 +260,18 @@ impl Driver {
                 };
                 self.conn.handle_error(now, cause);
             }
-            Op::Retransmitting(on) => self.conn.handle_retransmitting(*on),
+            Op::Acknowledgements {
+                unacked,
+                retransmits,
+                since_last_ack_ms,
+            } => self.conn.handle_acknowledgements(
+                now,
+                Acknowledgements {
+                    unacked: *unacked,
+                    retransmits: *retransmits,
+                    since_last_ack: Duration::from_millis(u64::from(*since_last_ack_ms)),
+                },
+            ),
             Op::SessionOpened(id) => {
                 if std::mem::take(&mut self.session_requested) {
                     self.conn.handle_session_opened(now, SessionId(*id));
