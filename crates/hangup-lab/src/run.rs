@@ -637,18 +637,39 @@ impl CellRun<'_> {
         let mut client = self.client(&topology, &self.device())?;
         let (peer, _) = self.accepted(&mut server, &[])?;
         self.welcomed(&mut client)?;
+        let said = Instant::now();
         client.send_line(&job(ENDLESS_ROUNDS))?;
         server.expect_event("`job_started`", soon(), |e| is(e, "job_started", &peer))?;
         // Killed with ACCEPTED unread, its kernel would send RST, not FIN.
         client.expect_stdout("ACCEPTED", soon(), |l| {
             matches!(Reply::parse(l), Ok(Reply::Accepted(_)))
         })?;
+        self.far_from_a_heartbeat(&mut client, said)?;
         self.started()?;
         let fault = client.kill()?;
         let outcome = self.detect(&mut server, Side::Server, Some(&peer), fault, fault)?;
         let cancelled = server.events_matching(|e| is(e, "job_cancelled", &peer));
         self.check("job cancelled", !cancelled.is_empty());
         Ok(outcome)
+    }
+
+    /// Makes sure the client's next heartbeat is far off before it is killed: it sends
+    /// a PING H after its last words, and killed while that PING's PONG is on its way,
+    /// it leaves the PONG unread and its kernel answers with RST instead of FIN (a kill
+    /// 1.0002 s after the last exchange did exactly that). `said`: when the client last
+    /// spoke. While half a heartbeat or more has passed since (a slow host), it speaks
+    /// again, a PING of the lab's own, at most three times.
+    fn far_from_a_heartbeat(&self, client: &mut LabProcess, said: Instant) -> Result<(), LabError> {
+        let mut said = said;
+        for _ in 0..3 {
+            if said.elapsed() < self.lab.heartbeat / 2 {
+                return Ok(());
+            }
+            said = Instant::now();
+            client.send_line("PING lab")?;
+            client.expect_stdout("PONG lab", soon(), |l| l == "PONG lab")?;
+        }
+        Ok(())
     }
 
     fn client_exit_unread(&mut self) -> Result<Outcome, LabError> {
