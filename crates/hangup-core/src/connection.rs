@@ -575,6 +575,17 @@ impl Connection {
         self.interest().read && self.heartbeat_due().is_some_and(|due| due <= now)
     }
 
+    /// The unfinished line's budget is up at `now` while we read: the partial-line
+    /// timer's turn would end the connection `protocol_error`. As with
+    /// [`Connection::heartbeat_overdue`], a driver that fell behind reads first, so that
+    /// the line's rest, if it waits in the kernel, finishes the line.
+    pub fn line_overdue(&self, now: Instant) -> bool {
+        self.interest().read
+            && self
+                .timers
+                .is_due(Timer::PartialLine, self.epoch.stamp(now))
+    }
+
     /// When the open session's silence reaches its budget: the last bytes heard plus
     /// dead-after.
     fn heartbeat_due(&self) -> Option<Instant> {

@@ -43,6 +43,29 @@ fn a_partial_line_older_than_d_gets_err_timeout_and_closes() {
     d.assert_dead();
 }
 
+/// A driver that fell behind is told to read before the line's budget ends it: the
+/// rest of the line, waiting in the kernel, then finishes it in time.
+#[test]
+fn a_driver_that_fell_behind_reads_before_the_partial_line_timer_ends_it() {
+    let mut d = driver();
+    d.bytes("PIN");
+    assert!(!d.conn.line_overdue(d.now()));
+    d.stall(D + ms(300));
+    assert!(d.conn.line_overdue(d.now()));
+    d.bytes("G late\n");
+    assert!(!d.conn.line_overdue(d.now()), "the line is finished");
+    d.oversleep(Duration::ZERO);
+    assert_eq!(d.take_lines(), ["PONG late"]);
+    assert_eq!(d.closed(), None);
+    // The rest of the line did not come: overdue, and the timer ends it.
+    d.bytes("PIN");
+    d.stall(D);
+    assert!(d.conn.line_overdue(d.now()));
+    d.oversleep(Duration::ZERO);
+    assert_eq!(err_code(&d.take_lines()[0]), Some(ErrorCode::Timeout));
+    assert!(!d.conn.line_overdue(d.now()), "closed: nothing to read for");
+}
+
 #[test]
 fn a_slow_drip_of_the_same_line_does_not_extend_the_deadline() {
     let mut d = driver();

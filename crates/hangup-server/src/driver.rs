@@ -386,16 +386,18 @@ impl Conn {
             closing.until = now;
             return;
         }
-        if self.conn.heartbeat_overdue(now) {
-            // About to end `heartbeat_missed`. A thread that fell behind may not have
-            // been told of input yet (a stall, more readiness than one epoll_wait
-            // returns): what the kernel holds counts first. One read, only here.
+        let heartbeat = self.conn.heartbeat_overdue(now);
+        if heartbeat || self.conn.line_overdue(now) {
+            // About to end `heartbeat_missed`, or `protocol_error` for a line left
+            // unfinished. A thread that fell behind may not have been told of input yet
+            // (a stall, more readiness than one epoll_wait returns): what the kernel
+            // holds counts first. One read, only here.
             let (silent, heard) = (self.silent_for(now), self.conn.last_inbound());
             self.ready.0 |= Ready::READABLE;
             self.read_some(ctx, now);
             // Bytes, not the end of the stream or an error (those end it with their
             // own cause).
-            if self.conn.last_inbound() != heard {
+            if heartbeat && self.conn.last_inbound() != heard {
                 hangup::emit!(
                     "heartbeat_read_late",
                     conn = self.id(),
