@@ -81,13 +81,28 @@ pub(crate) fn rerun_inside(sessions: usize) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Held while a bench has `tcp_child_ehash_entries` set: two benches started at once
+/// would otherwise each read the other's value as the one to put back.
+const CHILD_EHASH_LOCK: &str = "/run/lock/hangup-bench-child-ehash.lock";
+
 /// Runs `create` with `tcp_child_ehash_entries` set to `buckets`, and puts the old
 /// value back afterwards whatever happened: the setting applies to every namespace
-/// created meanwhile.
+/// created meanwhile. One bench at a time (a file lock), so the value put back is the
+/// one the machine had.
 fn with_child_ehash<T>(
     buckets: usize,
     create: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
+    let lock_dir = std::path::Path::new(CHILD_EHASH_LOCK)
+        .parent()
+        .unwrap_or(std::path::Path::new("/"));
+    std::fs::create_dir_all(lock_dir)
+        .with_context(|| format!("could not create {}", lock_dir.display()))?;
+    let lock = std::fs::File::create(CHILD_EHASH_LOCK)
+        .with_context(|| format!("could not open {CHILD_EHASH_LOCK}"))?;
+    // Released when `lock` is dropped, after the old value is back.
+    lock.lock()
+        .with_context(|| format!("could not lock {CHILD_EHASH_LOCK}"))?;
     let old = std::fs::read_to_string(CHILD_EHASH).with_context(|| {
         format!(
             "{CHILD_EHASH}: this kernel has no per-namespace TCP table (Linux 6.1 or later has)"
@@ -106,6 +121,49 @@ fn with_child_ehash<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two benches setting the table size at once leave the machine's own value
+    /// behind (root: it writes the sysctl; skipped without it unless CI=true).
+    #[test]
+    fn concurrent_benches_put_the_machines_value_back() {
+        let Ok(before) = std::fs::read_to_string(CHILD_EHASH) else {
+            assert!(std::env::var_os("CI").is_none(), "{CHILD_EHASH} unreadable");
+            return;
+        };
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+            eprintln!("not root: skipped");
+            return;
+        }
+        let (in_a, out_a) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                with_child_ehash(1 << 17, || {
+                    // B starts while A holds its value, and A ends first: without
+                    // the lock, B would then put A's value back.
+                    in_a.send(()).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    Ok(())
+                })
+                .unwrap();
+            });
+            out_a.recv().unwrap();
+            with_child_ehash(1 << 18, || {
+                let now = std::fs::read_to_string(CHILD_EHASH).unwrap();
+                assert_eq!(
+                    now.trim(),
+                    (1 << 18).to_string(),
+                    "B's own value while B runs"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                Ok(())
+            })
+            .unwrap();
+        });
+        let after = std::fs::read_to_string(CHILD_EHASH).unwrap();
+        assert_eq!(after.trim(), before.trim());
+    }
 
     #[test]
     fn a_bucket_per_socket_as_a_power_of_two_within_the_kernels_range() {
