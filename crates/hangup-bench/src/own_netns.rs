@@ -100,9 +100,12 @@ fn with_child_ehash<T>(
         .with_context(|| format!("could not create {}", lock_dir.display()))?;
     let lock = std::fs::File::create(CHILD_EHASH_LOCK)
         .with_context(|| format!("could not open {CHILD_EHASH_LOCK}"))?;
-    // Released when `lock` is dropped, after the old value is back.
-    lock.lock()
-        .with_context(|| format!("could not lock {CHILD_EHASH_LOCK}"))?;
+    // Released when `lock` is closed (dropped), after the old value is back.
+    // SAFETY: flock on a descriptor `lock` owns for the whole call; no memory is passed.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("could not lock {CHILD_EHASH_LOCK}"));
+    }
     let old = std::fs::read_to_string(CHILD_EHASH).with_context(|| {
         format!(
             "{CHILD_EHASH}: this kernel has no per-namespace TCP table (Linux 6.1 or later has)"
