@@ -137,6 +137,8 @@ struct Driver {
     running: Option<JobId>,
     session_requested: bool,
     closed: bool,
+    /// What TCP_INFO says, for the next timers due that ask for it.
+    acks: Option<Acknowledgements>,
 }
 
 impl Driver {
@@ -212,7 +214,12 @@ impl Driver {
 
     fn fire_due_timers(&mut self) {
         if self.conn.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.conn.handle_timeout(self.now);
+            match self.acks.take() {
+                Some(acks) if self.conn.wants_acknowledgements(self.now) => {
+                    self.conn.handle_timeout_acknowledged(self.now, acks)
+                }
+                _ => self.conn.handle_timeout(self.now),
+            }
             assert!(
                 self.conn.poll_timeout().is_none_or(|t| t > self.now),
                 "a timer is still due after handle_timeout"
@@ -264,14 +271,13 @@ impl Driver {
                 unacked,
                 retransmits,
                 since_last_ack_ms,
-            } => self.conn.handle_acknowledgements(
-                now,
-                Acknowledgements {
+            } => {
+                self.acks = Some(Acknowledgements {
                     unacked: *unacked,
                     retransmits: *retransmits,
                     since_last_ack: Duration::from_millis(u64::from(*since_last_ack_ms)),
-                },
-            ),
+                })
+            }
             Op::SessionOpened(id) => {
                 if std::mem::take(&mut self.session_requested) {
                     self.conn.handle_session_opened(now, SessionId(*id));
@@ -337,6 +343,7 @@ fuzz_target!(|input: Input| {
         now,
         running: None,
         session_requested: false,
+        acks: None,
         closed: false,
     };
     for op in input.ops.iter().take(1000) {

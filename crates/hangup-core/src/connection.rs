@@ -223,8 +223,8 @@ impl CloseMode {
 }
 
 /// What TCP_INFO says of the bytes a connection handed to its kernel. The driver reads
-/// it when [`Connection::wants_acknowledgements`] says so and gives it to
-/// [`Connection::handle_acknowledgements`] before [`Connection::handle_timeout`].
+/// it when [`Connection::wants_acknowledgements`] says so and hands its timers the
+/// reading with [`Connection::handle_timeout_acknowledged`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Acknowledgements {
     /// Segments sent and not acknowledged (`tcpi_unacked`).
@@ -257,7 +257,8 @@ impl Acknowledgements {
 /// the age it gives can be short by one.
 const ACK_RECHECK: Duration = Duration::from_millis(5);
 
-/// The driver's last reading of [`Acknowledgements`], for the timers of one wake-up.
+/// A reading of [`Acknowledgements`], for the timers of one wake-up (not kept: every
+/// byte in [`Connection`] is paid per connection).
 #[derive(Debug, Clone, Copy)]
 struct KernelReading {
     /// When the peer last acknowledged anything.
@@ -394,9 +395,6 @@ pub struct Connection {
     pings: Option<PingBucket>,
     /// `GOAWAY` was sent: no new work; close once the jobs in flight are done.
     draining: bool,
-    /// TCP_INFO as the driver read it for the timers now due; taken by
-    /// [`Connection::handle_timeout`].
-    kernel: Option<KernelReading>,
 }
 
 impl Drop for Connection {
@@ -435,7 +433,6 @@ impl Connection {
             last_inbound: None,
             pings: None,
             draining: false,
-            kernel: None,
         }
     }
 
@@ -705,31 +702,38 @@ impl Connection {
         self.maybe_finish(now);
     }
 
-    /// Whether the timers due at `now` need TCP_INFO: read it then, and give it to
-    /// [`Connection::handle_acknowledgements`] before [`Connection::handle_timeout`]
-    /// (one getsockopt, only on those wake-ups).
+    /// Whether the timers due at `now` need TCP_INFO: read it then, and handle them with
+    /// [`Connection::handle_timeout_acknowledged`] (one getsockopt, only on those
+    /// wake-ups).
     pub fn wants_acknowledgements(&self, now: Instant) -> bool {
         let now = self.epoch.stamp(now);
         self.timers.is_due(Timer::WriteStall, now) || self.timers.is_due(Timer::Unacknowledged, now)
     }
 
-    /// What TCP_INFO says at `now` of the bytes we wrote, for the timers about to be
-    /// handled: the write-stall timer names a peer that acknowledges nothing `timeout`
+    /// Time reached [`Connection::poll_timeout`] and TCP_INFO says `acks` of the bytes
+    /// we wrote: the write-stall timer names a peer that acknowledges nothing `timeout`
     /// rather than `stalled`, and the acknowledgement watch ends a connection whose peer
     /// acknowledged none of them for `ack_timeout`.
-    pub fn handle_acknowledgements(&mut self, now: Instant, acks: Acknowledgements) {
+    pub fn handle_timeout_acknowledged(&mut self, now: Instant, acks: Acknowledgements) {
         let heard = now.checked_sub(acks.since_last_ack).unwrap_or(now);
-        self.kernel = Some(KernelReading {
-            heard: self.epoch.stamp(heard),
-            outstanding: acks.unacked > 0,
-            retransmitting: acks.retransmitting(),
-        });
+        self.timeout(
+            now,
+            Some(KernelReading {
+                heard: self.epoch.stamp(heard),
+                outstanding: acks.unacked > 0,
+                retransmitting: acks.retransmitting(),
+            }),
+        );
     }
 
-    /// Time reached [`Connection::poll_timeout`].
+    /// Time reached [`Connection::poll_timeout`] (without a TCP_INFO reading: a write
+    /// stall is `stalled`, and the acknowledgement watch takes everything as
+    /// acknowledged).
     pub fn handle_timeout(&mut self, now: Instant) {
-        // A reading is for this wake-up's timers only.
-        let kernel = self.kernel.take();
+        self.timeout(now, None);
+    }
+
+    fn timeout(&mut self, now: Instant, kernel: Option<KernelReading>) {
         // One at a time: after a late wake-up several may be due, and a close by the
         // first disarms the rest (no `ERR timeout` or `PeerHalfClosed` after it).
         while let Some((timer, deadline)) = self.timers.pop_expired(self.epoch.stamp(now)) {

@@ -405,21 +405,24 @@ impl Conn {
                 );
             }
         }
-        if self.conn.wants_acknowledgements(now) {
-            // The write-stall timer or the acknowledgement watch is due: what has the
-            // peer acknowledged? One getsockopt, only on these wake-ups.
-            if let Ok(info) = hangup::tcp_info(&self.stream) {
-                self.conn.handle_acknowledgements(
-                    now,
-                    Acknowledgements {
-                        unacked: info.unacked,
-                        retransmits: info.retransmits,
-                        since_last_ack: info.last_ack_recv,
-                    },
-                );
-            }
+        // The write-stall timer or the acknowledgement watch is due: what has the peer
+        // acknowledged? One getsockopt, only on these wake-ups.
+        let info = self
+            .conn
+            .wants_acknowledgements(now)
+            .then(|| hangup::tcp_info(&self.stream).ok())
+            .flatten();
+        match info {
+            Some(info) => self.conn.handle_timeout_acknowledged(
+                now,
+                Acknowledgements {
+                    unacked: info.unacked,
+                    retransmits: info.retransmits,
+                    since_last_ack: info.last_ack_recv,
+                },
+            ),
+            None => self.conn.handle_timeout(now),
         }
-        self.conn.handle_timeout(now);
     }
 
     /// Shutdown began: `GOAWAY`, then jobs in flight get the drain timeout.

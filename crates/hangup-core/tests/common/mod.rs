@@ -344,9 +344,10 @@ impl Driver {
                     since_last_ack: since(at),
                 },
             };
-            self.conn.handle_acknowledgements(now, acks);
+            self.conn.handle_timeout_acknowledged(now, acks);
+        } else {
+            self.conn.handle_timeout(now);
         }
-        self.conn.handle_timeout(now);
         self.settle();
     }
 
