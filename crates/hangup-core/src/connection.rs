@@ -761,7 +761,8 @@ impl Connection {
                     let (Some(timeout), Some(kernel)) = (self.config.ack_timeout, kernel) else {
                         continue;
                     };
-                    if !kernel.outstanding || matches!(self.session, Session::Open { .. }) {
+                    // (Never armed for a session: opening one disarms it.)
+                    if !kernel.outstanding {
                         continue;
                     }
                     // Our last write was `timeout` before this deadline (each write

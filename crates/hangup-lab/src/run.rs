@@ -659,8 +659,11 @@ impl CellRun<'_> {
     /// 1.0002 s after the last exchange did exactly that). `said`: when the client last
     /// spoke. While half a heartbeat or more has passed since (a slow host), it speaks
     /// again, a PING of the lab's own, at most three times.
-    fn far_from_a_heartbeat(&self, client: &mut LabProcess, said: Instant) -> Result<(), LabError> {
-        let mut said = said;
+    fn far_from_a_heartbeat(
+        &self,
+        client: &mut LabProcess,
+        mut said: Instant,
+    ) -> Result<(), LabError> {
         for _ in 0..3 {
             if said.elapsed() < self.lab.heartbeat / 2 {
                 return Ok(());
