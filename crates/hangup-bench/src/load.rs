@@ -15,6 +15,7 @@
 //!         ◀──────── {"kind":"ready"} from every worker          {"kind":"ready"…}
 //!         ──stdin──▶ "measure"  (RTT and PONG counts restart)
 //!         ──stdin──▶ "stop"     ◀── {"kind":"done", lost, pongs, rtt histogram}
+//!         ──stdin──▶ "close" (or EOF): the sessions' sockets close
 //! ```
 //!
 //! Every session connects, says `HELLO <prefix>-<n> heartbeat=<H>`, and then sends
@@ -132,6 +133,8 @@ struct WorkerState {
     lost_reasons: Mutex<BTreeMap<String, u64>>,
     rtt: Mutex<Histogram>,
     stop: CancellationToken,
+    /// The parent is done with the sessions ("close", or its end of stdin closed).
+    release: CancellationToken,
 }
 
 impl WorkerState {
@@ -197,11 +200,13 @@ async fn run_worker(args: &LoadWorkerSettings) {
                     commands.measuring.store(true, Ordering::Relaxed);
                 }
                 Ok("halt") => commands.halted.store(true, Ordering::Relaxed),
-                Ok("stop") | Err(_) => break,
+                Ok("stop") => commands.stop.cancel(),
+                Ok("close") | Err(_) => break,
                 Ok(_) => {}
             }
         }
         commands.stop.cancel();
+        commands.release.cancel();
     });
 
     let started = Instant::now();
@@ -214,7 +219,7 @@ async fn run_worker(args: &LoadWorkerSettings) {
         let (source, target) = (args.source[n as usize % args.source.len()], args.target);
         let protocol = args.protocol;
         tasks.spawn(async move {
-            session(&state, &gate, protocol, source, target, &device, heartbeat).await;
+            session(&state, &gate, protocol, source, target, &device, heartbeat).await
         });
     }
     let total = args.connections as u64;
@@ -260,7 +265,16 @@ async fn run_worker(args: &LoadWorkerSettings) {
         rtt_us: None,
     });
     state.stop.cancelled().await;
-    while tasks.join_next().await.is_some() {}
+    // Every session looks at its socket once more before any closes, and they close
+    // only when the parent says so (every worker has reported): a worker that closed
+    // each as it went would take many seconds over 18 000 on a loaded machine, and the
+    // sessions looked at last, its own and other workers', would by then have outlived
+    // the servers' heartbeat budget (a server rightly ends a session that stopped
+    // pinging) and count as lost.
+    let mut still_open = Vec::with_capacity(args.connections);
+    while let Some(joined) = tasks.join_next().await {
+        still_open.extend(joined.ok().flatten());
+    }
     emit(&Line {
         kind: "done",
         open: state.open.load(Ordering::Relaxed),
@@ -278,9 +292,12 @@ async fn run_worker(args: &LoadWorkerSettings) {
         pongs: Some(state.pongs.load(Ordering::Relaxed)),
         rtt_us: Some(state.rtt.lock().unwrap_or_else(|p| p.into_inner()).clone()),
     });
+    state.release.cancelled().await;
+    drop(still_open);
 }
 
-/// One session: open it, then heartbeat until "stop".
+/// One session: open it, then heartbeat until "stop"; the connection, if it is still
+/// open then.
 async fn session(
     state: &WorkerState,
     gate: &Semaphore,
@@ -289,15 +306,15 @@ async fn session(
     target: SocketAddr,
     device: &str,
     heartbeat: Duration,
-) {
+) -> Option<BufReader<TcpStream>> {
     let opened = {
         let _permit = gate.acquire().await;
         if state.stop.is_cancelled() {
-            return;
+            return None;
         }
         if state.halted.load(Ordering::Relaxed) {
             state.skipped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
         tokio::time::timeout(
             STEP_LIMIT,
@@ -309,11 +326,13 @@ async fn session(
         Ok(Ok(conn)) => conn,
         Ok(Err(err)) => {
             state.failed.fetch_add(1, Ordering::Relaxed);
-            return WorkerState::count(&state.errors, error_name(&err));
+            WorkerState::count(&state.errors, error_name(&err));
+            return None;
         }
         Err(_) => {
             state.failed.fetch_add(1, Ordering::Relaxed);
-            return WorkerState::count(&state.errors, "connect+HELLO timed out".into());
+            WorkerState::count(&state.errors, "connect+HELLO timed out".into());
+            return None;
         }
     };
     state.open.fetch_add(1, Ordering::Relaxed);
@@ -333,7 +352,7 @@ async fn session(
             answer = tokio::time::timeout(pong_limit, answer) => answer,
             () = state.stop.cancelled() => break,
         };
-        match answer {
+        let lost = match answer {
             Ok(Ok(Answer::Pong)) => {
                 if state.measuring.load(Ordering::Relaxed) {
                     state.pongs.fetch_add(1, Ordering::Relaxed);
@@ -344,21 +363,32 @@ async fn session(
                         .unwrap_or_else(|p| p.into_inner())
                         .record(rtt);
                 }
+                continue;
             }
-            Ok(Ok(Answer::Eof)) => return state.lose("server closed (EOF)".into()),
-            Ok(Ok(Answer::Other(what))) => return state.lose(format!("server sent {what}")),
-            Ok(Err(err)) => return state.lose(error_name(&err)),
-            Err(_) => return state.lose("no PONG in time".into()),
-        }
+            Ok(Ok(Answer::Eof)) => "server closed (EOF)".into(),
+            Ok(Ok(Answer::Other(what))) => format!("server sent {what}"),
+            Ok(Err(err)) => error_name(&err),
+            Err(_) => "no PONG in time".into(),
+        };
+        state.lose(lost);
+        return None;
     }
-    // Still open at the stop? A closed or reset connection shows now.
+    // Still open at the stop? A closed or reset connection shows now. Named apart from
+    // the losses a heartbeat met: these came between this session's last heartbeat and
+    // the stop, possibly after the bench's last look at the kernel's counters.
     let mut probe = [0u8; 256];
     match conn.get_ref().try_read(&mut probe) {
-        Ok(0) => state.lose("server closed (EOF)".into()),
-        Err(err) if err.kind() != io::ErrorKind::WouldBlock => state.lose(error_name(&err)),
-        _ => {}
+        Ok(0) => state.lose(format!("server closed (EOF){AT_THE_STOP}")),
+        Err(err) if err.kind() != io::ErrorKind::WouldBlock => {
+            state.lose(format!("{}{AT_THE_STOP}", error_name(&err)));
+        }
+        _ => return Some(conn),
     }
+    None
 }
+
+/// Appended to the reason of a loss that the stop's last look at the socket found.
+const AT_THE_STOP: &str = ", found at the stop";
 
 /// What came back for a heartbeat.
 enum Answer {

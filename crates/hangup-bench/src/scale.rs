@@ -224,6 +224,12 @@ struct Report {
     /// The kernel's TCP abort, reset and overflow counters that grew during the round
     /// (the whole machine's network namespace: servers and load workers).
     tcp_counters: CounterGrowth,
+    /// Connections the servers closed during the stop (from the end of the hold to the
+    /// load workers' reports, before any of them closes a socket), by cause; none is
+    /// expected.
+    server_close_causes_at_the_stop: BTreeMap<String, u64>,
+    /// The same kernel counters' growth during the stop.
+    tcp_counters_at_the_stop: CounterGrowth,
     server: Option<ServerFigures>,
     kernel: KernelFigures,
     rtt: RttFigures,
@@ -417,11 +423,33 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
     check_interrupt()?;
     fleet.broadcast("stop");
     let done = fleet.wait_all("done", Duration::from_secs(120), |_, _| false)?;
+    // The stop on its own, up to the load workers' reports: each looks at every socket
+    // once more (a loss found then is named so); none closes a socket before every
+    // report is in (the fleet's drop below). So a server's close in this window, and
+    // the counters' growth, are who ended a session that the stop found gone.
+    let tcp_at_the_stop = Counters::read();
+    let mut server_close_causes_at_the_stop = BTreeMap::<String, u64>::new();
+    for server in &servers {
+        server.drain_events(|event| {
+            if event["event"] == "connection_closed" {
+                let cause = event["cause"].as_str().unwrap_or("unknown");
+                *server_close_causes_at_the_stop
+                    .entry(cause.to_owned())
+                    .or_default() += 1;
+            }
+        });
+    }
     drop(fleet);
     drop(servers);
     drop(broker);
 
     let lost: u64 = done.iter().map(|l| l["lost"].as_u64().unwrap_or(0)).sum();
+    let tcp_counters_at_the_stop = match (&tcp_after, &tcp_at_the_stop) {
+        (Ok(before), Ok(after)) => CounterGrowth {
+            grown: after.grown_since(before),
+        },
+        _ => CounterGrowth::default(),
+    };
     let tcp_counters = match (tcp_before, tcp_after) {
         (Some(before), Ok(after)) => CounterGrowth {
             grown: after.grown_since(&before),
@@ -534,6 +562,8 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
         server_close_causes,
         server_heartbeats_read_late,
         tcp_counters,
+        server_close_causes_at_the_stop,
+        tcp_counters_at_the_stop,
         server,
         kernel,
         rtt: RttFigures {
@@ -787,6 +817,15 @@ fn print_table(r: &Report) {
         "kernel TCP resets, aborts, overflows",
         r.tcp_counters.summary(),
     );
+    if r.sessions_lost > 0 {
+        // Who ended the sessions that the stop found gone: no load worker closes a
+        // socket in this window.
+        row("  during the stop", r.tcp_counters_at_the_stop.summary());
+        row(
+            "closed by the servers during the stop",
+            format!("{:?}", r.server_close_causes_at_the_stop),
+        );
+    }
     for limit in &r.limits_hit {
         row("limit hit", limit.clone());
     }

@@ -37,6 +37,12 @@ fn bench_scale_holds_every_session_and_reports_json() {
     assert_eq!(report["sessions_failed"], 0, "{text}");
     assert_eq!(report["sessions_lost"], 0, "{text}");
     assert_eq!(report["server_closes_during_run"], 0, "{text}");
+    // Nor during the stop, before the load workers close their sockets.
+    assert_eq!(
+        report["server_close_causes_at_the_stop"],
+        serde_json::json!({}),
+        "{text}"
+    );
     let server = &report["server"];
     assert_eq!(server["processes"], 2, "{text}");
     for key in ["rss_per_connection_bytes", "cpu_per_heartbeat_us"] {
