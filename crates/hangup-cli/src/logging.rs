@@ -13,7 +13,12 @@ pub fn init(format: LogFormat) {
         .with_env_filter(filter)
         .with_ansi(ansi)
         // I/O threads write their lines once per pass (hangup_server::log).
-        .with_writer(|| hangup_server::log::StderrLines);
+        .with_writer(|| hangup_server::log::StderrLines)
+        // A line that cannot be written is dropped. By default the subscriber reports
+        // it with `eprintln!`, which panics when stderr is gone (its reader exited: a
+        // closed pipe): the signal task panicked at `shutdown_started`, and the server
+        // could no longer be stopped by a signal.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder

@@ -241,3 +241,61 @@ fn waiting_past_the_drain_timeout_for_a_reader_that_stalls_does_not_spin() {
     let status = server.wait_exit(PATIENCE);
     assert!(status.success(), "{status}");
 }
+
+/// The server's log reader goes away (a closed pipe on stderr): the server keeps its
+/// connections and still shuts down on SIGTERM. Every line it logs then fails with
+/// EPIPE; the log subscriber used to report that with `eprintln!`, which panics on a
+/// closed stderr, so the signal task panicked at its `shutdown_started` line: SIGTERM
+/// did nothing, nor did a second one (the I/O threads' batched lines drop their write
+/// errors, so connections were served).
+#[test]
+fn a_server_whose_log_reader_is_gone_serves_and_shuts_down() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    let dir = common::TempDir::new("log-reader-gone");
+    let child = Command::new(common::hangup_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "off"])
+        .args(["--log-format", "json", "--data-dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hangup serve");
+    let mut server = Killed(child);
+    let mut stderr = BufReader::new(server.0.stderr.take().expect("piped stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("the first log line");
+    let listening: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(listening["event"], "listening", "{line}");
+    let addr: std::net::SocketAddr = listening["addr"].as_str().unwrap().parse().unwrap();
+    drop(stderr);
+
+    // Opening the connection logs a line, which now fails.
+    let mut client = LineClient::connect(addr);
+    client.send("PING after");
+    assert_eq!(client.reply(), "PONG after");
+
+    common::send_signal(server.0.id(), libc::SIGTERM);
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = server.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit within {PATIENCE:?} of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
