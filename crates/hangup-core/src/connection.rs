@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use crate::cause::Cause;
 use crate::policy::{HalfClosePolicy, LivenessPolicy};
 use crate::protocol::{
-    parse_line, Command, ErrorCode, Frame, JobId, LineDecoder, Reply, StatusCounts, MAX_LINE,
+    parse_line, Command, ErrorCode, Frame, JobId, LineDecoder, Reply, StatusCounts, TooLong,
+    MAX_LINE,
 };
 use crate::session::{Heartbeat, SessionId};
 use crate::timer::{Epoch, Stamp, Timer, TimerTable};
@@ -467,17 +468,11 @@ impl Connection {
                 self.unparsed = rest.into();
                 break;
             }
-            let end = rest
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(rest.len(), |i| i + 1);
-            let (segment, tail) = rest.split_at(end);
+            let (line, tail) = self.decoder.next_line(rest);
             rest = tail;
-            let mut frame = None;
-            self.decoder.feed(segment, |f| frame = Some(owned(f)));
-            if let Some(frame) = frame {
+            if let Some(line) = line {
                 completed_a_line = true;
-                self.handle_frame(now, frame, status);
+                self.handle_frame(now, line.as_deref().map_err(|&too_long| too_long), status);
             }
         }
         self.rearm_partial_line(now, had_partial && !completed_a_line);
@@ -616,7 +611,7 @@ impl Connection {
             let mut frame = None;
             self.decoder.finish(|f| frame = Some(owned(f)));
             if let Some(frame) = frame {
-                self.handle_frame(now, frame, status);
+                self.handle_frame(now, frame.as_deref().map_err(|&too_long| too_long), status);
             }
         }
         self.apply_half_close_policy(now);
@@ -908,7 +903,7 @@ impl Connection {
     fn handle_frame(
         &mut self,
         now: Instant,
-        frame: Result<Vec<u8>, ()>,
+        frame: Result<&[u8], TooLong>,
         status: &dyn Fn() -> StatusCounts,
     ) {
         if !self.accepts_input() {
@@ -916,13 +911,13 @@ impl Connection {
         }
         let line = match frame {
             Ok(line) => line,
-            Err(()) => {
+            Err(TooLong) => {
                 let message = format!("line longer than {MAX_LINE} bytes was discarded");
                 self.send(now, &Reply::Err(ErrorCode::TooLong, message));
                 return;
             }
         };
-        let command = match parse_line(&line, self.config.max_rounds) {
+        let command = match parse_line(line, self.config.max_rounds) {
             Ok(Some(command)) => command,
             Ok(None) => return,
             Err(err) => {
@@ -1208,10 +1203,10 @@ impl Connection {
 
 /// A decoded frame, detached from the decoder's buffer so that handling it may borrow
 /// the connection again.
-fn owned(frame: Frame<'_>) -> Result<Vec<u8>, ()> {
+fn owned(frame: Frame<'_>) -> Result<Vec<u8>, TooLong> {
     match frame {
         Frame::Line(line) => Ok(line.to_vec()),
-        Frame::TooLong => Err(()),
+        Frame::TooLong => Err(TooLong),
     }
 }
 

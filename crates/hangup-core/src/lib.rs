@@ -62,8 +62,9 @@ pub use policy::{
     DEFAULT_DEAD_AFTER, DERIVED_KEEPALIVE_PROBES, FIRST_RETRANSMISSION_ALLOWANCE,
 };
 pub use protocol::{
-    parse_line, valid_device_id, Command, ErrorCode, Frame, JobId, LineDecoder, ParseError, Reply,
-    ReplyParseError, StatusCounts, DEFAULT_PORT, DEFAULT_SEED, MAX_LINE, MAX_SEED_LEN,
+    parse_line, valid_device_id, Command, ErrorCode, Frame, JobId, Line, LineDecoder, ParseError,
+    Reply, ReplyParseError, StatusCounts, TooLong, DEFAULT_PORT, DEFAULT_SEED, MAX_LINE,
+    MAX_SEED_LEN,
 };
 pub use session::{
     Heartbeat, HeartbeatAction, HeartbeatClock, SessionId, DEFAULT_HEARTBEAT, MAX_HEARTBEAT,

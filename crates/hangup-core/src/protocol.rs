@@ -5,6 +5,7 @@
 //! buffered, so a peer that sends 100 MB without a newline costs at most one line of
 //! memory.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -21,6 +22,13 @@ pub enum Frame<'a> {
     /// A line longer than the limit was discarded up to and including its newline.
     TooLong,
 }
+
+/// A line longer than the decoder's limit, discarded up to and including its newline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLong;
+
+/// A line out of [`LineDecoder::next_line`], without its line ending.
+pub type Line<'a> = Result<Cow<'a, [u8]>, TooLong>;
 
 /// Splits a byte stream into lines, never holding more than one line's worth of bytes.
 #[derive(Debug, Default)]
@@ -58,48 +66,60 @@ impl LineDecoder {
     /// Feeds bytes in; calls `on_frame` for every line completed by them.
     pub fn feed(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(Frame<'_>)) {
         while !bytes.is_empty() {
-            let newline = bytes.iter().position(|&b| b == b'\n');
-            let (chunk, rest, complete) = match newline {
-                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
-                None => (bytes, &[][..], false),
-            };
+            let (line, rest) = self.next_line(bytes);
             bytes = rest;
-            if self.discarding {
-                if complete {
-                    self.discarding = false;
-                    on_frame(Frame::TooLong);
-                }
-                continue;
+            match line {
+                Some(Ok(line)) => on_frame(Frame::Line(&line)),
+                Some(Err(TooLong)) => on_frame(Frame::TooLong),
+                None => {}
             }
-            // +1 leaves room for the `\r` of a `\r\n` ending on a maximal line.
-            if self.partial.len() + chunk.len() > self.max_line() + 1 {
-                self.partial = Vec::new();
-                if complete {
-                    on_frame(Frame::TooLong);
-                } else {
-                    self.discarding = true;
-                }
-                continue;
-            }
-            if !complete {
-                self.partial.extend_from_slice(chunk);
-                continue;
-            }
-            let line: &[u8] = if self.partial.is_empty() {
-                chunk
-            } else {
-                self.partial.extend_from_slice(chunk);
-                &self.partial
-            };
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.len() > self.max_line() {
-                on_frame(Frame::TooLong);
-            } else {
-                on_frame(Frame::Line(line));
-            }
-            // Give the buffer back: an idle connection should hold no line memory.
-            self.partial = Vec::new();
         }
+    }
+
+    /// Feeds `bytes` up to and including their first newline: the line that completes,
+    /// if one does, and the bytes after it (not fed yet). The line is borrowed from
+    /// `bytes` when it began in them (no copy: a heartbeat costs no allocation), or
+    /// taken out of the decoder with its buffer when an earlier feed began it.
+    pub fn next_line<'a>(&mut self, bytes: &'a [u8]) -> (Option<Line<'a>>, &'a [u8]) {
+        let (chunk, rest, complete) = match bytes.iter().position(|&b| b == b'\n') {
+            Some(i) => (&bytes[..i], &bytes[i + 1..], true),
+            None => (bytes, &[][..], false),
+        };
+        if self.discarding {
+            if complete {
+                self.discarding = false;
+                return (Some(Err(TooLong)), rest);
+            }
+            return (None, rest);
+        }
+        // +1 leaves room for the `\r` of a `\r\n` ending on a maximal line.
+        if self.partial.len() + chunk.len() > self.max_line() + 1 {
+            self.partial = Vec::new();
+            if complete {
+                return (Some(Err(TooLong)), rest);
+            }
+            self.discarding = true;
+            return (None, rest);
+        }
+        if !complete {
+            self.partial.extend_from_slice(chunk);
+            return (None, rest);
+        }
+        let line = if self.partial.is_empty() {
+            Cow::Borrowed(chunk.strip_suffix(b"\r").unwrap_or(chunk))
+        } else {
+            // The buffer leaves with the line: an idle connection holds no line memory.
+            let mut line = std::mem::take(&mut self.partial);
+            line.extend_from_slice(chunk);
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            Cow::Owned(line)
+        };
+        if line.len() > self.max_line() {
+            return (Some(Err(TooLong)), rest);
+        }
+        (Some(Ok(line)), rest)
     }
 
     /// At end of input: the unfinished last line, if any, as a frame.
@@ -328,9 +348,10 @@ pub fn parse_line(line: &[u8], max_rounds: u64) -> Result<Option<Command>, Parse
         ))),
         None => Ok(()),
     };
-    let command = match word.to_ascii_uppercase().as_str() {
-        "PING" => Command::Ping(rest.to_owned()),
-        "JOB" => {
+    let mut upper = [0u8; COMMAND_WORD_MAX];
+    let command = match command_word(word, &mut upper) {
+        b"PING" => Command::Ping(rest.to_owned()),
+        b"JOB" => {
             const USAGE: &str = "JOB <rounds> [seed]";
             let rounds = args
                 .next()
@@ -347,7 +368,7 @@ pub fn parse_line(line: &[u8], max_rounds: u64) -> Result<Option<Command>, Parse
             no_more(&mut args, USAGE)?;
             Command::Job { rounds, seed }
         }
-        "CANCEL" => {
+        b"CANCEL" => {
             const USAGE: &str = "CANCEL <job-id>";
             let id = args
                 .next()
@@ -361,15 +382,15 @@ pub fn parse_line(line: &[u8], max_rounds: u64) -> Result<Option<Command>, Parse
             no_more(&mut args, USAGE)?;
             Command::Cancel(id)
         }
-        "STATUS" => {
+        b"STATUS" => {
             no_more(&mut args, "STATUS")?;
             Command::Status
         }
-        "BYE" => {
+        b"BYE" => {
             no_more(&mut args, "BYE")?;
             Command::Bye
         }
-        "HELLO" => parse_hello(&mut args)?,
+        b"HELLO" => parse_hello(&mut args)?,
         _ => {
             return Err(ParseError {
                 code: ErrorCode::UnknownCommand,
@@ -381,6 +402,20 @@ pub fn parse_line(line: &[u8], max_rounds: u64) -> Result<Option<Command>, Parse
         }
     };
     Ok(Some(command))
+}
+
+/// The longest command word (`CANCEL`, `STATUS`).
+const COMMAND_WORD_MAX: usize = 6;
+
+/// `word` in upper case, in `upper` (a line costs no allocation), or nothing if it is
+/// longer than any command word.
+fn command_word<'a>(word: &str, upper: &'a mut [u8; COMMAND_WORD_MAX]) -> &'a [u8] {
+    let Some(upper) = upper.get_mut(..word.len()) else {
+        return b"";
+    };
+    upper.copy_from_slice(word.as_bytes());
+    upper.make_ascii_uppercase();
+    upper
 }
 
 fn parse_rounds(text: &str, max_rounds: u64) -> Result<u64, ParseError> {
@@ -546,8 +581,21 @@ impl Reply {
     /// Appends the reply and its `\n` to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         use std::io::Write;
-        // Writing into a Vec cannot fail.
-        let _ = writeln!(out, "{self}");
+        match self {
+            // Every heartbeat's reply: written without the formatting machinery.
+            Reply::Pong(data) => {
+                out.extend_from_slice(b"PONG");
+                if !data.is_empty() {
+                    out.push(b' ');
+                    out.extend_from_slice(data.as_bytes());
+                }
+                out.push(b'\n');
+            }
+            // Writing into a Vec cannot fail.
+            _ => {
+                let _ = writeln!(out, "{self}");
+            }
+        }
     }
 }
 
@@ -774,6 +822,22 @@ mod tests {
             Frame::TooLong => out.push(Err(())),
         });
         out
+    }
+
+    #[test]
+    fn a_line_read_whole_is_borrowed_and_one_read_in_pieces_is_handed_over() {
+        let mut d = LineDecoder::new(16);
+        let (line, rest) = d.next_line(b"PING\r\nPI");
+        assert_eq!(line, Some(Ok(Cow::Borrowed(&b"PING"[..]))));
+        assert!(matches!(line, Some(Ok(Cow::Borrowed(_)))));
+        assert_eq!(rest, b"PI");
+        assert_eq!(d.next_line(rest), (None, &b""[..]));
+        let (line, rest) = d.next_line(b"NG x\r\n");
+        assert!(matches!(&line, Some(Ok(Cow::Owned(l))) if l == b"PING x"));
+        assert!(rest.is_empty());
+        assert_eq!(d.buffered(), 0);
+        let (line, _) = d.next_line(b"0123456789abcdefg\n");
+        assert_eq!(line, Some(Err(TooLong)));
     }
 
     #[test]

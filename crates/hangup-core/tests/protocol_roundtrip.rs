@@ -96,6 +96,8 @@ proptest! {
         prop_assert_eq!(Reply::parse(&line), Ok(reply.clone()));
         let mut encoded = Vec::new();
         reply.encode(&mut encoded);
+        // The encoder's own path for PONG writes what Display writes.
+        prop_assert_eq!(&encoded, &format!("{line}\n").into_bytes());
         prop_assert_eq!(Reply::parse(&encoded), Ok(reply.clone()));
         let crlf = format!("{line}\r\n");
         prop_assert_eq!(Reply::parse(crlf), Ok(reply));
