@@ -67,6 +67,16 @@ pub struct CounterGrowth {
 }
 
 impl CounterGrowth {
+    /// The growth from `before` to `after`; none known if either could not be read.
+    pub fn between(before: Option<&Counters>, after: Option<&Counters>) -> Self {
+        match (before, after) {
+            (Some(before), Some(after)) => Self {
+                grown: after.grown_since(before),
+            },
+            _ => Self::default(),
+        }
+    }
+
     /// One line for the table: `none` or `Name +n, …`.
     pub fn summary(&self) -> String {
         if self.grown.is_empty() {

@@ -405,21 +405,14 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
     let machine_at_end = MachineSample::read();
     // Before the stop: the teardown's own resets (a million sockets closing) are not the
     // run's.
-    let tcp_after = Counters::read();
-    let mut server_closes = 0;
-    let mut server_close_causes = BTreeMap::<String, u64>::new();
+    let tcp_after = Counters::read().ok();
     let mut server_heartbeats_read_late = 0;
-    for server in &servers {
-        server.drain_events(|event| {
-            if event["event"] == "connection_closed" {
-                server_closes += 1;
-                let cause = event["cause"].as_str().unwrap_or("unknown");
-                *server_close_causes.entry(cause.to_owned()).or_default() += 1;
-            } else if event["event"] == "heartbeat_read_late" {
-                server_heartbeats_read_late += 1;
-            }
-        });
-    }
+    let server_close_causes = close_causes(&servers, |event| {
+        if event["event"] == "heartbeat_read_late" {
+            server_heartbeats_read_late += 1;
+        }
+    });
+    let server_closes = server_close_causes.values().sum();
     check_interrupt()?;
     fleet.broadcast("stop");
     let done = fleet.wait_all("done", Duration::from_secs(120), |_, _| false)?;
@@ -427,35 +420,16 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
     // once more (a loss found then is named so); none closes a socket before every
     // report is in (the fleet's drop below). So a server's close in this window, and
     // the counters' growth, are who ended a session that the stop found gone.
-    let tcp_at_the_stop = Counters::read();
-    let mut server_close_causes_at_the_stop = BTreeMap::<String, u64>::new();
-    for server in &servers {
-        server.drain_events(|event| {
-            if event["event"] == "connection_closed" {
-                let cause = event["cause"].as_str().unwrap_or("unknown");
-                *server_close_causes_at_the_stop
-                    .entry(cause.to_owned())
-                    .or_default() += 1;
-            }
-        });
-    }
+    let tcp_at_the_stop = Counters::read().ok();
+    let server_close_causes_at_the_stop = close_causes(&servers, |_| {});
     drop(fleet);
     drop(servers);
     drop(broker);
 
     let lost: u64 = done.iter().map(|l| l["lost"].as_u64().unwrap_or(0)).sum();
-    let tcp_counters_at_the_stop = match (&tcp_after, &tcp_at_the_stop) {
-        (Ok(before), Ok(after)) => CounterGrowth {
-            grown: after.grown_since(before),
-        },
-        _ => CounterGrowth::default(),
-    };
-    let tcp_counters = match (tcp_before, tcp_after) {
-        (Some(before), Ok(after)) => CounterGrowth {
-            grown: after.grown_since(&before),
-        },
-        _ => CounterGrowth::default(),
-    };
+    let tcp_counters_at_the_stop =
+        CounterGrowth::between(tcp_after.as_ref(), tcp_at_the_stop.as_ref());
+    let tcp_counters = CounterGrowth::between(tcp_before.as_ref(), tcp_after.as_ref());
     let rtt = merged_rtt(&done);
     let per_session = |bytes: f64| {
         if reached == 0 {
@@ -599,6 +573,26 @@ pub(crate) fn start_servers(
         extra,
         &[],
     )
+}
+
+/// The servers' closes so far by the cause they gave (`connection_closed`'s `cause`);
+/// every other event they kept goes to `other`.
+fn close_causes(
+    servers: &[ServerProcess],
+    mut other: impl FnMut(&serde_json::Value),
+) -> BTreeMap<String, u64> {
+    let mut causes = BTreeMap::<String, u64>::new();
+    for server in servers {
+        server.drain_events(|event| {
+            if event["event"] == "connection_closed" {
+                let cause = event["cause"].as_str().unwrap_or("unknown");
+                *causes.entry(cause.to_owned()).or_default() += 1;
+            } else {
+                other(&event);
+            }
+        });
+    }
+    causes
 }
 
 /// K instances of `hangup serve --reuse-port` on one port of `ip`, keeping the events
