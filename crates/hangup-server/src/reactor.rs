@@ -220,6 +220,8 @@ impl Reactors {
                 poll,
                 conns: Slab::new(),
                 wheel: Wheel::new(Instant::now()),
+                deadlines: Vec::new(),
+                came_up: Vec::new(),
                 due: VecDeque::new(),
                 runnable: VecDeque::new(),
                 ctx: Context {
@@ -295,18 +297,35 @@ impl Reactors {
     }
 }
 
-/// [`Entry::filed`] when nothing is: later than any tick.
+/// A [`Deadline`] tick when there is none: later than any tick.
 const NOT_FILED: Tick = Tick::MAX;
 
 /// A connection in its thread's slab.
 struct Entry {
     conn: Conn,
-    /// The earliest tick its deadline is filed at in the wheel (a later one it moved to
-    /// is filed when this one comes up: one entry per connection, not per change), or
-    /// [`NOT_FILED`]. (Not an `Option`: that would be 8 bytes more per connection.)
-    filed: Tick,
     /// In the run queue already.
     queued: bool,
+}
+
+/// A slab index's deadline as the wheel sees it, in a dense array beside the slab: the
+/// wheel turns once per heartbeat per connection, and its turn then reads 16 bytes
+/// here instead of a connection entry gone cold since its last input.
+/// (Ticks, not `Option`s: those would be 8 bytes more each.)
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    /// The earliest tick filed in the wheel for this index, or [`NOT_FILED`]. A later
+    /// one the connection moved to is filed when this one comes up: one entry per
+    /// connection, not per change.
+    filed: Tick,
+    /// The tick of the connection's deadline as of its last turn, or [`NOT_FILED`].
+    due: Tick,
+}
+
+impl Deadline {
+    const NONE: Self = Self {
+        filed: NOT_FILED,
+        due: NOT_FILED,
+    };
 }
 
 /// Where a thread is in the server's shutdown.
@@ -339,6 +358,10 @@ struct Reactor {
     /// index of one that filed is only woken if it filed the same tick, when it is due
     /// anyway.
     wheel: Wheel<u32>,
+    /// Each slab index's deadline (the wheel's side of its connection).
+    deadlines: Vec<Deadline>,
+    /// The indices whose filed tick came up in this pass (kept for its capacity).
+    came_up: Vec<u32>,
     /// Connections whose deadline came up and that have not had their turn yet: at
     /// most [`DUE_PER_TURN`] get it per pass, so that a storm of expiries (100 000
     /// silent deaths) does not hold up new connections and input behind it.
@@ -561,9 +584,12 @@ impl Reactor {
         let conn = Conn::open(stream, peer, id, key, &self.ctx, slot);
         vacant.insert(Entry {
             conn,
-            filed: NOT_FILED,
             queued: false,
         });
+        if self.deadlines.len() <= key.index {
+            self.deadlines.resize(key.index + 1, Deadline::NONE);
+        }
+        self.deadlines[key.index] = Deadline::NONE;
         // Edge-triggered: the first readiness is reported once registered, input
         // that arrived before included.
         self.refile(key.index);
@@ -624,6 +650,8 @@ impl Reactor {
     /// events would reach the next connection in the slot.
     fn remove(&mut self, index: usize) {
         if let Some(mut entry) = self.conns.try_remove(index) {
+            // What it filed in the wheel is stale now.
+            self.deadlines[index] = Deadline::NONE;
             let _ = self.poll.registry().deregister(entry.conn.stream_mut());
             // A descriptor came free: accepting may go on.
             if let Some(listening) = &mut self.listening {
@@ -632,18 +660,22 @@ impl Reactor {
         }
     }
 
-    /// Files the connection's deadline in the wheel if it is earlier than the one filed.
+    /// Notes the connection's deadline after its turn, and files it in the wheel if it
+    /// is earlier than the one filed.
     fn refile(&mut self, index: usize) {
-        let Some(entry) = self.conns.get_mut(index) else {
+        let Some(entry) = self.conns.get(index) else {
             return;
         };
-        if let Some(at) = entry.conn.deadline() {
-            let tick = self.wheel.tick_of(at);
-            if tick < entry.filed {
-                entry.filed = tick;
-                // Slab indices fit: a connection holds a descriptor, at most 2^31 of them.
-                self.wheel.file(tick, index as u32);
-            }
+        let due = entry
+            .conn
+            .deadline()
+            .map_or(NOT_FILED, |at| self.wheel.tick_of(at));
+        let deadline = &mut self.deadlines[index];
+        deadline.due = due;
+        if due < deadline.filed {
+            deadline.filed = due;
+            // Slab indices fit: a connection holds a descriptor, at most 2^31 of them.
+            self.wheel.file(due, index as u32);
         }
     }
 
@@ -661,29 +693,47 @@ impl Reactor {
     }
 
     fn fire_deadlines(&mut self, now: Instant) {
-        let (conns, due) = (&self.conns, &mut self.due);
+        let (deadlines, came_up) = (&self.deadlines, &mut self.came_up);
         self.wheel.expire(
             now,
-            |index| Some(conns.get(index as usize)?.filed).filter(|&at| at != NOT_FILED),
             |index| {
-                if let Some(entry) = conns.get(index as usize) {
-                    due.push_back(Key {
-                        index: index as usize,
-                        id: entry.conn.id(),
-                    });
-                }
+                let filed = deadlines.get(index as usize)?.filed;
+                (filed != NOT_FILED).then_some(filed)
             },
+            |index| came_up.push(index),
         );
+        let mut came_up = std::mem::take(&mut self.came_up);
+        for index in came_up.drain(..) {
+            let index = index as usize;
+            let deadline = &mut self.deadlines[index];
+            if self.wheel.has_passed(deadline.due) {
+                // Due: its turn comes from the queue (still filed, so that it is not
+                // filed again while it waits there).
+                if let Some(entry) = self.conns.get(index) {
+                    let id = entry.conn.id();
+                    self.due.push_back(Key { index, id });
+                }
+            } else {
+                // Moved later since it was filed (a heartbeat came): filed there, the
+                // connection untouched.
+                deadline.filed = deadline.due;
+                self.wheel.file(deadline.due, index as u32);
+            }
+        }
+        self.came_up = came_up;
         for _ in 0..DUE_PER_TURN.min(self.due.len()) {
             let Some(key) = self.due.pop_front() else {
                 break;
             };
             // Gone since, or listed twice (filed again in the same slot a turn on).
-            let Some(entry) = current_mut(&mut self.conns, key).filter(|e| e.filed != NOT_FILED)
-            else {
+            let Some(entry) = current(&self.conns, key) else {
                 continue;
             };
-            entry.filed = NOT_FILED;
+            let filed = &mut self.deadlines[key.index].filed;
+            if *filed == NOT_FILED {
+                continue;
+            }
+            *filed = NOT_FILED;
             if entry.conn.deadline().is_some_and(|at| at <= now) {
                 self.handle(key.index, |conn, ctx| conn.on_timeout(ctx, now));
             } else {

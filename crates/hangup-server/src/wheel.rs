@@ -1,5 +1,5 @@
 //! One I/O thread's timer wheel: every connection's next deadline, filed in one of
-//! [`SLOTS`] slots of [`TICK`] by its tick number modulo the wheel's size. Filing and
+//! [`SLOTS`] slots of a tick ([`TICK_MS`]) by its tick number modulo the wheel's size. Filing and
 //! firing are O(1) (a binary heap of 15 000 deadlines cost more user time than all of
 //! the protocol: a pop is 14 cache misses). A deadline more than one turn of the wheel
 //! ahead waits in its slot for its turn.
@@ -20,14 +20,13 @@
 
 use std::time::{Duration, Instant};
 
-/// The wheel's resolution, ms: deadlines fire within one tick after they are due.
+/// The wheel's resolution (a tick), ms: deadlines fire within one tick after they are
+/// due.
 const TICK_MS: u64 = 1;
-/// The wheel's resolution.
-pub(crate) const TICK: Duration = Duration::from_millis(TICK_MS);
 /// Slots in the wheel: one turn is 4.096 s.
 const SLOTS: usize = 4096;
 
-/// A tick number: [`TICK`]s since the wheel's origin.
+/// A tick number: ticks since the wheel's origin.
 pub(crate) type Tick = u64;
 
 /// A turn of the wheel: a tick divided by [`SLOTS`]. 32 bits last 557 years.
@@ -43,6 +42,10 @@ pub(crate) struct Wheel<K> {
     earliest: Tick,
     /// Every tick before this one was expired.
     cursor: Tick,
+    /// The buffers of slots that emptied, for the next empty slot filed into: the
+    /// wheel turning (a trip per heartbeat per connection) then allocates nothing. At
+    /// most one per slot; an empty slot holds none.
+    spare: Vec<Vec<(K, Turn)>>,
 }
 
 impl<K: Copy> Wheel<K> {
@@ -53,6 +56,7 @@ impl<K: Copy> Wheel<K> {
             slot_min: vec![Tick::MAX; SLOTS].into_boxed_slice(),
             earliest: Tick::MAX,
             cursor: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -60,15 +64,26 @@ impl<K: Copy> Wheel<K> {
     /// already expired.
     pub(crate) fn tick_of(&self, at: Instant) -> Tick {
         let since = at.saturating_duration_since(self.origin);
-        let tick = since.as_nanos().div_ceil(TICK.as_nanos()) as Tick;
-        tick.max(self.cursor)
+        // In whole milliseconds, a fraction rounded up, then in ticks (no 128-bit
+        // division: this runs once per heartbeat).
+        let ms = since.as_secs() * 1000 + u64::from(since.subsec_nanos().div_ceil(1_000_000));
+        ms.div_ceil(TICK_MS).max(self.cursor)
+    }
+
+    /// Whether `tick` was expired: it is before the cursor.
+    pub(crate) fn has_passed(&self, tick: Tick) -> bool {
+        tick < self.cursor
     }
 
     /// Files `key` at `tick` (from [`Wheel::tick_of`]).
     pub(crate) fn file(&mut self, tick: Tick, key: K) {
         debug_assert!(tick >= self.cursor, "filed before the cursor: {tick}");
         let slot = (tick % SLOTS as Tick) as usize;
-        self.slots[slot].push((key, (tick / SLOTS as Tick) as Turn));
+        let entries = &mut self.slots[slot];
+        if entries.capacity() == 0 {
+            *entries = self.spare.pop().unwrap_or_default();
+        }
+        entries.push((key, (tick / SLOTS as Tick) as Turn));
         self.slot_min[slot] = self.slot_min[slot].min(tick);
         self.earliest = self.earliest.min(tick);
     }
@@ -109,8 +124,8 @@ impl<K: Copy> Wheel<K> {
         mut filed: impl FnMut(K) -> Option<Tick>,
         mut fire: impl FnMut(K),
     ) {
-        let now_tick = now.saturating_duration_since(self.origin).as_nanos() / TICK.as_nanos();
-        let now_tick = now_tick as Tick;
+        let since = now.saturating_duration_since(self.origin);
+        let now_tick = (since.as_secs() * 1000 + u64::from(since.subsec_millis())) / TICK_MS;
         if now_tick < self.cursor {
             return;
         }
@@ -123,22 +138,24 @@ impl<K: Copy> Wheel<K> {
                 continue;
             }
             let tick_of = |turn: Turn| Tick::from(turn) * SLOTS as Tick + slot as Tick;
-            let entries = std::mem::take(&mut self.slots[slot]);
-            let mut kept = Vec::new();
-            for (key, turn) in entries {
+            let entries = &mut self.slots[slot];
+            let mut earliest = Tick::MAX;
+            entries.retain(|&(key, turn)| {
                 let at = tick_of(turn);
                 if filed(key) != Some(at) {
-                    continue;
+                    return false;
                 }
                 if at <= now_tick {
                     fire(key);
-                } else {
-                    kept.push((key, turn));
+                    return false;
                 }
+                earliest = earliest.min(at);
+                true
+            });
+            self.slot_min[slot] = earliest;
+            if entries.is_empty() {
+                self.spare.push(std::mem::take(entries));
             }
-            let earliest = kept.iter().map(|&(_, turn)| tick_of(turn)).min();
-            self.slot_min[slot] = earliest.unwrap_or(Tick::MAX);
-            self.slots[slot] = kept;
         }
         self.cursor = now_tick + 1;
         if self.earliest <= now_tick {
@@ -152,6 +169,8 @@ impl<K: Copy> Wheel<K> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    const TICK: Duration = Duration::from_millis(TICK_MS);
 
     /// A model of the reactor's use: keys with the tick they filed; a random mix of
     /// deadlines near and beyond one turn, moved later and earlier, fire exactly when
@@ -210,6 +229,51 @@ mod tests {
             }
         }
         assert!(fired > 1_000, "only {fired} deadlines fired");
+    }
+
+    /// Heartbeating connections: each refiles 1.5 s on when its tick comes up. Once
+    /// the wheel turned, it allocates no buffer more: there are never more than
+    /// slots were ever occupied at once.
+    #[test]
+    fn a_turning_wheel_reuses_its_buffers() {
+        let origin = Instant::now();
+        let mut wheel: Wheel<u32> = Wheel::new(origin);
+        let mut filed: HashMap<u32, Tick> = HashMap::new();
+        let mut now = origin;
+        for key in 0..2_000 {
+            let tick = wheel.tick_of(now + Duration::from_micros(u64::from(key) * 750));
+            filed.insert(key, tick);
+            wheel.file(tick, key);
+        }
+        let buffers = |wheel: &Wheel<u32>| {
+            let held = wheel.slots.iter().filter(|s| s.capacity() > 0).count();
+            held + wheel.spare.len()
+        };
+        let occupied = |wheel: &Wheel<u32>| wheel.slots.iter().filter(|s| !s.is_empty()).count();
+        let (mut most_occupied, mut fired) = (occupied(&wheel), 0);
+        let mut after_a_turn = None;
+        for step in 0..12_000u64 {
+            now += Duration::from_millis(1);
+            let mut due = Vec::new();
+            wheel.expire(now, |key| filed.get(&key).copied(), |key| due.push(key));
+            for key in due {
+                fired += 1;
+                let tick = wheel.tick_of(now + Duration::from_millis(1_500));
+                filed.insert(key, tick);
+                wheel.file(tick, key);
+            }
+            most_occupied = most_occupied.max(occupied(&wheel));
+            assert!(buffers(&wheel) <= most_occupied);
+            if step == SLOTS as u64 {
+                after_a_turn = Some(buffers(&wheel));
+            }
+        }
+        assert!(fired > 10_000, "only {fired} deadlines came up");
+        assert_eq!(
+            after_a_turn,
+            Some(buffers(&wheel)),
+            "buffers were allocated"
+        );
     }
 
     #[test]
