@@ -204,6 +204,9 @@ struct Report {
     /// Fresh clients between the link going down and the last detection.
     probe_storm: Distribution,
     probe_failures: u64,
+    /// TCP orphans on the machine when the bench began (`/proc/net/sockstat`): closed
+    /// sockets still retrying, such as an earlier storm's, which load the machine.
+    orphans_at_start: Option<u64>,
     limits_hit: Vec<String>,
 }
 
@@ -239,6 +242,7 @@ pub fn mass_death(args: &MassDeathSettings) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|&count| count.div_ceil(SESSIONS_PER_ADDRESS).max(1))
         .collect();
+    let orphans_at_start = super::netstat::tcp_orphans();
     let network = ClientNetwork::create(per_worker_addresses.iter().sum())?;
     let instances = args
         .instances
@@ -273,6 +277,8 @@ pub fn mass_death(args: &MassDeathSettings) -> anyhow::Result<ExitCode> {
                 concurrency: args.concurrency,
                 protocol: LoadProtocol::Line,
                 netns: Some(network.netns().to_owned()),
+                // The devices die with their link: no orphan left retrying a FIN.
+                abort_on_close: true,
             };
             first += count as u64;
             plan
@@ -382,6 +388,7 @@ pub fn mass_death(args: &MassDeathSettings) -> anyhow::Result<ExitCode> {
         probe_before: Distribution::of(&probe_before),
         probe_storm: Distribution::of(&probe_storm),
         probe_failures: probes.failures,
+        orphans_at_start,
         limits_hit,
     };
     print_table(&report);
@@ -566,6 +573,9 @@ fn print_table(r: &Report) {
     }
     row("probe failures", r.probe_failures.to_string());
     row("link down took", format!("{:.1} ms", r.link_down_ms));
+    if let Some(orphans) = r.orphans_at_start {
+        row("TCP orphans at the start", orphans.to_string());
+    }
     for limit in &r.limits_hit {
         row("limit hit", limit.clone());
     }

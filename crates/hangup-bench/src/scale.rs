@@ -673,6 +673,7 @@ fn plan_workers(
                 concurrency,
                 protocol,
                 netns: None,
+                abort_on_close: false,
             };
             first += count as u64;
             plan

@@ -521,6 +521,11 @@ pub struct LoadWorkerArgs {
     /// What the sessions speak: hangup's line protocol, or MQTT 3.1.1 to a broker.
     #[arg(long, value_name = "line|mqtt", default_value_t = LoadProtocol::default())]
     pub protocol: LoadProtocol,
+
+    /// Close every session with a reset (SO_LINGER 0), as `bench mass-death` asks: its
+    /// devices die with their link, where a FIN would only leave orphan sockets.
+    #[arg(long)]
+    pub abort_on_close: bool,
 }
 
 /// `hangup bench takeover`.

@@ -89,6 +89,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             heartbeat: args.heartbeat,
             concurrency: args.concurrency,
             protocol: args.protocol,
+            abort_on_close: args.abort_on_close,
         }),
     }
 }
