@@ -722,6 +722,9 @@ impl Reactor {
                     let id = entry.conn.id();
                     self.due.push_back(Key { index, id });
                 }
+            } else if deadline.due == NOT_FILED {
+                // No deadline any more: nothing to file.
+                deadline.filed = NOT_FILED;
             } else {
                 // Moved later since it was filed (a heartbeat came): filed there, the
                 // connection untouched.
