@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::cause::Cause;
 use crate::policy::{HalfClosePolicy, LivenessPolicy};
 use crate::protocol::{
-    parse_line, Command, ErrorCode, Frame, JobId, LineDecoder, Reply, StatusCounts, TooLong,
+    parse_line, Command, ErrorCode, JobId, Line, LineDecoder, Reply, StatusCounts, TooLong,
     MAX_LINE,
 };
 use crate::session::{Heartbeat, SessionId};
@@ -472,7 +472,7 @@ impl Connection {
             rest = tail;
             if let Some(line) = line {
                 completed_a_line = true;
-                self.handle_frame(now, line.as_deref().map_err(|&too_long| too_long), status);
+                self.handle_frame(now, &line, status);
             }
         }
         self.rearm_partial_line(now, had_partial && !completed_a_line);
@@ -608,10 +608,8 @@ impl Connection {
         self.fin_seen = true;
         self.timers.clear(Timer::PartialLine);
         if self.accepts_input() {
-            let mut frame = None;
-            self.decoder.finish(|f| frame = Some(owned(f)));
-            if let Some(frame) = frame {
-                self.handle_frame(now, frame.as_deref().map_err(|&too_long| too_long), status);
+            if let Some(line) = self.decoder.finish_line() {
+                self.handle_frame(now, &line, status);
             }
         }
         self.apply_half_close_policy(now);
@@ -900,16 +898,11 @@ impl Connection {
         self.job_counts() != (0, 0)
     }
 
-    fn handle_frame(
-        &mut self,
-        now: Instant,
-        frame: Result<&[u8], TooLong>,
-        status: &dyn Fn() -> StatusCounts,
-    ) {
+    fn handle_frame(&mut self, now: Instant, line: &Line<'_>, status: &dyn Fn() -> StatusCounts) {
         if !self.accepts_input() {
             return;
         }
-        let line = match frame {
+        let line = match line {
             Ok(line) => line,
             Err(TooLong) => {
                 let message = format!("line longer than {MAX_LINE} bytes was discarded");
@@ -1198,15 +1191,6 @@ impl Connection {
         } else if !same_partial || self.timers.get(Timer::PartialLine).is_none() {
             self.set_timer(Timer::PartialLine, now + timeout);
         }
-    }
-}
-
-/// A decoded frame, detached from the decoder's buffer so that handling it may borrow
-/// the connection again.
-fn owned(frame: Frame<'_>) -> Result<Vec<u8>, TooLong> {
-    match frame {
-        Frame::Line(line) => Ok(line.to_vec()),
-        Frame::TooLong => Err(TooLong),
     }
 }
 

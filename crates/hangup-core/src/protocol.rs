@@ -124,19 +124,32 @@ impl LineDecoder {
 
     /// At end of input: the unfinished last line, if any, as a frame.
     pub fn finish(&mut self, mut on_frame: impl FnMut(Frame<'_>)) {
-        if std::mem::take(&mut self.discarding) {
-            on_frame(Frame::TooLong);
-        } else if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            let line = line.strip_suffix(b"\r").unwrap_or(&line);
-            // The buffer holds one byte more than a line for a `\r`; without one, a
-            // last line of `max_line + 1` bytes is too long like any other.
-            if line.len() > self.max_line() {
-                on_frame(Frame::TooLong);
-            } else {
-                on_frame(Frame::Line(line));
-            }
+        match self.finish_line() {
+            Some(Ok(line)) => on_frame(Frame::Line(&line)),
+            Some(Err(TooLong)) => on_frame(Frame::TooLong),
+            None => {}
         }
+    }
+
+    /// At end of input: the unfinished last line, if any, taken out of the decoder
+    /// with its buffer.
+    pub fn finish_line(&mut self) -> Option<Line<'static>> {
+        if std::mem::take(&mut self.discarding) {
+            return Some(Err(TooLong));
+        }
+        if self.partial.is_empty() {
+            return None;
+        }
+        let mut line = std::mem::take(&mut self.partial);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        // The buffer holds one byte more than a line for a `\r`; without one, a last
+        // line of `max_line + 1` bytes is too long like any other.
+        if line.len() > self.max_line() {
+            return Some(Err(TooLong));
+        }
+        Some(Ok(Cow::Owned(line)))
     }
 }
 
@@ -879,6 +892,22 @@ mod tests {
         let mut got = Vec::new();
         d.finish(|f| got.push(matches!(f, Frame::Line(b"JOB 5"))));
         assert_eq!(got, vec![true]);
+    }
+
+    #[test]
+    fn finish_line_takes_the_last_line_out_with_its_buffer() {
+        let mut d = LineDecoder::new(8);
+        assert_eq!(frames(&mut d, b"JOB"), vec![]);
+        assert_eq!(frames(&mut d, b" 5\r"), vec![]);
+        let line = d.finish_line();
+        assert!(matches!(&line, Some(Ok(Cow::Owned(l))) if l == b"JOB 5"));
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(d.finish_line(), None, "nothing is left to finish");
+
+        let mut d = LineDecoder::new(4);
+        assert_eq!(frames(&mut d, b"123456789"), vec![]);
+        assert_eq!(d.finish_line(), Some(Err(TooLong)), "a discarded last line");
+        assert!(!d.has_partial());
     }
 
     #[test]
