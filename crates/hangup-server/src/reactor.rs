@@ -679,12 +679,19 @@ impl Reactor {
             .conn
             .deadline()
             .map_or(NOT_FILED, |at| self.wheel.tick_of(at));
+        self.deadlines[index].due = due;
+        self.file_due(index);
+    }
+
+    /// Files the connection's due tick if it comes before the one it is filed at: a
+    /// deadline that moved later stays filed where it was, and is moved when that slot
+    /// comes up.
+    fn file_due(&mut self, index: usize) {
         let deadline = &mut self.deadlines[index];
-        deadline.due = due;
-        if due < deadline.filed {
-            deadline.filed = due;
+        if deadline.due < deadline.filed {
+            deadline.filed = deadline.due;
             // Slab indices fit: a connection holds a descriptor, at most 2^31 of them.
-            self.wheel.file(due, index as u32);
+            self.wheel.file(deadline.due, index as u32);
         }
     }
 
@@ -722,14 +729,11 @@ impl Reactor {
                     let id = entry.conn.id();
                     self.due.push_back(Key { index, id });
                 }
-            } else if deadline.due == NOT_FILED {
-                // No deadline any more: nothing to file.
-                deadline.filed = NOT_FILED;
             } else {
                 // Moved later since it was filed (a heartbeat came): filed there, the
-                // connection untouched.
-                deadline.filed = deadline.due;
-                self.wheel.file(deadline.due, index as u32);
+                // connection untouched; with no deadline any more, filed nowhere.
+                deadline.filed = NOT_FILED;
+                self.file_due(index);
             }
         }
         self.came_up = came_up;
