@@ -945,7 +945,15 @@ fn write_batch(
             "INSERT INTO heartbeats (session, last_seen) VALUES (?1, ?2)
              ON CONFLICT (session) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
         )?;
-        for (&session, entry) in batch {
+        // In key order: the batch's rows then lie side by side in each B-tree (the
+        // tables and indices are all ordered by session), so a page is read and
+        // dirtied once per batch, not once per row. In hash order a storm of session
+        // ends (a few thousand a batch, 100 000 in all) touched pages at random and
+        // overflowed the page cache: SQLite spilled dirty pages to the WAL mid-batch
+        // and read them back for the next row on the same page.
+        let mut in_order: Vec<(&u64, &PendingEntry)> = batch.iter().collect();
+        in_order.sort_unstable_by_key(|&(&session, _)| session);
+        for (&session, entry) in in_order {
             let key = session_key(session);
             let changed = match (&entry.start, entry.end) {
                 (Some(start), end) => {
