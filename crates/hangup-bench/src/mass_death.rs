@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use super::histogram::Histogram;
 use super::load::{shares, sum_reasons, Fleet, LoadProtocol, WorkerPlan, SESSIONS_PER_ADDRESS};
-use super::procfs::Limits;
+use super::procfs::{Limits, ProcessSample};
 use super::scale::{limits_from_errors, start_servers_at, SESSIONS_PER_INSTANCE};
 use super::{check_interrupt, machine_description, sleep_checked, write_json};
 
@@ -198,11 +198,18 @@ struct Report {
     detection: Distribution,
     /// Detection budget: 1.1 × D.
     budget_ms: f64,
+    /// The servers' CPU time from the link going down to the last detection, per
+    /// death, by thread name (user + system, µs).
+    server_cpu_per_death_us: BTreeMap<String, f64>,
     within_budget: u64,
     /// Fresh clients, before the link went down.
     probe_before: Distribution,
     /// Fresh clients between the link going down and the last detection.
     probe_storm: Distribution,
+    /// Of those, the connect alone: the kernel's handshake, which no server thread
+    /// takes part in; the rest is the server's accept and reply (and the prober's own
+    /// wake-up).
+    probe_storm_connect: Distribution,
     probe_failures: u64,
     /// TCP orphans on the machine when the bench began (`/proc/net/sockstat`): closed
     /// sockets still retrying, such as an earlier storm's, which load the machine.
@@ -293,7 +300,7 @@ pub fn mass_death(args: &MassDeathSettings) -> anyhow::Result<ExitCode> {
     let open_errors = sum_reasons(&ready, "errors");
 
     // Steady state: every session has heartbeated, fresh clients are measured.
-    let prober = Prober::start(target, args.probe_rate);
+    let prober = Prober::start(target, args.probe_rate)?;
     eprintln!(
         "bench mass-death: {reached} sessions open in {:.1} s; heartbeating for {} s before the link goes down",
         ramp.as_secs_f64(),
@@ -308,6 +315,13 @@ pub fn mass_death(args: &MassDeathSettings) -> anyhow::Result<ExitCode> {
         });
     }
 
+    let cpu_at = || -> Vec<ProcessSample> {
+        servers
+            .iter()
+            .filter_map(|server| ProcessSample::read(server.pid()))
+            .collect()
+    };
+    let cpu_before = cpu_at();
     let down_ns = ts_ns();
     network.pull_link()?;
     let link_down_ms = (ts_ns() - down_ns) as f64 / 1e6;
@@ -345,6 +359,15 @@ pub fn mass_death(args: &MassDeathSettings) -> anyhow::Result<ExitCode> {
         bar.set_position(detection.count());
     }
     bar.finish_and_clear();
+    let mut server_cpu_per_death_us: BTreeMap<String, f64> = BTreeMap::new();
+    let deaths = detection.count().max(1) as f64;
+    for (samples, sign) in [(cpu_at(), 1.0), (cpu_before, -1.0)] {
+        for sample in samples {
+            for (name, secs) in sample.threads {
+                *server_cpu_per_death_us.entry(name).or_default() += sign * secs * 1e6 / deaths;
+            }
+        }
+    }
     let probes = prober.stop();
     drop(fleet);
     drop(servers);
@@ -352,11 +375,13 @@ pub fn mass_death(args: &MassDeathSettings) -> anyhow::Result<ExitCode> {
 
     let mut probe_before = Histogram::default();
     let mut probe_storm = Histogram::default();
-    for &(at, micros) in &probes.samples {
+    let mut probe_storm_connect = Histogram::default();
+    for &(at, micros, connect) in &probes.samples {
         if at < down_ns {
             probe_before.record(micros);
         } else if at <= last_death_ns {
             probe_storm.record(micros);
+            probe_storm_connect.record(connect);
         }
     }
     let mut limits_hit = limits_from_errors(&open_errors);
@@ -384,9 +409,11 @@ pub fn mass_death(args: &MassDeathSettings) -> anyhow::Result<ExitCode> {
         wrong_cause,
         detection: Distribution::of(&detection),
         budget_ms: dead_after.as_secs_f64() * BUDGET * 1000.0,
+        server_cpu_per_death_us,
         within_budget,
         probe_before: Distribution::of(&probe_before),
         probe_storm: Distribution::of(&probe_storm),
+        probe_storm_connect: Distribution::of(&probe_storm_connect),
         probe_failures: probes.failures,
         orphans_at_start,
         limits_hit,
@@ -428,8 +455,9 @@ fn peer_ip(event: &serde_json::Value) -> Option<IpAddr> {
 }
 
 struct ProbeResults {
-    /// (when the probe started, ts_ns; connect + PING round trip, µs)
-    samples: Vec<(u64, u64)>,
+    /// (when the probe started, ts_ns; connect + PING round trip, µs; of it the
+    /// connect, µs)
+    samples: Vec<(u64, u64, u64)>,
     failures: u64,
 }
 
@@ -441,7 +469,7 @@ struct Prober {
 }
 
 impl Prober {
-    fn start(target: SocketAddr, rate: u32) -> Self {
+    fn start(target: SocketAddr, rate: u32) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let results = Arc::new(Mutex::new(ProbeResults {
             samples: Vec::new(),
@@ -450,36 +478,40 @@ impl Prober {
         let period = Duration::from_secs(1) / rate.max(1);
         let thread = {
             let (stop, results) = (stop.clone(), results.clone());
-            std::thread::spawn(move || {
-                let mut next = Instant::now();
-                // Bounded: an hour of probes at most, whatever happens to `stop`.
-                for _ in 0..u64::from(rate.max(1)) * 3600 {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
+            std::thread::Builder::new()
+                .name("hangup-prober".into())
+                .spawn(move || {
+                    let mut next = Instant::now();
+                    // Bounded: an hour of probes at most, whatever happens to `stop`.
+                    for _ in 0..u64::from(rate.max(1)) * 3600 {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let at = ts_ns();
+                        let started = Instant::now();
+                        let outcome = probe(target);
+                        let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
+                        match outcome {
+                            Ok(connect) => results.samples.push((
+                                at,
+                                started.elapsed().as_micros() as u64,
+                                connect.as_micros() as u64,
+                            )),
+                            Err(_) => results.failures += 1,
+                        }
+                        drop(results);
+                        next += period;
+                        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
                     }
-                    let at = ts_ns();
-                    let started = Instant::now();
-                    let outcome = probe(target);
-                    let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
-                    match outcome {
-                        Ok(()) => results
-                            .samples
-                            .push((at, started.elapsed().as_micros() as u64)),
-                        Err(_) => results.failures += 1,
-                    }
-                    drop(results);
-                    next += period;
-                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                }
-            })
+                })?
         };
-        Self {
+        Ok(Self {
             stop,
             results,
             thread: Some(thread),
-        }
+        })
     }
 
     fn stop(mut self) -> ProbeResults {
@@ -495,9 +527,13 @@ impl Prober {
     }
 }
 
-fn probe(target: SocketAddr) -> std::io::Result<()> {
+/// One fresh client; how long its connect took (the kernel's handshake, which needs no
+/// server thread: the rest of the round trip is the server's accept and reply).
+fn probe(target: SocketAddr) -> std::io::Result<Duration> {
     let limit = Duration::from_secs(2);
+    let started = Instant::now();
     let mut stream = TcpStream::connect_timeout(&target, limit)?;
+    let connect = started.elapsed();
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(limit))?;
     stream.write_all(&super::command_line(&hangup_core::Command::Ping(
@@ -508,7 +544,7 @@ fn probe(target: SocketAddr) -> std::io::Result<()> {
     if Reply::parse(&line) != Ok(Reply::Pong(String::new())) {
         return Err(std::io::Error::other(format!("got {line:?}")));
     }
-    Ok(())
+    Ok(connect)
 }
 
 fn print_table(r: &Report) {
@@ -559,9 +595,16 @@ fn print_table(r: &Report) {
             r.within_budget, r.deaths_detected, r.budget_ms
         ),
     );
+    let by_thread: Vec<String> = r
+        .server_cpu_per_death_us
+        .iter()
+        .map(|(name, us)| format!("{name} {us:.1}"))
+        .collect();
+    row("server CPU per death (µs)", by_thread.join(", "));
     for (name, p) in [
         ("fresh connect+PING before", &r.probe_before),
         ("fresh connect+PING during the storm", &r.probe_storm),
+        ("  of it the connect", &r.probe_storm_connect),
     ] {
         row(
             name,
