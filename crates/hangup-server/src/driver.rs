@@ -224,7 +224,12 @@ impl Conn {
         Self {
             stream,
             key,
-            ready: Ready::default(),
+            // Taken as readable and writable until a read or write says otherwise: a
+            // client's first line is usually in by the time it is accepted, and its
+            // first turn (right after the accept) then reads it instead of waiting a
+            // pass of the loop for the readiness its registration reports. A fresh
+            // socket's send buffer is empty.
+            ready: Ready(Ready::READABLE | Ready::WRITABLE),
             conn: Connection::with_shared_config(shared.connection_config.clone(), Instant::now()),
             jobs: None,
             bytes_in: 0,

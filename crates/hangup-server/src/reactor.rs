@@ -599,9 +599,11 @@ impl Reactor {
             self.deadlines.resize(key.index + 1, Deadline::NONE);
         }
         self.deadlines[key.index] = Deadline::NONE;
-        // Edge-triggered: the first readiness is reported once registered, input
-        // that arrived before included.
-        self.refile(key.index);
+        // Its first turn at once: input that arrived before the accept is read now,
+        // not after this pass's deadlines (during a storm of expiries, 64 of them).
+        // Edge-triggered, the readiness its registration reports comes anyway and
+        // finds the socket read to `EAGAIN`.
+        self.drive(key.index);
     }
 
     /// Runs `f` on the connection at `index`, then drives it. A panic in either ends
