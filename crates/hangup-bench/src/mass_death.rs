@@ -198,10 +198,10 @@ struct Report {
     detection: Distribution,
     /// Detection budget: 1.1 × D.
     budget_ms: f64,
+    within_budget: u64,
     /// The servers' CPU time from the link going down to the last detection, per
     /// death, by thread name (user + system, µs).
     server_cpu_per_death_us: BTreeMap<String, f64>,
-    within_budget: u64,
     /// Fresh clients, before the link went down.
     probe_before: Distribution,
     /// Fresh clients between the link going down and the last detection.
@@ -409,8 +409,8 @@ pub fn mass_death(args: &MassDeathSettings) -> anyhow::Result<ExitCode> {
         wrong_cause,
         detection: Distribution::of(&detection),
         budget_ms: dead_after.as_secs_f64() * BUDGET * 1000.0,
-        server_cpu_per_death_us,
         within_budget,
+        server_cpu_per_death_us,
         probe_before: Distribution::of(&probe_before),
         probe_storm: Distribution::of(&probe_storm),
         probe_storm_connect: Distribution::of(&probe_storm_connect),
@@ -595,9 +595,12 @@ fn print_table(r: &Report) {
             r.within_budget, r.deaths_detected, r.budget_ms
         ),
     );
+    // Threads with too little to show at one decimal (the main thread, say) are left
+    // out.
     let by_thread: Vec<String> = r
         .server_cpu_per_death_us
         .iter()
+        .filter(|(_, us)| **us >= 0.05)
         .map(|(name, us)| format!("{name} {us:.1}"))
         .collect();
     row("server CPU per death (µs)", by_thread.join(", "));
