@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use super::histogram::Histogram;
 use super::load::{shares, sum_reasons, Fleet, LoadProtocol, WorkerPlan, SESSIONS_PER_ADDRESS};
-use super::procfs::{Limits, ProcessSample};
+use super::procfs::{thread_cpu_us_between, Limits, ProcessSample};
 use super::scale::{limits_from_errors, start_servers_at, SESSIONS_PER_INSTANCE};
 use super::{check_interrupt, machine_description, sleep_checked, write_json};
 
@@ -359,15 +359,8 @@ pub fn mass_death(args: &MassDeathSettings) -> anyhow::Result<ExitCode> {
         bar.set_position(detection.count());
     }
     bar.finish_and_clear();
-    let mut server_cpu_per_death_us: BTreeMap<String, f64> = BTreeMap::new();
     let deaths = detection.count().max(1) as f64;
-    for (samples, sign) in [(cpu_at(), 1.0), (cpu_before, -1.0)] {
-        for sample in samples {
-            for (name, secs) in sample.threads {
-                *server_cpu_per_death_us.entry(name).or_default() += sign * secs * 1e6 / deaths;
-            }
-        }
-    }
+    let server_cpu_per_death_us = thread_cpu_us_between(&cpu_before, &cpu_at(), deaths);
     let probes = prober.stop();
     drop(fleet);
     drop(servers);

@@ -53,6 +53,24 @@ impl ProcessSample {
     }
 }
 
+/// CPU time by thread name spent between two samplings of the same processes
+/// (user + system), in µs, divided by `per` (the heartbeats answered, the deaths, …).
+pub(crate) fn thread_cpu_us_between(
+    before: &[ProcessSample],
+    after: &[ProcessSample],
+    per: f64,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut by_thread = std::collections::BTreeMap::new();
+    for (samples, sign) in [(after, 1.0), (before, -1.0)] {
+        for sample in samples {
+            for (name, secs) in &sample.threads {
+                *by_thread.entry(name.clone()).or_default() += sign * secs * 1e6 / per;
+            }
+        }
+    }
+    by_thread
+}
+
 /// (name, user seconds, system seconds) from a /proc stat file.
 fn cpu_times(path: &str) -> Option<(String, f64, f64)> {
     let stat = fs::read_to_string(path).ok()?;

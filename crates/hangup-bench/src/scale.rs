@@ -34,7 +34,7 @@ use super::load::{
 use super::mosquitto::{self, Mosquitto};
 use super::netstat::{CounterGrowth, Counters};
 use super::own_netns;
-use super::procfs::{Limits, MachineSample, ProcessSample};
+use super::procfs::{thread_cpu_us_between, Limits, MachineSample, ProcessSample};
 use super::{
     check_interrupt, load_average, machine_description, sleep_checked, write_json, ServerProcess,
 };
@@ -451,14 +451,7 @@ fn round(args: &ScaleSettings, under: &Under<'_>, prefix: &str) -> anyhow::Resul
         let user = sum(&server_after_hold, |s| s.utime_s) - sum(&server_after_ramp, |s| s.utime_s);
         let system =
             sum(&server_after_hold, |s| s.stime_s) - sum(&server_after_ramp, |s| s.stime_s);
-        let mut by_thread: BTreeMap<String, f64> = BTreeMap::new();
-        for (samples, sign) in [(&server_after_hold, 1.0), (&server_after_ramp, -1.0)] {
-            for sample in samples {
-                for (name, secs) in &sample.threads {
-                    *by_thread.entry(name.clone()).or_default() += sign * secs * 1e6 / pongs;
-                }
-            }
-        }
+        let by_thread = thread_cpu_us_between(&server_after_ramp, &server_after_hold, pongs);
         ServerFigures {
             processes: server_pids.len(),
             rss_before_bytes: sum(&server_before, |s| s.rss as f64) as u64,
